@@ -1,0 +1,30 @@
+//! The configuration layering both programs share: defaults, then a TOML file, then
+//! `PHASECAST_*` environment variables (`nats.url` ← `PHASECAST_NATS__URL`).
+
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "PHASECAST_";
+
+/// Loads a config: `defaults` < `file` < environment. A named file that does not exist is an
+/// error (figment would silently skip it); figment's errors name the offending key.
+pub fn load<T>(defaults: &T, file: Option<&Path>) -> Result<T, figment::Error>
+where
+    T: Serialize + DeserializeOwned,
+{
+    let mut figment = Figment::from(Serialized::defaults(defaults));
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(figment::Error::from(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    figment.merge(Env::prefixed(ENV_PREFIX).split("__")).extract()
+}

@@ -1,0 +1,127 @@
+//! Helpers shared by the integration tests: a real `nats-server` per test and a fixed Ed25519
+//! key pair for tokens.
+//!
+//! One server per test keeps tests independent and parallel-safe; it listens on a random port
+//! (`-p -1`), is killed on drop, and its store directory is deleted with it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running `nats-server`, stopped when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    args: Vec<String>,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts `nats-server` on a random port and waits until it accepts clients.
+    pub fn start() -> Self {
+        let store = tempfile::tempdir().expect("temp dir for nats-server");
+        let mut server = NatsServer {
+            child: None,
+            port: 0,
+            args: vec![
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                "-1".into(),
+                "-sd".into(),
+                store.path().display().to_string(),
+            ],
+            _store: store,
+        };
+        server.spawn();
+        server
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (an outage), keeping its port for [`NatsServer::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.port.to_string();
+        let at = self.args.iter().position(|a| a == "-p").expect("-p") + 1;
+        self.args[at] = port;
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(nats_server_binary())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nats-server is installed (apt-get install nats-server)");
+        // The server logs "Listening for client connections on 127.0.0.1:<port>" once ready.
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent && line.contains("Listening for client connections on") {
+                    let port = line.rsplit(':').next().and_then(|p| p.trim().parse().ok());
+                    let _ = tx.send(port);
+                    sent = true;
+                }
+            }
+        });
+        let port: u16 = rx
+            .recv_timeout(Duration::from_secs(10))
+            .ok()
+            .flatten()
+            .expect("nats-server did not report its port within 10 s");
+        self.port = port;
+        self.child = Some(child);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn nats_server_binary() -> PathBuf {
+    std::env::var_os("NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("nats-server"))
+}
+
+/// A fixed Ed25519 key pair, for tests only: PKCS#8 private and SPKI public, PEM.
+pub const TEST_SIGNING_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIAHa3luhUekWt2BELCz+NY2gv0EHXhai6dzaK7P4ig7Q
+-----END PRIVATE KEY-----
+";
+pub const TEST_VERIFY_KEY_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAqzCniSCWw70fnNfM8xzBdLCHjLJNWN1DWNjKC5G4z5s=
+-----END PUBLIC KEY-----
+";
+
+/// Writes both test keys into `dir` and returns (signing key file, verify key file).
+pub fn write_test_keys(dir: &Path) -> (PathBuf, PathBuf) {
+    let signing = dir.join("signing.pem");
+    let verify = dir.join("verify.pem");
+    std::fs::write(&signing, TEST_SIGNING_KEY_PEM).expect("write signing key");
+    std::fs::write(&verify, TEST_VERIFY_KEY_PEM).expect("write verify key");
+    (signing, verify)
+}
