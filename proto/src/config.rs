@@ -5,6 +5,9 @@ use std::path::Path;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+
+/// A configuration error; its message names the offending key.
+pub use figment::Error as ConfigError;
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Prefix of the environment variables that override the file.
@@ -27,4 +30,34 @@ where
         figment = figment.merge(Toml::file(path));
     }
     figment.merge(Env::prefixed(ENV_PREFIX).split("__")).extract()
+}
+
+/// `[nats]`: where the NATS server is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+        }
+    }
+}
+
+/// `[log]`: `format = "text"` or `"json"`; the filter comes from `RUST_LOG` (default `info`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }

@@ -1,0 +1,102 @@
+//! The public lobby: the list of open public rooms, as events and snapshots.
+//!
+//! Rooms tell the lobby task about themselves over a channel, so a room never waits for the
+//! lobby; the lobby turns the changes into `room_opened` / `room_updated` / `room_closed` with
+//! its own id counter and answers `game.lobby.snap`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_nats::{Message, Subscriber};
+use futures::StreamExt;
+use proto::command::decode_request;
+use proto::lobby::{LobbyRoom, LobbyRoomClosed, LobbySnapshot, RoomOpened, RoomUpdated};
+use proto::{Reply, RoomCode, SnapReply, SnapRequest};
+use tokio::sync::mpsc;
+
+use crate::history::History;
+use crate::room::game::{Audience, Outgoing};
+use crate::room::send_event;
+use crate::server::Context;
+
+/// What a room tells the lobby.
+#[derive(Debug)]
+pub enum LobbyChange {
+    /// The room opened or its listing changed.
+    Upsert(LobbyRoom),
+    Closed(RoomCode),
+}
+
+pub struct Lobby {
+    ctx: Arc<Context>,
+    rooms: BTreeMap<RoomCode, LobbyRoom>,
+    history: History,
+}
+
+impl Lobby {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        let history = History::new(ctx.history);
+        Lobby {
+            ctx,
+            rooms: BTreeMap::new(),
+            history,
+        }
+    }
+
+    /// Serves the lobby until the engine shuts down.
+    pub async fn run(
+        mut self,
+        mut changes: mpsc::UnboundedReceiver<LobbyChange>,
+        mut snaps: Subscriber,
+    ) {
+        let shutdown = self.ctx.shutdown.clone();
+        loop {
+            tokio::select! {
+                Some(change) = changes.recv() => self.on_change(change).await,
+                Some(msg) = snaps.next() => self.on_snap(msg).await,
+                () = shutdown.cancelled() => break,
+                else => break,
+            }
+        }
+    }
+
+    async fn on_change(&mut self, change: LobbyChange) {
+        let event = match change {
+            LobbyChange::Upsert(room) => match self.rooms.insert(room.code.clone(), room.clone()) {
+                None => outgoing(&RoomOpened(room)),
+                Some(old) if old == room => return,
+                Some(_) => outgoing(&RoomUpdated(room)),
+            },
+            LobbyChange::Closed(code) => match self.rooms.remove(&code) {
+                Some(_) => outgoing(&LobbyRoomClosed { code }),
+                None => return,
+            },
+        };
+        let recorded = self.history.record(event);
+        send_event(&self.ctx, self.ctx.subjects.lobby_events(), recorded).await;
+    }
+
+    async fn on_snap(&self, msg: Message) {
+        let Some(reply_to) = msg.reply else { return };
+        let reply = decode_request::<SnapRequest>(&msg.payload).map(|req| {
+            self.history.reply(None, req.since, || {
+                let snapshot = LobbySnapshot {
+                    rooms: self.rooms.values().cloned().collect(),
+                };
+                serde_json::to_string(&snapshot).expect("snapshots serialise infallibly")
+            })
+        });
+        let body = Reply::<SnapReply>::from(reply).to_bytes();
+        if let Err(e) = self.ctx.client.publish(reply_to, body.into()).await {
+            tracing::warn!(error = %e, "could not answer a lobby snapshot");
+        }
+    }
+}
+
+fn outgoing<E: proto::event::RoomEvent>(event: &E) -> Outgoing {
+    Outgoing {
+        audience: Audience::Public,
+        name: E::NAME,
+        data: serde_json::to_string(event).expect("events serialise infallibly"),
+    }
+}

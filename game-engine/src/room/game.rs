@@ -1,0 +1,878 @@
+//! The rules of Mafia (`GAME.md`) as a state machine with no I/O.
+//!
+//! A [`Game`] takes commands and deadlines and answers with [`Effects`]: the events to publish,
+//! each with its audience, and whether the lobby listing changed. It never touches NATS or a
+//! clock of its own (the caller passes [`Now`]), so every rule is testable in microseconds and
+//! the room task around it stays a thin loop.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use proto::event::{
+    Channel, Chat, Death, DeathCause, GameOver, Investigation, MafiaPick, Phase, PhaseChanged,
+    PlayerJoined, PlayerLeft, PlayerView, Protection, RoleDealt, RolesRevealed, RoomClosed,
+    RoomEvent, RoomSnapshot, Team, VoteCast,
+};
+pub use proto::event::Role;
+use proto::lobby::{CreateRoom, LobbyPhase, LobbyRoom};
+use proto::{ChatText, Command, ErrorCode, PlayerId, PlayerName, Rejection, RoomCode};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use tokio::time::Instant;
+
+/// A waiting room with no activity for this long closes.
+pub const WAITING_IDLE: Duration = Duration::from_secs(12 * 60 * 60);
+/// How many chat lines a snapshot carries.
+const SNAPSHOT_CHAT_LINES: usize = 50;
+/// Chat lines kept for snapshots (more than a snapshot shows, since each viewer sees a subset).
+const CHAT_KEPT: usize = 500;
+
+/// The current time, in both clocks a room needs: the monotonic one its deadlines are on, and
+/// unix milliseconds for the `ends_at` that browsers count down to.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub instant: Instant,
+    pub unix_ms: u64,
+}
+
+impl Now {
+    pub fn system() -> Self {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Now {
+            instant: Instant::now(),
+            unix_ms,
+        }
+    }
+}
+
+/// Who receives an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Audience {
+    Public,
+    Players(Vec<PlayerId>),
+}
+
+impl Audience {
+    pub fn includes(&self, viewer: Option<&PlayerId>) -> bool {
+        match (self, viewer) {
+            (Audience::Public, _) => true,
+            (Audience::Players(ids), Some(v)) => ids.contains(v),
+            (Audience::Players(_), None) => false,
+        }
+    }
+}
+
+/// One event to publish: its SSE name, audience and JSON data.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub audience: Audience,
+    pub name: &'static str,
+    pub data: String,
+}
+
+/// What handling a command or a deadline produced.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub events: Vec<Outgoing>,
+    /// The lobby's view of this room changed.
+    pub lobby_changed: bool,
+    /// The room is over and must be dropped.
+    pub closed: bool,
+}
+
+impl Effects {
+    fn emit<E: RoomEvent>(&mut self, audience: Audience, event: &E) {
+        self.events.push(Outgoing {
+            audience,
+            name: E::NAME,
+            data: serde_json::to_string(event).expect("events serialise infallibly"),
+        });
+    }
+}
+
+/// A successful command's result, before the room task adds anything (a token) to it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ack {
+    Joined(PlayerId),
+    Investigated { mafia: bool },
+    Done,
+}
+
+/// Phase durations, resolved from the defaults and the room's overrides.
+#[derive(Clone, Debug)]
+pub struct Durations {
+    pub day_intro: Duration,
+    pub notice: Duration,
+    pub day_per_player: Duration,
+    pub vote: Duration,
+    pub vote_result: Duration,
+    pub night_intro: Duration,
+    pub night: Duration,
+    pub ended: Duration,
+}
+
+impl Durations {
+    /// Longest duration a room may ask for (a day, so no deadline overflows).
+    const MAX_MS: u64 = 24 * 60 * 60 * 1000;
+
+    fn resolve(d: &proto::lobby::Durations) -> Result<Self, Rejection> {
+        let pick = |v: Option<u64>, default_ms: u64, name: &str| match v {
+            Some(ms) if ms > Self::MAX_MS => Err(Rejection::new(
+                ErrorCode::InvalidRoom,
+                format!("durations_ms.{name} is at most {}", Self::MAX_MS),
+            )),
+            v => Ok(Duration::from_millis(v.unwrap_or(default_ms))),
+        };
+        Ok(Durations {
+            day_intro: pick(d.day_intro, 3_000, "day_intro")?,
+            notice: pick(d.notice, 3_000, "notice")?,
+            day_per_player: pick(d.day_per_player, 20_000, "day_per_player")?,
+            vote: pick(d.vote, 10_000, "vote")?,
+            vote_result: pick(d.vote_result, 3_000, "vote_result")?,
+            night_intro: pick(d.night_intro, 3_000, "night_intro")?,
+            night: pick(d.night, 40_000, "night")?,
+            ended: pick(d.ended, 30_000, "ended")?,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Player {
+    id: PlayerId,
+    name: PlayerName,
+    role: Option<Role>,
+    alive: bool,
+    left: bool,
+}
+
+impl Player {
+    fn is_mafia(&self) -> bool {
+        self.role == Some(Role::Mafia)
+    }
+}
+
+/// One room's whole state.
+#[derive(Debug)]
+pub struct Game {
+    code: RoomCode,
+    settings: CreateRoom,
+    durations: Durations,
+    players: Vec<Player>,
+    host: Option<PlayerId>,
+    phase: Phase,
+    round: u32,
+    deadline: Instant,
+    ends_at: Option<u64>,
+    votes: BTreeMap<PlayerId, Option<PlayerId>>,
+    mafia_pick: Option<PlayerId>,
+    protect: Option<PlayerId>,
+    investigated: bool,
+    investigations: Vec<Investigation>,
+    deaths: Vec<Death>,
+    chat: VecDeque<(Audience, Chat)>,
+    winner: Option<Team>,
+}
+
+impl Game {
+    /// Validates the settings of a new room: `3 <= total <= 20`, `mafia >= 1`,
+    /// `total > 2 * mafia`, `mafia + doctor + police <= total`.
+    pub fn new(code: RoomCode, mut settings: CreateRoom, now: Now) -> Result<Self, Rejection> {
+        let invalid = |m: &str| Err(Rejection::new(ErrorCode::InvalidRoom, m));
+        settings.title = settings.title.trim().to_owned();
+        let title_chars = settings.title.chars().count();
+        if title_chars == 0 || title_chars > CreateRoom::MAX_TITLE_CHARS {
+            return invalid("a title has 1 to 60 characters");
+        }
+        if settings.title.chars().any(char::is_control) {
+            return invalid("a title cannot contain control characters");
+        }
+        let CreateRoom {
+            total,
+            mafia,
+            doctor,
+            police,
+            ..
+        } = settings;
+        if !(3..=20).contains(&total) {
+            return invalid("total is between 3 and 20");
+        }
+        if mafia < 1 {
+            return invalid("a game needs at least one mafia");
+        }
+        if u16::from(total) <= 2 * u16::from(mafia) {
+            return invalid("total must be more than twice the mafia");
+        }
+        if u16::from(mafia) + u16::from(doctor) + u16::from(police) > u16::from(total) {
+            return invalid("there are more roles than players");
+        }
+        let durations = Durations::resolve(&settings.durations_ms)?;
+        Ok(Game {
+            code,
+            settings,
+            durations,
+            players: Vec::new(),
+            host: None,
+            phase: Phase::Waiting,
+            round: 0,
+            deadline: now.instant + WAITING_IDLE,
+            ends_at: None,
+            votes: BTreeMap::new(),
+            mafia_pick: None,
+            protect: None,
+            investigated: false,
+            investigations: Vec::new(),
+            deaths: Vec::new(),
+            chat: VecDeque::new(),
+            winner: None,
+        })
+    }
+
+    pub fn code(&self) -> &RoomCode {
+        &self.code
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// When the room next needs [`Game::on_deadline`].
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Players who have not left.
+    pub fn player_count(&self) -> usize {
+        self.players.iter().filter(|p| !p.left).count()
+    }
+
+    pub fn is_player(&self, id: &PlayerId) -> bool {
+        self.players.iter().any(|p| &p.id == id)
+    }
+
+    pub fn name_of(&self, id: &PlayerId) -> Option<&PlayerName> {
+        self.players.iter().find(|p| &p.id == id).map(|p| &p.name)
+    }
+
+    /// The room as the lobby lists it, or `None` for a private room.
+    pub fn lobby_entry(&self) -> Option<LobbyRoom> {
+        (!self.settings.private).then(|| LobbyRoom {
+            code: self.code.clone(),
+            title: self.settings.title.clone(),
+            total: self.settings.total,
+            players: self.player_count() as u8,
+            phase: match self.phase {
+                Phase::Waiting => LobbyPhase::Waiting,
+                Phase::Ended => LobbyPhase::Ended,
+                _ => LobbyPhase::Playing,
+            },
+        })
+    }
+
+    /// Applies one command. On error nothing has changed and `fx` is untouched.
+    pub fn handle(
+        &mut self,
+        cmd: Command,
+        now: Now,
+        rng: &mut impl Rng,
+        fx: &mut Effects,
+    ) -> Result<Ack, Rejection> {
+        match cmd {
+            Command::Join { name } => self.join(&name, now, rng, fx),
+            Command::Leave { player } => self.leave(&player, now, fx),
+            Command::Start { player } => self.start(&player, now, rng, fx),
+            Command::Vote { player, target } => self.vote(&player, target, now, fx),
+            Command::Skill { player, target } => self.skill(&player, &target, fx),
+            Command::Chat { player, text } => self.say(&player, &text, now, fx),
+        }
+    }
+
+    fn join(
+        &mut self,
+        raw_name: &str,
+        now: Now,
+        rng: &mut impl Rng,
+        fx: &mut Effects,
+    ) -> Result<Ack, Rejection> {
+        let name = PlayerName::parse(raw_name)?;
+        if self.phase != Phase::Waiting {
+            return Err(reject(ErrorCode::AlreadyStarted, "the game has started"));
+        }
+        if self.players.len() >= usize::from(self.settings.total) {
+            return Err(reject(ErrorCode::RoomFull, "the room is full"));
+        }
+        if self.players.iter().any(|p| p.name.same_as(&name)) {
+            return Err(reject(
+                ErrorCode::NameTaken,
+                format!("someone here is already called {name}"),
+            ));
+        }
+        let id = loop {
+            let id = random_token(rng, 12);
+            if !self.is_player(&id) {
+                break id;
+            }
+        };
+        self.players.push(Player {
+            id: id.clone(),
+            name: name.clone(),
+            role: None,
+            alive: true,
+            left: false,
+        });
+        let host = self.host.get_or_insert_with(|| id.clone()).clone();
+        self.touch_waiting(now);
+        fx.emit(
+            Audience::Public,
+            &PlayerJoined {
+                player_id: id.clone(),
+                name: name.to_string(),
+                host,
+            },
+        );
+        fx.lobby_changed = true;
+        Ok(Ack::Joined(id))
+    }
+
+    fn leave(&mut self, id: &PlayerId, now: Now, fx: &mut Effects) -> Result<Ack, Rejection> {
+        let index = self.index_of(id)?;
+        if self.players[index].left {
+            return Err(reject(ErrorCode::NoSuchPlayer, "you have left this room"));
+        }
+        if self.phase == Phase::Waiting {
+            // Before the game a seat is just freed; the next player in line becomes host.
+            self.players.remove(index);
+            if self.host.as_ref() == Some(id) {
+                self.host = self.players.first().map(|p| p.id.clone());
+            }
+            self.touch_waiting(now);
+        } else {
+            let player = &mut self.players[index];
+            player.left = true;
+            if player.alive && self.phase != Phase::Ended {
+                player.alive = false;
+                self.votes.remove(id);
+                let death = Death {
+                    player_id: id.clone(),
+                    cause: DeathCause::Left,
+                    round: self.round,
+                };
+                self.deaths.push(death.clone());
+                fx.emit(Audience::Public, &death);
+            }
+        }
+        fx.emit(
+            Audience::Public,
+            &PlayerLeft {
+                player_id: id.clone(),
+                host: self.host.clone(),
+            },
+        );
+        fx.lobby_changed = true;
+        if self.phase == Phase::Waiting && self.players.is_empty() {
+            self.close(fx);
+        } else if self.phase == Phase::Day && self.everyone_voted() {
+            self.enter(Phase::Vote, now, fx);
+        }
+        Ok(Ack::Done)
+    }
+
+    fn start(
+        &mut self,
+        id: &PlayerId,
+        now: Now,
+        rng: &mut impl Rng,
+        fx: &mut Effects,
+    ) -> Result<Ack, Rejection> {
+        self.index_of(id)?;
+        if self.phase != Phase::Waiting {
+            return Err(reject(ErrorCode::AlreadyStarted, "the game has started"));
+        }
+        if self.host.as_ref() != Some(id) {
+            return Err(reject(ErrorCode::NotHost, "only the host can start"));
+        }
+        if self.players.len() < usize::from(self.settings.total) {
+            return Err(reject(
+                ErrorCode::NotEnoughPlayers,
+                format!(
+                    "{} of {} players are here",
+                    self.players.len(),
+                    self.settings.total
+                ),
+            ));
+        }
+        let s = &self.settings;
+        let mut roles: Vec<Role> = std::iter::repeat_n(Role::Mafia, s.mafia.into())
+            .chain(std::iter::repeat_n(Role::Doctor, s.doctor.into()))
+            .chain(std::iter::repeat_n(Role::Police, s.police.into()))
+            .collect();
+        roles.resize(self.players.len(), Role::Citizen);
+        roles.shuffle(rng);
+        for (player, role) in self.players.iter_mut().zip(roles) {
+            player.role = Some(role);
+        }
+        let mafia: Vec<PlayerId> = self.living(|p| p.is_mafia());
+        for p in &self.players {
+            let role = p.role.expect("just dealt");
+            let fellows = if role == Role::Mafia {
+                mafia.iter().filter(|m| *m != &p.id).cloned().collect()
+            } else {
+                Vec::new()
+            };
+            fx.emit(
+                Audience::Players(vec![p.id.clone()]),
+                &RoleDealt {
+                    role,
+                    mafia: fellows,
+                },
+            );
+        }
+        self.round = 1;
+        self.enter(Phase::DayIntro, now, fx);
+        fx.lobby_changed = true;
+        Ok(Ack::Done)
+    }
+
+    fn vote(
+        &mut self,
+        id: &PlayerId,
+        target: Option<PlayerId>,
+        now: Now,
+        fx: &mut Effects,
+    ) -> Result<Ack, Rejection> {
+        self.living_actor(id)?;
+        if !matches!(self.phase, Phase::Day | Phase::Vote) {
+            return Err(reject(ErrorCode::WrongPhase, "votes are cast by day"));
+        }
+        if let Some(t) = &target {
+            self.living_target(t)?;
+        }
+        self.votes.insert(id.clone(), target.clone());
+        let (tally, abstain) = self.tally();
+        fx.emit(
+            Audience::Public,
+            &VoteCast {
+                voter: id.clone(),
+                target,
+                tally,
+                abstain,
+            },
+        );
+        if self.phase == Phase::Day && self.everyone_voted() {
+            self.enter(Phase::Vote, now, fx);
+        }
+        Ok(Ack::Done)
+    }
+
+    fn skill(
+        &mut self,
+        id: &PlayerId,
+        target: &PlayerId,
+        fx: &mut Effects,
+    ) -> Result<Ack, Rejection> {
+        let role = self.living_actor(id)?.role;
+        if self.phase != Phase::Night {
+            return Err(reject(ErrorCode::WrongPhase, "skills are used at night"));
+        }
+        let target_is_mafia = self.living_target(target)?.is_mafia();
+        match role {
+            Some(Role::Mafia) => {
+                if target_is_mafia {
+                    return Err(reject(
+                        ErrorCode::InvalidTarget,
+                        "the mafia cannot pick one of their own",
+                    ));
+                }
+                self.mafia_pick = Some(target.clone());
+                fx.emit(
+                    Audience::Players(self.living(|p| p.is_mafia())),
+                    &MafiaPick {
+                        by: id.clone(),
+                        target: target.clone(),
+                    },
+                );
+                Ok(Ack::Done)
+            }
+            Some(Role::Doctor) => {
+                self.protect = Some(target.clone());
+                fx.emit(
+                    Audience::Players(vec![id.clone()]),
+                    &Protection {
+                        target: target.clone(),
+                    },
+                );
+                Ok(Ack::Done)
+            }
+            Some(Role::Police) => {
+                if self.investigated {
+                    return Err(reject(
+                        ErrorCode::AlreadyInvestigated,
+                        "the police investigate once per night",
+                    ));
+                }
+                if target == id {
+                    return Err(reject(
+                        ErrorCode::InvalidTarget,
+                        "investigate someone else",
+                    ));
+                }
+                self.investigated = true;
+                let result = Investigation {
+                    target: target.clone(),
+                    mafia: target_is_mafia,
+                    round: self.round,
+                };
+                fx.emit(Audience::Players(vec![id.clone()]), &result);
+                self.investigations.push(result);
+                Ok(Ack::Investigated {
+                    mafia: target_is_mafia,
+                })
+            }
+            Some(Role::Citizen) | None => Err(reject(
+                ErrorCode::WrongRole,
+                "citizens have no night skill",
+            )),
+        }
+    }
+
+    fn say(
+        &mut self,
+        id: &PlayerId,
+        raw_text: &str,
+        now: Now,
+        fx: &mut Effects,
+    ) -> Result<Ack, Rejection> {
+        let index = self.index_of(id)?;
+        let speaker = &self.players[index];
+        if speaker.left {
+            return Err(reject(ErrorCode::NotAlive, "you have left this room"));
+        }
+        let text = ChatText::parse(raw_text)?;
+        let (channel, audience) = if matches!(self.phase, Phase::Waiting | Phase::Ended) {
+            (Channel::Public, Audience::Public)
+        } else if !speaker.alive {
+            (Channel::Dead, Audience::Players(self.dead()))
+        } else if self.phase == Phase::Night {
+            if !speaker.is_mafia() {
+                return Err(reject(
+                    ErrorCode::ChatClosed,
+                    "at night only the mafia talk",
+                ));
+            }
+            (Channel::Mafia, Audience::Players(self.living(|p| p.is_mafia())))
+        } else {
+            (Channel::Public, Audience::Public)
+        };
+        let line = Chat {
+            from: id.clone(),
+            name: speaker.name.to_string(),
+            text: text.as_str().to_owned(),
+            channel,
+        };
+        if self.phase == Phase::Waiting {
+            self.touch_waiting(now);
+        }
+        fx.emit(audience.clone(), &line);
+        if self.chat.len() == CHAT_KEPT {
+            self.chat.pop_front();
+        }
+        self.chat.push_back((audience, line));
+        Ok(Ack::Done)
+    }
+
+    /// The current phase's deadline has passed: move on.
+    pub fn on_deadline(&mut self, now: Now, fx: &mut Effects) {
+        match self.phase {
+            // Only an idle waiting room has a deadline.
+            Phase::Waiting | Phase::Ended => self.close(fx),
+            Phase::DayIntro => self.enter(Phase::Notice, now, fx),
+            Phase::Notice => self.end_or(Phase::Day, now, fx),
+            Phase::Day => self.enter(Phase::Vote, now, fx),
+            Phase::Vote => {
+                self.execute_vote(fx);
+                self.enter(Phase::VoteResult, now, fx);
+            }
+            Phase::VoteResult => self.end_or(Phase::NightIntro, now, fx),
+            Phase::NightIntro => self.enter(Phase::Night, now, fx),
+            Phase::Night => {
+                self.resolve_night(fx);
+                self.round += 1;
+                self.enter(Phase::DayIntro, now, fx);
+            }
+        }
+    }
+
+    /// Ends the game if a side has won, else enters `next`.
+    fn end_or(&mut self, next: Phase, now: Now, fx: &mut Effects) {
+        let mafia = self.living(|p| p.is_mafia()).len();
+        let others = self.living(|p| !p.is_mafia()).len();
+        let winner = if mafia == 0 {
+            Some(Team::Citizens)
+        } else if mafia >= others {
+            Some(Team::Mafia)
+        } else {
+            None
+        };
+        match winner {
+            Some(winner) => {
+                self.winner = Some(winner);
+                self.enter(Phase::Ended, now, fx);
+                fx.emit(
+                    Audience::Public,
+                    &GameOver {
+                        winner,
+                        roles: self.roles(),
+                    },
+                );
+                fx.lobby_changed = true;
+            }
+            None => self.enter(next, now, fx),
+        }
+    }
+
+    fn enter(&mut self, phase: Phase, now: Now, fx: &mut Effects) {
+        let d = &self.durations;
+        let duration = match phase {
+            Phase::Waiting => WAITING_IDLE,
+            Phase::DayIntro => d.day_intro,
+            Phase::Notice => d.notice,
+            Phase::Day => d.day_per_player * self.living(|_| true).len() as u32,
+            Phase::Vote => d.vote,
+            Phase::VoteResult => d.vote_result,
+            Phase::NightIntro => d.night_intro,
+            Phase::Night => d.night,
+            Phase::Ended => d.ended,
+        };
+        match phase {
+            Phase::Day => self.votes.clear(),
+            Phase::Night => {
+                self.mafia_pick = None;
+                self.protect = None;
+                self.investigated = false;
+            }
+            _ => {}
+        }
+        self.phase = phase;
+        self.deadline = now.instant + duration;
+        let ends_at = now.unix_ms + duration.as_millis() as u64;
+        self.ends_at = Some(ends_at);
+        fx.emit(
+            Audience::Public,
+            &PhaseChanged {
+                phase,
+                round: self.round,
+                ends_at: Some(ends_at),
+            },
+        );
+    }
+
+    /// Entering `vote_result`: the single most-voted player dies; a tie, or abstention on
+    /// top, kills nobody.
+    fn execute_vote(&mut self, fx: &mut Effects) {
+        let (tally, abstain) = self.tally();
+        let top = tally.values().copied().max().unwrap_or(0);
+        let mut leaders = tally.iter().filter(|(_, n)| **n == top);
+        if let (Some((victim, _)), None) = (leaders.next(), leaders.next()) {
+            if top > abstain {
+                let victim = victim.clone();
+                self.kill(&victim, DeathCause::Vote, fx);
+            }
+        }
+    }
+
+    /// Leaving `night`: the mafia's pick dies unless the doctor protected them.
+    fn resolve_night(&mut self, fx: &mut Effects) {
+        if let Some(target) = self.mafia_pick.take() {
+            if self.protect.as_ref() != Some(&target) {
+                self.kill(&target, DeathCause::Mafia, fx);
+            }
+        }
+    }
+
+    fn kill(&mut self, id: &PlayerId, cause: DeathCause, fx: &mut Effects) {
+        let Some(player) = self.players.iter_mut().find(|p| &p.id == id && p.alive) else {
+            return;
+        };
+        player.alive = false;
+        let death = Death {
+            player_id: id.clone(),
+            cause,
+            round: self.round,
+        };
+        self.deaths.push(death.clone());
+        fx.emit(Audience::Public, &death);
+        // The dead see every role from now on.
+        fx.emit(
+            Audience::Players(vec![id.clone()]),
+            &RolesRevealed {
+                roles: self.roles(),
+            },
+        );
+    }
+
+    fn close(&mut self, fx: &mut Effects) {
+        fx.emit(
+            Audience::Public,
+            &RoomClosed {
+                code: self.code.clone(),
+            },
+        );
+        fx.closed = true;
+    }
+
+    /// The room as `viewer` may see it: exactly what the events have shown them.
+    pub fn snapshot(&self, viewer: Option<&PlayerId>) -> RoomSnapshot {
+        let me = viewer.and_then(|v| self.players.iter().find(|p| &p.id == v));
+        let started = self.phase != Phase::Waiting;
+        let sees_all =
+            self.phase == Phase::Ended || me.is_some_and(|m| started && !m.alive && !m.left);
+        let i_am = |role| me.is_some_and(|m| m.role == Some(role) && m.alive);
+        let at_night = self.phase == Phase::Night;
+        RoomSnapshot {
+            code: self.code.clone(),
+            title: self.settings.title.clone(),
+            total: self.settings.total,
+            mafia: self.settings.mafia,
+            doctor: self.settings.doctor,
+            police: self.settings.police,
+            private: self.settings.private,
+            phase: self.phase,
+            round: self.round,
+            ends_at: self.ends_at.filter(|_| started),
+            host: self.host.clone(),
+            players: self
+                .players
+                .iter()
+                .map(|p| {
+                    let visible = sees_all
+                        || me.is_some_and(|m| m.id == p.id || (m.is_mafia() && p.is_mafia()));
+                    PlayerView {
+                        player_id: p.id.clone(),
+                        name: p.name.to_string(),
+                        alive: p.alive,
+                        role: p.role.filter(|_| visible),
+                    }
+                })
+                .collect(),
+            you: me.map(|m| m.id.clone()),
+            votes: if matches!(self.phase, Phase::Day | Phase::Vote) {
+                self.votes.clone()
+            } else {
+                BTreeMap::new()
+            },
+            deaths: self.deaths.clone(),
+            chat: {
+                let mut lines: Vec<Chat> = self
+                    .chat
+                    .iter()
+                    .rev()
+                    .filter(|(audience, _)| audience.includes(viewer))
+                    .take(SNAPSHOT_CHAT_LINES)
+                    .map(|(_, line)| line.clone())
+                    .collect();
+                lines.reverse();
+                lines
+            },
+            mafia_pick: self
+                .mafia_pick
+                .clone()
+                .filter(|_| at_night && i_am(Role::Mafia)),
+            protect: self
+                .protect
+                .clone()
+                .filter(|_| at_night && i_am(Role::Doctor)),
+            investigations: if me.is_some_and(|m| m.role == Some(Role::Police)) {
+                self.investigations.clone()
+            } else {
+                Vec::new()
+            },
+            winner: self.winner,
+        }
+    }
+
+    fn touch_waiting(&mut self, now: Now) {
+        self.deadline = now.instant + WAITING_IDLE;
+    }
+
+    fn index_of(&self, id: &PlayerId) -> Result<usize, Rejection> {
+        self.players
+            .iter()
+            .position(|p| &p.id == id)
+            .ok_or_else(|| reject(ErrorCode::NoSuchPlayer, "no such player in this room"))
+    }
+
+    fn living_actor(&self, id: &PlayerId) -> Result<&Player, Rejection> {
+        let player = &self.players[self.index_of(id)?];
+        if !player.alive || player.left || self.phase == Phase::Waiting {
+            return Err(if self.phase == Phase::Waiting {
+                reject(ErrorCode::WrongPhase, "the game has not started")
+            } else {
+                reject(ErrorCode::NotAlive, "the dead cannot do that")
+            });
+        }
+        Ok(player)
+    }
+
+    fn living_target(&self, id: &PlayerId) -> Result<&Player, Rejection> {
+        self.players
+            .iter()
+            .find(|p| &p.id == id && p.alive)
+            .ok_or_else(|| reject(ErrorCode::InvalidTarget, "the target is not a living player"))
+    }
+
+    fn living(&self, pred: impl Fn(&Player) -> bool) -> Vec<PlayerId> {
+        self.players
+            .iter()
+            .filter(|p| p.alive && pred(p))
+            .map(|p| p.id.clone())
+            .collect()
+    }
+
+    fn dead(&self) -> Vec<PlayerId> {
+        self.players
+            .iter()
+            .filter(|p| !p.alive && !p.left)
+            .map(|p| p.id.clone())
+            .collect()
+    }
+
+    fn everyone_voted(&self) -> bool {
+        self.players
+            .iter()
+            .filter(|p| p.alive)
+            .all(|p| self.votes.contains_key(&p.id))
+    }
+
+    fn tally(&self) -> (BTreeMap<PlayerId, u32>, u32) {
+        let mut tally = BTreeMap::new();
+        let mut abstain = 0;
+        for target in self.votes.values() {
+            match target {
+                Some(t) => *tally.entry(t.clone()).or_insert(0) += 1,
+                None => abstain += 1,
+            }
+        }
+        (tally, abstain)
+    }
+
+    fn roles(&self) -> BTreeMap<PlayerId, Role> {
+        self.players
+            .iter()
+            .filter_map(|p| Some((p.id.clone(), p.role?)))
+            .collect()
+    }
+}
+
+fn reject(code: ErrorCode, message: impl Into<String>) -> Rejection {
+    Rejection::new(code, message)
+}
+
+/// A random `[A-Za-z0-9]` token of `len` characters (room codes and player ids).
+pub fn random_token<T: TryFrom<String, Error = Rejection>>(rng: &mut impl Rng, len: usize) -> T {
+    let s: String = (0..len)
+        .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
+        .collect();
+    T::try_from(s).expect("alphanumeric tokens of a valid length parse")
+}

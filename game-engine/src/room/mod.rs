@@ -1,0 +1,216 @@
+//! One room: a task that owns its [`Game`], its event history and its deadline.
+//!
+//! Each room is its own task with its own NATS subscriptions, so one room's command never
+//! queues behind another room's work. The room's next deadline is a `sleep_until` in the same
+//! `select!` as its commands: tokio's timer wheel fires it when it is due and costs nothing
+//! before, so the engine does no work between deadlines, for one room or 100,000.
+
+pub mod game;
+
+use std::sync::Arc;
+
+use async_nats::{HeaderMap, Message, Subscriber};
+use futures::StreamExt;
+use metrics::{counter, gauge, histogram};
+use proto::command::decode_request;
+use proto::event::Phase;
+use proto::headers::{SSE_EVENT, SSE_ID};
+use proto::{Command, CommandOk, ErrorCode, Rejection, Reply, SnapReply, SnapRequest};
+use tokio::time::{sleep_until, Instant};
+
+use crate::history::{History, Recorded};
+use crate::lobby::LobbyChange;
+use crate::metrics as m;
+use crate::server::Context;
+use game::{Ack, Audience, Effects, Game, Now};
+
+/// A live room: its rules, its history and the engine it runs in.
+pub struct Room {
+    ctx: Arc<Context>,
+    game: Game,
+    history: History,
+    /// The phase and player count last reported to the gauges.
+    phase: Phase,
+    players: usize,
+}
+
+impl Room {
+    pub fn new(ctx: Arc<Context>, game: Game) -> Self {
+        let history = History::new(ctx.history);
+        gauge!(m::ROOMS, "phase" => game.phase().as_str()).increment(1.0);
+        Room {
+            ctx,
+            phase: game.phase(),
+            game,
+            history,
+            players: 0,
+        }
+    }
+
+    /// Serves the room until it closes or the engine shuts down.
+    pub async fn run(mut self, mut commands: Subscriber, mut snaps: Subscriber) {
+        self.announce_to_lobby();
+        let shutdown = self.ctx.shutdown.clone();
+        loop {
+            let deadline = self.game.deadline();
+            let closed = tokio::select! {
+                Some(msg) = commands.next() => self.on_command(msg).await,
+                Some(msg) = snaps.next() => { self.on_snap(msg).await; false }
+                () = sleep_until(deadline) => self.on_deadline(deadline).await,
+                () = shutdown.cancelled() => break,
+                else => break,
+            };
+            if closed {
+                break;
+            }
+        }
+        let _ = commands.unsubscribe().await;
+        let _ = snaps.unsubscribe().await;
+        gauge!(m::ROOMS, "phase" => self.phase.as_str()).decrement(1.0);
+        gauge!(m::PLAYERS).decrement(self.players as f64);
+    }
+
+    async fn on_command(&mut self, msg: Message) -> bool {
+        let started = Instant::now();
+        let mut fx = Effects::default();
+        let mut kind = "unknown";
+        let result = decode_request::<Command>(&msg.payload).and_then(|cmd| {
+            kind = cmd.kind();
+            let ack = self
+                .game
+                .handle(cmd, Now::system(), &mut rand::rng(), &mut fx)?;
+            self.ack(ack)
+        });
+        let closed = self.apply(fx).await;
+        let result_label = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.error.as_str(),
+        };
+        counter!(m::COMMANDS, "type" => kind, "result" => result_label).increment(1);
+        if let Some(reply_to) = msg.reply {
+            let body = Reply::from(result).to_bytes();
+            if let Err(e) = self.ctx.client.publish(reply_to, body.into()).await {
+                tracing::warn!(room = %self.game.code(), error = %e, "could not reply");
+            }
+        }
+        histogram!(m::COMMAND_SECONDS, "type" => kind).record(started.elapsed().as_secs_f64());
+        closed
+    }
+
+    fn ack(&self, ack: Ack) -> Result<CommandOk, Rejection> {
+        Ok(match ack {
+            Ack::Joined(player_id) => {
+                let name = self.game.name_of(&player_id).expect("just joined");
+                let token = self
+                    .ctx
+                    .signer
+                    .sign(self.game.code(), &player_id, name.as_str())?;
+                CommandOk::Joined { player_id, token }
+            }
+            Ack::Investigated { mafia } => CommandOk::Investigated { mafia },
+            Ack::Done => CommandOk::Done {},
+        })
+    }
+
+    async fn on_snap(&mut self, msg: Message) {
+        let Some(reply_to) = msg.reply else { return };
+        let reply = decode_request::<SnapRequest>(&msg.payload).and_then(|req| {
+            if let Some(viewer) = &req.viewer {
+                if !self.game.is_player(viewer) {
+                    return Err(Rejection::new(
+                        ErrorCode::NoSuchPlayer,
+                        "no such player in this room",
+                    ));
+                }
+            }
+            let game = &self.game;
+            Ok(self.history.reply(req.viewer.as_ref(), req.since, || {
+                serde_json::to_string(&game.snapshot(req.viewer.as_ref()))
+                    .expect("snapshots serialise infallibly")
+            }))
+        });
+        let body = Reply::<SnapReply>::from(reply).to_bytes();
+        if let Err(e) = self.ctx.client.publish(reply_to, body.into()).await {
+            tracing::warn!(room = %self.game.code(), error = %e, "could not answer a snapshot");
+        }
+    }
+
+    /// The deadline passed: record how late we are and move the game on. The next phase is
+    /// timed from the deadline itself, not from when we woke, so lateness never accumulates.
+    async fn on_deadline(&mut self, deadline: Instant) -> bool {
+        let late = Instant::now().saturating_duration_since(deadline);
+        histogram!(m::SCHEDULER_LATENESS).record(late.as_secs_f64());
+        let mut now = Now::system();
+        now.instant = deadline;
+        now.unix_ms = now.unix_ms.saturating_sub(late.as_millis() as u64);
+        let mut fx = Effects::default();
+        self.game.on_deadline(now, &mut fx);
+        self.apply(fx).await
+    }
+
+    /// Records and publishes the events in id order, then tells the lobby. Returns whether the
+    /// room closed.
+    async fn apply(&mut self, fx: Effects) -> bool {
+        for event in fx.events {
+            let recorded = self.history.record(event);
+            publish(&self.ctx, self.game.code(), recorded).await;
+        }
+        let phase = self.game.phase();
+        if phase != self.phase {
+            gauge!(m::ROOMS, "phase" => self.phase.as_str()).decrement(1.0);
+            gauge!(m::ROOMS, "phase" => phase.as_str()).increment(1.0);
+            self.phase = phase;
+        }
+        let players = self.game.player_count();
+        if players != self.players {
+            gauge!(m::PLAYERS).increment(players as f64 - self.players as f64);
+            self.players = players;
+        }
+        if fx.closed {
+            if self.game.lobby_entry().is_some() {
+                let _ = self
+                    .ctx
+                    .lobby
+                    .send(LobbyChange::Closed(self.game.code().clone()));
+            }
+        } else if fx.lobby_changed {
+            self.announce_to_lobby();
+        }
+        fx.closed
+    }
+
+    fn announce_to_lobby(&self) {
+        if let Some(entry) = self.game.lobby_entry() {
+            let _ = self.ctx.lobby.send(LobbyChange::Upsert(entry));
+        }
+    }
+}
+
+/// Publishes one recorded event to the subjects of its audience, with `Sse-Id`/`Sse-Event`.
+async fn publish(ctx: &Context, code: &proto::RoomCode, event: &Recorded) {
+    let subjects = match &event.audience {
+        Audience::Public => vec![ctx.subjects.room_events(code)],
+        Audience::Players(ids) => ids
+            .iter()
+            .map(|id| ctx.subjects.player_events(code, id))
+            .collect(),
+    };
+    for subject in subjects {
+        send_event(ctx, subject, event).await;
+    }
+}
+
+/// Publishes one event with its headers; shared by rooms and the lobby.
+pub async fn send_event(ctx: &Context, subject: String, event: &Recorded) {
+    let mut headers = HeaderMap::new();
+    headers.insert(SSE_ID, event.id.to_string().as_str());
+    headers.insert(SSE_EVENT, event.name);
+    match ctx
+        .client
+        .publish_with_headers(subject, headers, event.data.clone())
+        .await
+    {
+        Ok(()) => counter!(m::EVENTS_PUBLISHED).increment(1),
+        Err(e) => tracing::warn!(error = %e, "could not publish an event"),
+    }
+}
