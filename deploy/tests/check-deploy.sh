@@ -24,7 +24,7 @@ check() {
         passed=$((passed + 1))
     else
         echo "FAIL  $what"
-        sed 's/^/      /' <<<"$out"
+        while IFS= read -r line; do echo "      $line"; done <<<"$out"
         failed=$((failed + 1))
     fi
 }

@@ -74,11 +74,6 @@ impl Subjects {
         format!("{}.room.{code}.>", self.prefix)
     }
 
-    /// Whether `subject` is this room's public event subject.
-    pub fn is_room_events(&self, subject: &str, code: &RoomCode) -> bool {
-        subject == self.room_events(code)
-    }
-
     /// The player a private-event subject is addressed to, or `None` for any other subject.
     pub fn player_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".room.")?;

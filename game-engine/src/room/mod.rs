@@ -9,7 +9,7 @@ pub mod game;
 
 use std::sync::Arc;
 
-use async_nats::{HeaderMap, Message, Subscriber};
+use async_nats::{HeaderMap, Message, Subject, Subscriber};
 use futures::StreamExt;
 use metrics::{counter, gauge, histogram};
 use proto::command::decode_request;
@@ -48,29 +48,43 @@ impl Room {
     }
 
     /// Serves the room until it closes or the engine shuts down.
+    ///
+    /// Handlers only compute; this loop does the I/O in the order the contract needs: stop
+    /// listening if the room closed (so no command is accepted after `room_closed`), publish
+    /// the events in id order, then reply.
     pub async fn run(mut self, mut commands: Subscriber, mut snaps: Subscriber) {
         self.announce_to_lobby();
         let shutdown = self.ctx.shutdown.clone();
         loop {
             let deadline = self.game.deadline();
-            let closed = tokio::select! {
-                Some(msg) = commands.next() => self.on_command(msg).await,
-                Some(msg) = snaps.next() => { self.on_snap(msg).await; false }
-                () = sleep_until(deadline) => self.on_deadline(deadline).await,
+            let (fx, reply) = tokio::select! {
+                Some(msg) = commands.next() => self.on_command(msg),
+                Some(msg) = snaps.next() => { self.on_snap(msg).await; continue }
+                () = sleep_until(deadline) => (self.on_deadline(deadline), None),
                 () = shutdown.cancelled() => break,
                 else => break,
             };
+            let closed = fx.closed;
+            if closed {
+                let _ = commands.unsubscribe().await;
+                let _ = snaps.unsubscribe().await;
+            }
+            self.apply(fx).await;
+            if let Some((to, body)) = reply {
+                if let Err(e) = self.ctx.client.publish(to, body.into()).await {
+                    tracing::warn!(room = %self.game.code(), error = %e, "could not reply");
+                }
+            }
             if closed {
                 break;
             }
         }
-        let _ = commands.unsubscribe().await;
-        let _ = snaps.unsubscribe().await;
         gauge!(m::ROOMS, "phase" => self.phase.as_str()).decrement(1.0);
         gauge!(m::PLAYERS).decrement(self.players as f64);
     }
 
-    async fn on_command(&mut self, msg: Message) -> bool {
+    /// Applies a command; returns its effects and the reply to send after them.
+    fn on_command(&mut self, msg: Message) -> (Effects, Option<(Subject, Vec<u8>)>) {
         let started = Instant::now();
         let mut fx = Effects::default();
         let mut kind = "unknown";
@@ -81,20 +95,14 @@ impl Room {
                 .handle(cmd, Now::system(), &mut rand::rng(), &mut fx)?;
             self.ack(ack)
         });
-        let closed = self.apply(fx).await;
         let result_label = match &result {
             Ok(_) => "ok",
             Err(e) => e.error.as_str(),
         };
         counter!(m::COMMANDS, "type" => kind, "result" => result_label).increment(1);
-        if let Some(reply_to) = msg.reply {
-            let body = Reply::from(result).to_bytes();
-            if let Err(e) = self.ctx.client.publish(reply_to, body.into()).await {
-                tracing::warn!(room = %self.game.code(), error = %e, "could not reply");
-            }
-        }
+        let reply = msg.reply.map(|to| (to, Reply::from(result).to_bytes()));
         histogram!(m::COMMAND_SECONDS, "type" => kind).record(started.elapsed().as_secs_f64());
-        closed
+        (fx, reply)
     }
 
     fn ack(&self, ack: Ack) -> Result<CommandOk, Rejection> {
@@ -137,7 +145,7 @@ impl Room {
 
     /// The deadline passed: record how late we are and move the game on. The next phase is
     /// timed from the deadline itself, not from when we woke, so lateness never accumulates.
-    async fn on_deadline(&mut self, deadline: Instant) -> bool {
+    fn on_deadline(&mut self, deadline: Instant) -> Effects {
         let late = Instant::now().saturating_duration_since(deadline);
         histogram!(m::SCHEDULER_LATENESS).record(late.as_secs_f64());
         let mut now = Now::system();
@@ -145,12 +153,11 @@ impl Room {
         now.unix_ms = now.unix_ms.saturating_sub(late.as_millis() as u64);
         let mut fx = Effects::default();
         self.game.on_deadline(now, &mut fx);
-        self.apply(fx).await
+        fx
     }
 
-    /// Records and publishes the events in id order, then tells the lobby. Returns whether the
-    /// room closed.
-    async fn apply(&mut self, fx: Effects) -> bool {
+    /// Records and publishes the events in id order, then tells the lobby.
+    async fn apply(&mut self, fx: Effects) {
         for event in fx.events {
             let recorded = self.history.record(event);
             publish(&self.ctx, self.game.code(), recorded).await;
@@ -176,7 +183,6 @@ impl Room {
         } else if fx.lobby_changed {
             self.announce_to_lobby();
         }
-        fx.closed
     }
 
     fn announce_to_lobby(&self) {

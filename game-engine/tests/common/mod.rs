@@ -1,0 +1,240 @@
+//! A running engine on a real nats-server, and clients that talk to it the way a backend or
+//! the gateway would: requests for commands, a subscription per watcher.
+
+#![allow(dead_code)] // each test binary uses a different part of this
+
+use std::time::Duration;
+
+use async_nats::{Client, Subscriber};
+use futures::StreamExt;
+use game_engine::{Config, Engine};
+use proto::headers::{SSE_EVENT, SSE_ID};
+use proto::{PlayerId, RoomCode, Subjects};
+use serde_json::{json, Value};
+use test_support::NatsServer;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+/// How long any single network wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Harness {
+    pub nats: NatsServer,
+    pub client: Client,
+    pub subjects: Subjects,
+    pub admin: std::net::SocketAddr,
+    stop: CancellationToken,
+    engine: Option<JoinHandle<anyhow::Result<()>>>,
+    _keys: tempfile::TempDir,
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let nats = NatsServer::start();
+        let keys = tempfile::tempdir().unwrap();
+        let (signing, _) = test_support::write_test_keys(keys.path());
+        let mut config = Config::default();
+        config.nats.url = nats.url();
+        config.engine.admin_listen = "127.0.0.1:0".parse().unwrap();
+        config.auth.signing_key_file = Some(signing);
+        tweak(&mut config);
+        let engine = Engine::build(config).await.expect("engine builds");
+        let admin = engine.admin_addr();
+        let stop = CancellationToken::new();
+        let engine = tokio::spawn(engine.run_until(stop.clone().cancelled_owned()));
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let harness = Harness {
+            nats,
+            client,
+            subjects: Subjects::default(),
+            admin,
+            stop,
+            engine: Some(engine),
+            _keys: keys,
+        };
+        // The engine is ready once it answers the lobby.
+        harness.lobby_snap(None).await;
+        harness
+    }
+
+    /// Stops the engine as SIGTERM would and waits for it.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        let engine = self.engine.take().unwrap();
+        timeout(WAIT, engine).await.unwrap().unwrap().unwrap();
+    }
+
+    pub async fn request(&self, subject: String, body: Vec<u8>) -> Value {
+        let msg = timeout(WAIT, self.client.request(subject, body.into()))
+            .await
+            .expect("reply in time")
+            .expect("a responder");
+        serde_json::from_slice(&msg.payload).expect("replies are JSON")
+    }
+
+    pub async fn create(&self, settings: Value) -> Value {
+        self.request(self.subjects.lobby_create(), settings.to_string().into_bytes())
+            .await
+    }
+
+    /// Creates a room and returns its code, panicking on refusal.
+    pub async fn room(&self, settings: Value) -> RoomCode {
+        let reply = self.create(settings).await;
+        assert_eq!(reply["ok"], true, "create refused: {reply}");
+        RoomCode::parse(reply["code"].as_str().unwrap()).unwrap()
+    }
+
+    pub async fn cmd(&self, code: &RoomCode, body: Value) -> Value {
+        self.request(self.subjects.room_cmd(code), body.to_string().into_bytes())
+            .await
+    }
+
+    /// Sends a command and asserts it was accepted.
+    pub async fn ok(&self, code: &RoomCode, body: Value) -> Value {
+        let reply = self.cmd(code, body.clone()).await;
+        assert_eq!(reply["ok"], true, "{body} refused: {reply}");
+        reply
+    }
+
+    /// Sends a command and returns its error code, asserting it was refused.
+    pub async fn refused(&self, code: &RoomCode, body: Value) -> String {
+        let reply = self.cmd(code, body.clone()).await;
+        assert_eq!(reply["ok"], false, "{body} was accepted: {reply}");
+        assert!(reply["message"].is_string(), "{reply}");
+        reply["error"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn join(&self, code: &RoomCode, name: &str) -> PlayerId {
+        let reply = self.ok(code, json!({"type": "join", "name": name})).await;
+        PlayerId::parse(reply["player_id"].as_str().unwrap()).unwrap()
+    }
+
+    pub async fn snap(&self, code: &RoomCode, viewer: Option<&PlayerId>, since: Option<u64>) -> Value {
+        let body = json!({"viewer": viewer, "since": since}).to_string();
+        self.request(self.subjects.room_snap(code), body.into_bytes()).await
+    }
+
+    pub async fn lobby_snap(&self, since: Option<u64>) -> Value {
+        let body = json!({"viewer": null, "since": since}).to_string();
+        self.request(self.subjects.lobby_snap(), body.into_bytes()).await
+    }
+
+    /// Watches a room as `viewer` sees it (public events plus their private ones), or only
+    /// the public events.
+    pub async fn watch(&self, code: &RoomCode, viewer: Option<&PlayerId>) -> Watcher {
+        let sub = self
+            .client
+            .subscribe(self.subjects.room_wildcard(code))
+            .await
+            .unwrap();
+        self.client.flush().await.unwrap();
+        Watcher {
+            sub,
+            accept: vec![
+                self.subjects.room_events(code),
+                viewer.map_or_else(String::new, |v| self.subjects.player_events(code, v)),
+            ],
+            seen: Vec::new(),
+        }
+    }
+
+    pub async fn watch_lobby(&self) -> Watcher {
+        let sub = self.client.subscribe(self.subjects.lobby_events()).await.unwrap();
+        self.client.flush().await.unwrap();
+        Watcher {
+            sub,
+            accept: vec![self.subjects.lobby_events()],
+            seen: Vec::new(),
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.admin).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        timeout(WAIT, stream.read_to_string(&mut body)).await.unwrap().unwrap();
+        body
+    }
+}
+
+/// One event as a watcher received it.
+#[derive(Clone, Debug)]
+pub struct Ev {
+    pub id: u64,
+    pub name: String,
+    pub data: Value,
+    pub subject: String,
+}
+
+pub struct Watcher {
+    sub: Subscriber,
+    accept: Vec<String>,
+    pub seen: Vec<Ev>,
+}
+
+impl Watcher {
+    /// The next event this viewer may see.
+    pub async fn next(&mut self) -> Ev {
+        loop {
+            let msg = timeout(WAIT, self.sub.next())
+                .await
+                .expect("an event in time")
+                .expect("subscription open");
+            let subject = msg.subject.to_string();
+            if !self.accept.contains(&subject) {
+                continue;
+            }
+            let headers = msg.headers.expect("events carry headers");
+            let ev = Ev {
+                id: headers.get(SSE_ID).unwrap().as_str().parse().unwrap(),
+                name: headers.get(SSE_EVENT).unwrap().as_str().to_owned(),
+                data: serde_json::from_slice(&msg.payload).unwrap(),
+                subject,
+            };
+            if let Some(last) = self.seen.last() {
+                assert!(ev.id > last.id, "ids go up: {} after {}", ev.id, last.id);
+            }
+            self.seen.push(ev.clone());
+            return ev;
+        }
+    }
+
+    /// Waits for the next event named `name` for which `pred` holds.
+    pub async fn until(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Ev {
+        loop {
+            let ev = self.next().await;
+            if ev.name == name && pred(&ev.data) {
+                return ev;
+            }
+        }
+    }
+
+    /// Waits for the `phase` event entering `phase`.
+    pub async fn phase(&mut self, phase: &str) -> Ev {
+        self.until("phase", |d| d["phase"] == phase).await
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.seen.iter().map(|e| e.name.as_str()).collect()
+    }
+}
+
+/// Room settings with the given roles and millisecond phases; `day_per_player` is long so the
+/// day ends by votes, and the night is long enough to act in.
+pub fn fast_room(total: u8, mafia: u8, doctor: u8, police: u8) -> Value {
+    json!({
+        "title": "test room", "total": total, "mafia": mafia, "doctor": doctor,
+        "police": police, "private": false,
+        "durations_ms": {"day_intro": 20, "notice": 20, "day_per_player": 10000, "vote": 100,
+            "vote_result": 20, "night_intro": 20, "night": 400, "ended": 100}
+    })
+}

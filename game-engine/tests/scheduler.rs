@@ -1,0 +1,78 @@
+//! The deadline scheduler under paused time: phases change exactly at their deadlines, and
+//! timing each phase from the previous deadline means lateness never accumulates.
+
+use std::time::Duration;
+
+use game_engine::room::game::{Effects, Game, Now};
+use proto::event::Phase;
+use proto::lobby::CreateRoom;
+use proto::{Command, PlayerId, RoomCode};
+use tokio::time::{sleep_until, Instant};
+
+fn now() -> Now {
+    Now {
+        instant: Instant::now(),
+        unix_ms: 1_000_000,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn phases_fire_exactly_at_their_deadlines() {
+    let settings: CreateRoom = serde_json::from_value(serde_json::json!({
+        "title": "t", "total": 3, "mafia": 1,
+        "durations_ms": {"day_intro": 1000, "notice": 2000, "day_per_player": 300,
+            "vote": 4000, "vote_result": 500, "night_intro": 600, "night": 7000}
+    }))
+    .unwrap();
+    let mut game = Game::new(RoomCode::parse("Ab12Cd34").unwrap(), settings, now()).unwrap();
+    let mut rng = rand::rng();
+    let mut fx = Effects::default();
+    let mut players: Vec<PlayerId> = Vec::new();
+    for name in ["a", "b", "c"] {
+        let ack = game
+            .handle(Command::Join { name: name.into() }, now(), &mut rng, &mut fx)
+            .unwrap();
+        if let game_engine::room::game::Ack::Joined(id) = ack {
+            players.push(id);
+        }
+    }
+    let start = Instant::now();
+    game.handle(
+        Command::Start {
+            player: players[0].clone(),
+        },
+        now(),
+        &mut rng,
+        &mut fx,
+    )
+    .unwrap();
+
+    // (phase entered, ms after the start): day is 300 ms per living player.
+    let expected = [
+        (Phase::Notice, 1000),
+        (Phase::Day, 3000),
+        (Phase::Vote, 3900),
+        (Phase::VoteResult, 7900),
+        (Phase::NightIntro, 8400),
+        (Phase::Night, 9000),
+        (Phase::DayIntro, 16000),
+    ];
+    for (phase, at_ms) in expected {
+        let deadline = game.deadline();
+        sleep_until(deadline).await;
+        assert_eq!(Instant::now(), deadline, "woke exactly at the deadline");
+        // Pretend the wake-up came 3 ms late: the next deadline is still set from this one.
+        let late = Now {
+            instant: deadline,
+            unix_ms: 0,
+        };
+        tokio::time::advance(Duration::from_millis(3)).await;
+        game.on_deadline(late, &mut fx);
+        assert_eq!(game.phase(), phase);
+        assert_eq!(
+            deadline.duration_since(start),
+            Duration::from_millis(at_ms),
+            "{phase:?} began on schedule despite the late wake-ups"
+        );
+    }
+}

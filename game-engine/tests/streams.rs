@@ -1,0 +1,149 @@
+//! Resume with `since`, the lobby's events and snapshots, and the engine's own endpoints.
+
+mod common;
+
+use common::{fast_room, Harness};
+use serde_json::json;
+
+#[tokio::test]
+async fn since_replays_what_the_viewer_missed_while_history_holds_it() {
+    let h = Harness::start().await;
+    let code = h.room(fast_room(5, 1, 1, 1)).await;
+    let ann = h.join(&code, "Ann").await;
+    let fresh = h.snap(&code, Some(&ann), None).await;
+    let at = fresh["events"][0]["id"].as_u64().unwrap();
+    assert_eq!(fresh["events"][0]["event"], "snapshot");
+
+    let bob = h.join(&code, "Bob").await;
+    h.ok(&code, json!({"type": "chat", "player": bob, "text": "hello"})).await;
+    let resumed = h.snap(&code, Some(&ann), Some(at)).await;
+    let events: Vec<(u64, &str)> = resumed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["id"].as_u64().unwrap(), e["event"].as_str().unwrap()))
+        .collect();
+    assert_eq!(events, [(at + 1, "player_joined"), (at + 2, "chat")]);
+    assert_eq!(resumed["events"][1]["data"]["text"], "hello");
+    let up_to_date = h.snap(&code, Some(&ann), Some(at + 2)).await;
+    assert_eq!(up_to_date["events"], json!([]));
+}
+
+#[tokio::test]
+async fn since_beyond_history_falls_back_to_a_snapshot() {
+    let h = Harness::start_with(|c| c.engine.history = 3).await;
+    let code = h.room(fast_room(5, 1, 1, 1)).await;
+    let ann = h.join(&code, "Ann").await;
+    for n in 0..5 {
+        h.ok(&code, json!({"type": "chat", "player": ann, "text": format!("line {n}")})).await;
+    }
+    let reply = h.snap(&code, Some(&ann), Some(1)).await;
+    let events = reply["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["event"], "snapshot");
+    assert_eq!(events[0]["id"], 6);
+    let chat: Vec<&str> = events[0]["data"]["chat"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(chat, ["line 0", "line 1", "line 2", "line 3", "line 4"]);
+    // The last three events are still there.
+    let recent = h.snap(&code, Some(&ann), Some(3)).await;
+    assert_eq!(recent["events"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn the_lobby_follows_rooms_as_they_open_fill_start_and_close() {
+    let h = Harness::start().await;
+    let mut lobby = h.watch_lobby().await;
+    let hidden = h.room(json!({"title": "secret", "total": 3, "mafia": 1, "private": true})).await;
+    let code = h.room(fast_room(3, 1, 0, 0)).await;
+    let opened = lobby.next().await;
+    assert_eq!(opened.name, "room_opened", "a private room is never listed");
+    assert_eq!(
+        opened.data,
+        json!({"code": code, "title": "test room", "total": 3, "players": 0, "phase": "waiting"})
+    );
+
+    let mut ids = Vec::new();
+    for (n, name) in ["Ann", "Bob", "Cat"].into_iter().enumerate() {
+        ids.push(h.join(&code, name).await);
+        let updated = lobby.until("room_updated", |_| true).await;
+        assert_eq!(updated.data["players"], n + 1);
+    }
+    h.join(&hidden, "Zed").await;
+    let listed = h.lobby_snap(None).await;
+    let snapshot = &listed["events"][0];
+    assert_eq!(snapshot["event"], "snapshot");
+    assert_eq!(snapshot["data"]["rooms"].as_array().unwrap().len(), 1);
+    assert_eq!(snapshot["data"]["rooms"][0]["players"], 3);
+
+    h.ok(&code, json!({"type": "start", "player": ids[0]})).await;
+    let started = lobby.until("room_updated", |_| true).await;
+    assert_eq!(started.data["phase"], "playing");
+    // Everyone leaves mid-game: the game runs to its end (no mafia left alive) and closes.
+    for id in &ids {
+        h.ok(&code, json!({"type": "leave", "player": id})).await;
+    }
+    let ended = lobby.until("room_updated", |d| d["phase"] == "ended").await;
+    assert_eq!(ended.data["players"], 0);
+    let closed = lobby.until("room_closed", |_| true).await;
+    assert_eq!(closed.data, json!({"code": code}));
+
+    // Resuming the lobby replays exactly what followed.
+    let since = opened.id;
+    let replay = h.lobby_snap(Some(since)).await;
+    let replayed: Vec<u64> = replay["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    let watched: Vec<u64> = lobby.seen.iter().skip(1).map(|e| e.id).collect();
+    assert_eq!(replayed, watched);
+}
+
+#[tokio::test]
+async fn an_empty_waiting_room_closes_and_the_host_moves_on() {
+    let h = Harness::start().await;
+    let code = h.room(fast_room(3, 1, 0, 0)).await;
+    let mut public = h.watch(&code, None).await;
+    let ann = h.join(&code, "Ann").await;
+    let bob = h.join(&code, "Bob").await;
+    h.ok(&code, json!({"type": "leave", "player": ann})).await;
+    let left = public.until("player_left", |_| true).await;
+    assert_eq!(left.data["host"], json!(bob), "the next player becomes host");
+    h.ok(&code, json!({"type": "leave", "player": bob})).await;
+    public.until("room_closed", |_| true).await;
+    // The watcher's wildcard covers the command subject too; stop it before asking.
+    drop(public);
+    h.client.flush().await.unwrap();
+    // The room is gone: nobody answers its subject any more.
+    let gone = h.client.request(h.subjects.room_cmd(&code), "{}".into()).await;
+    assert!(matches!(
+        gone.unwrap_err().kind(),
+        async_nats::RequestErrorKind::NoResponders
+    ));
+}
+
+#[tokio::test]
+async fn metrics_and_health_are_served_and_shutdown_is_clean() {
+    let h = Harness::start().await;
+    let code = h.room(fast_room(3, 1, 0, 0)).await;
+    h.join(&code, "Ann").await;
+    let text = h.metrics().await;
+    for name in [
+        "phasecast_engine_rooms{phase=\"waiting\"}",
+        "phasecast_engine_players",
+        "phasecast_engine_commands_total{type=\"join\",result=\"ok\"}",
+        "phasecast_engine_command_seconds_bucket",
+        "phasecast_engine_scheduler_lateness_seconds_bucket",
+        "phasecast_engine_events_published_total",
+        "phasecast_engine_nats_connected 1",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    h.shutdown().await;
+}

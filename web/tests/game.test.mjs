@@ -1,0 +1,480 @@
+// A whole Mafia game in a real Chromium, against the real stack behind real nginx.
+//
+// Four browser contexts (phone-sized) create and join a room from the lobby, the host starts,
+// and they play to a citizens' win; a fifth context watches the lobby. Roles are dealt at
+// random, so every step reads each page's own role from that page and plays accordingly:
+//   round 1: during the day the gateways are stopped and restarted one at a time while
+//            everyone chats and abstains; at night the mafia kills the citizen, the doctor
+//            protects the police, the police investigates the mafia;
+//   round 2: the doctor and the police vote the mafia out.
+// Every page must reconnect by itself and show what happened during each outage, once.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+import { Stack, waitUntil, WEB_DIR } from './stack.mjs';
+
+const CHROMIUM = process.env.PHASECAST_CHROMIUM || '/usr/bin/chromium';
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const SHOTS = path.join(WEB_DIR, 'screenshots');
+const PHONE = { width: 390, height: 844 };
+const DESKTOP = { width: 1100, height: 800 };
+
+// Seconds, as typed into the create form. The day is long enough for the outages and the
+// votes (it ends early once everyone has voted); the night long enough for three clicks.
+const DURATIONS = { day_intro: 0.5, notice: 0.5, day_per_player: 6, vote: 1.5, vote_result: 0.6,
+  night_intro: 0.6, night: 6, ended: 3 };
+const WAIT = 20000;
+
+let stack;
+let browser;
+let failed = false;
+const contexts = [];
+
+before(async () => {
+  stack = await Stack.start();
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true, timeout: 30000 });
+  fs.mkdirSync(SHOTS, { recursive: true });
+});
+
+after(async () => {
+  for (const c of contexts) await c.close().catch(() => {});
+  if (browser) await browser.close().catch(() => {});
+  if (stack) await stack.stop({ keep: failed });
+});
+
+// ───────────────────────────── page helpers ─────────────────────────────
+
+/** Everything a test asserts about a room page, read from its DOM in one go. */
+function readRoomPage() {
+  const q = (s) => document.querySelector(s);
+  const qa = (s) => [...document.querySelectorAll(s)];
+  const phase = q('[data-testid=phase]');
+  const conn = q('[data-testid=conn]');
+  const err = q('[data-testid=error]');
+  return {
+    view: document.body.dataset.view,
+    phase: phase?.dataset.phase || null,
+    round: Number(phase?.dataset.round || 0),
+    endsAt: Number(q('[data-testid=countdown]')?.dataset.endsAt || 0) || null,
+    role: q('[data-testid=my-role]')?.dataset.role || null,
+    you: q('[data-testid=player][data-you=true]')?.dataset.playerId || null,
+    alive: q('[data-testid=my-status]')?.dataset.alive === 'true',
+    conn: {
+      state: conn.dataset.state, drops: Number(conn.dataset.drops || 0), opens: Number(conn.dataset.opens || 0),
+      ignored: Number(conn.dataset.ignored || 0), banner: conn.hidden ? '' : conn.textContent,
+    },
+    error: err.hidden ? null : { code: err.dataset.code, text: q('[data-testid=error-text]').textContent },
+    players: qa('[data-testid=player]').map((li) => ({
+      id: li.dataset.playerId, name: li.dataset.name, alive: li.dataset.alive === 'true', role: li.dataset.role || null,
+      votes: li.querySelector('[data-testid=vote-count]') ? Number(li.querySelector('[data-testid=vote-count]').dataset.count) : null,
+    })),
+    chat: qa('[data-testid=chat-line]').map((li) => ({
+      from: li.dataset.from, channel: li.dataset.channel, text: li.querySelector('[data-testid=chat-text]').textContent,
+    })),
+    phases: qa('[data-testid=log-entry][data-kind=phase]').map((li) => ({
+      phase: li.dataset.phase, round: Number(li.dataset.round), source: li.dataset.source, id: li.dataset.id,
+    })),
+    deaths: qa('[data-testid=death]').map((li) => ({ id: li.dataset.playerId, cause: li.dataset.cause, round: Number(li.dataset.round) })),
+    investigations: qa('[data-testid=investigation]').map((li) => ({ target: li.dataset.target, mafia: li.dataset.mafia === 'true' })),
+    pick: q('[data-testid=night-status]')?.dataset.pick || null,
+    protect: q('[data-testid=night-status]')?.dataset.protect || null,
+    winner: q('[data-testid=result]')?.dataset.winner || null,
+    finalRoles: Object.fromEntries(qa('[data-testid=final-role]').map((li) => [li.dataset.playerId, li.dataset.role])),
+    chatChannel: q('[data-testid=chat-channel]')?.dataset.channel ?? null,
+    chatDisabled: q('[data-testid=chat-input]')?.disabled ?? null,
+    leaks: window.__roleLeaks || [],
+  };
+}
+
+/** Watches a room page for a role shown that its living player may not know yet. */
+function installLeakWatch() {
+  window.__roleLeaks = window.__roleLeaks || [];
+  const check = () => {
+    const phase = document.querySelector('[data-testid=phase]')?.dataset.phase;
+    if (!phase || phase === 'ended') return;
+    if (document.querySelector('[data-testid=my-status]')?.dataset.alive !== 'true') return;
+    const myRole = document.querySelector('[data-testid=my-role]')?.dataset.role;
+    const fellows = (document.querySelector('[data-testid=fellow-mafia]')?.dataset.players || '').split(' ').filter(Boolean);
+    for (const li of document.querySelectorAll('[data-testid=player][data-role]')) {
+      if (li.dataset.you === 'true') continue;
+      if (myRole === 'mafia' && li.dataset.role === 'mafia' && fellows.includes(li.dataset.playerId)) continue;
+      const leak = `${phase}: ${li.dataset.name} shown as ${li.dataset.role}`;
+      if (!window.__roleLeaks.includes(leak)) window.__roleLeaks.push(leak);
+    }
+  };
+  new MutationObserver(check).observe(document.body, { subtree: true, childList: true, attributes: true });
+  check();
+}
+
+class Player {
+  constructor(name, context, page) {
+    this.name = name;
+    this.context = context;
+    this.page = page;
+    this.id = null;
+    this.role = null;
+    this.phaseSegments = []; // phase logs from before a reload
+  }
+
+  static async open(name, viewport = PHONE) {
+    const context = await browser.newContext({ viewport, baseURL: stack.baseUrl });
+    contexts.push(context);
+    context.setDefaultTimeout(WAIT);
+    const page = await context.newPage();
+    const p = new Player(name, context, page);
+    page.on('pageerror', (e) => { p.pageErrors.push(String(e)); });
+    page.on('console', (m) => { if (m.type() === 'error') p.consoleErrors.push(m.text()); });
+    p.pageErrors = [];
+    p.consoleErrors = [];
+    await page.goto('/');
+    await page.locator('[data-testid=lobby-view]').waitFor({ state: 'visible' });
+    return p;
+  }
+
+  t(id) { return this.page.locator(`[data-testid="${id}"]`); }
+  row(playerId) { return this.page.locator(`[data-testid=player][data-player-id="${playerId}"]`); }
+  state() { return this.page.evaluate(readRoomPage); }
+
+  async until(pred, what, timeoutMs = WAIT) {
+    let last;
+    try {
+      return await waitUntil(async () => { last = await this.state(); return pred(last) ? last : null; },
+        { timeoutMs, what: `${this.name}: ${what}` });
+    } catch (e) {
+      e.message += `\n${this.name}'s page: ${JSON.stringify(summary(last))}`;
+      throw e;
+    }
+  }
+
+  async setName(name) {
+    await this.t('name-input').fill(name);
+  }
+
+  /** Sends a chat line through the page's form (Enter) and waits for the command to succeed. */
+  async say(text) {
+    await this.t('chat-input').fill(text);
+    await this.act(`chat "${text}"`, () => this.t('chat-input').press('Enter'));
+  }
+
+  async commandCounts() {
+    return this.page.evaluate(() => ({
+      ok: Number(document.body.dataset.commandsOk || 0), failed: Number(document.body.dataset.commandsFailed || 0),
+    }));
+  }
+
+  /** Does `action` (a click, a key press) and waits until the command it sends has been answered. */
+  async act(what, action) {
+    const before = await this.commandCounts();
+    await action();
+    const after = await waitUntil(async () => {
+      const c = await this.commandCounts();
+      return c.ok + c.failed > before.ok + before.failed ? c : null;
+    }, { timeoutMs: WAIT, what: `${this.name}: ${what} answered` });
+    if (after.failed > before.failed) {
+      const err = (await this.state()).error;
+      throw new Error(`${this.name}: ${what} refused: ${err?.code}: ${err?.text}`);
+    }
+  }
+
+  click(what, locator) { return this.act(what, () => locator.click()); }
+
+  async shot(file) {
+    await this.page.screenshot({ path: path.join(SHOTS, file), fullPage: true });
+  }
+}
+
+function summary(s) {
+  if (!s) return s;
+  return { phase: s.phase, round: s.round, role: s.role, alive: s.alive, conn: s.conn, error: s.error,
+    chat: s.chat.length, lastPhases: s.phases.slice(-4), players: s.players.map((p) => `${p.name}:${p.alive ? 'alive' : 'dead'}:${p.role ?? '-'}`) };
+}
+
+const count = (lines, text) => lines.filter((l) => l.text === text).length;
+
+async function all(players, fn) { return Promise.all(players.map(fn)); }
+
+// ───────────────────────────── the game ─────────────────────────────
+
+test('four players play a whole game in Chromium through nginx and two gateways', { timeout: 300000 }, async () => {
+  try {
+    await playWholeGame();
+  } catch (e) {
+    failed = true;
+    throw e;
+  }
+});
+
+async function playWholeGame() {
+  // ── the lobby watcher ──
+  const watcher = await Player.open('Watcher', DESKTOP);
+  await waitUntil(async () => !/Connecting/.test(await watcher.t('lobby-status').textContent()),
+    { timeoutMs: WAIT, what: 'the lobby snapshot' });
+  await watcher.page.evaluate(() => {
+    window.__lobbyHistory = [];
+    const rec = () => {
+      const rows = [...document.querySelectorAll('[data-testid=lobby-room]')]
+        .map((li) => `${li.dataset.code}:${li.dataset.players}/${li.dataset.total}:${li.dataset.phase}`);
+      const s = rows.join(',');
+      if (window.__lobbyHistory.at(-1) !== s) window.__lobbyHistory.push(s);
+    };
+    new MutationObserver(rec).observe(document.getElementById('lobby-rooms'), { subtree: true, childList: true, attributes: true });
+    rec();
+  });
+
+  // A private room is never listed: create one, then a public room; once the public one is
+  // listed, the private one (created earlier, same ordered stream) must not be.
+  const privateCode = await createByApi({ title: 'Hidden', total: 3, mafia: 1, doctor: 0, police: 0, private: true });
+
+  // ── the host creates the room with the form (submitted with the keyboard) ──
+  const host = await Player.open('Ann');
+  await host.setName('Ann');
+  const title = `E2E ${Date.now().toString(36)}`;
+  await host.t('create-title').fill(title);
+  await host.t('create-total').fill('4');
+  await host.t('create-mafia').fill('1');
+  await host.t('create-doctor').fill('1');
+  await host.t('create-police').fill('1');
+  await host.page.locator('#create-form summary').click();
+  for (const [k, v] of Object.entries(DURATIONS)) await host.t(`dur-${k}`).fill(String(v));
+  await host.t('create-title').press('Enter');
+  await host.t('room-view').waitFor({ state: 'visible' });
+  const code = (await host.t('room-code').textContent()).trim();
+  assert.match(code, /^[A-Za-z0-9]{8,32}$/);
+  assert.ok((await host.t('share-link').inputValue()).endsWith(`/#/room/${code}`), 'the share link leads to the room');
+  await host.until((s) => s.phase === 'waiting' && s.you, 'in the waiting room');
+
+  const listed = (s) => s.split(',').some((r) => r.startsWith(`${code}:`));
+  await waitUntil(async () => (await watcher.page.evaluate(() => window.__lobbyHistory)).some(listed),
+    { timeoutMs: WAIT, what: 'the watcher to see the room in the lobby' });
+
+  // ── three more join from the lobby ──
+  const others = [];
+  for (const name of ['Bea', 'Cy', 'Dee']) {
+    const p = await Player.open(name);
+    const join = p.page.locator(`[data-testid=lobby-room][data-code="${code}"] [data-testid=lobby-join]`);
+    await join.waitFor({ state: 'visible' });
+    if (name === 'Dee') {
+      // A taken name is refused with a sentence, and the page stays in the lobby.
+      await p.setName('Ann');
+      await join.click();
+      const s = await p.until((x) => x.error, 'the name_taken error');
+      assert.equal(s.error.code, 'name_taken');
+      assert.match(s.error.text, /already has that name/);
+      assert.equal(s.view, 'lobby');
+    }
+    await p.setName(name);
+    await join.click();
+    await p.t('room-view').waitFor({ state: 'visible' });
+    await p.until((s) => s.phase === 'waiting' && s.you, 'in the waiting room');
+    others.push(p);
+  }
+  const players = [host, ...others];
+  const byName = Object.fromEntries(players.map((p) => [p.name, p]));
+
+  // Everyone sees the four players; the host can start, nobody else sees the button.
+  for (const p of players) {
+    const s = await p.until((x) => x.players.length === 4, 'four players listed');
+    p.id = s.you;
+    assert.deepEqual(s.players.map((x) => x.name).sort(), ['Ann', 'Bea', 'Cy', 'Dee']);
+  }
+  assert.equal(new Set(players.map((p) => p.id)).size, 4);
+  assert.equal(await host.t('start-button').isVisible(), true);
+  for (const p of others) assert.equal(await p.t('start-button').isVisible(), false);
+
+  // A reload rejoins the same seat (localStorage + cookie), without a fifth player.
+  await byName.Cy.page.reload();
+  await byName.Cy.t('room-view').waitFor({ state: 'visible' });
+  const cyAgain = await byName.Cy.until((s) => s.players.length === 4 && s.you, 'back in the room after a reload');
+  assert.equal(cyAgain.you, byName.Cy.id);
+
+  // The lobby shows the room full; joining it now is refused with a sentence.
+  await waitUntil(async () => (await watcher.page.evaluate(() => window.__lobbyHistory)).at(-1).includes(`${code}:4/4:waiting`),
+    { timeoutMs: WAIT, what: 'the lobby to show the room full' });
+  assert.ok((await watcher.page.evaluate(() => window.__lobbyHistory)).every((s) => !s.includes(privateCode)),
+    'a private room is never listed');
+  await watcher.shot('lobby.png');
+  await watcher.setName('Eve');
+  await watcher.t('join-code').fill(code);
+  await watcher.t('join-code').press('Enter');
+  const refused = await watcher.until((s) => s.error, 'the room_full error');
+  assert.equal(refused.error.code, 'room_full');
+  assert.equal(refused.error.text, 'This room is full.');
+  assert.equal(refused.view, 'lobby');
+
+  // A bad token is told as a sentence, and the page offers to join again.
+  const stranger = await Player.open('Stranger');
+  await stranger.page.evaluate((c) => localStorage.setItem(`phasecast:seat:${c}`,
+    JSON.stringify({ player_id: 'nobody1', token: 'not.a.token', name: 'X' })), code);
+  await stranger.page.goto(`/#/room/${code}`);
+  const bad = await stranger.until((s) => s.error, 'the unauthorized error');
+  assert.equal(bad.error.code, 'unauthorized');
+  assert.match(bad.error.text, /no longer valid/);
+  await stranger.t('invite').waitFor({ state: 'visible' });
+  await stranger.context.close();
+
+  // ── start ──
+  for (const p of players) await p.page.evaluate(installLeakWatch);
+  await host.click('start', host.t('start-button'));
+  for (const p of players) {
+    const s = await p.until((x) => x.role && x.phase !== 'waiting', 'a role and a running game');
+    p.role = s.role;
+  }
+  const roles = Object.fromEntries(players.map((p) => [p.id, p.role]));
+  assert.deepEqual(Object.values(roles).sort(), ['citizen', 'doctor', 'mafia', 'police'], 'one of each role');
+  const of = (role) => players.find((p) => p.role === role);
+  const mafia = of('mafia');
+  const doctor = of('doctor');
+  const police = of('police');
+  const citizen = of('citizen');
+  console.log(`roles: ${players.map((p) => `${p.name}=${p.role}`).join(', ')}`);
+  for (const p of players) {
+    const s = await p.state();
+    assert.deepEqual(s.players.filter((x) => x.role).map((x) => x.id), [p.id], `${p.name} sees only their own role`);
+  }
+  await waitUntil(async () => (await watcher.page.evaluate(() => window.__lobbyHistory)).at(-1).includes(`${code}:4/4:playing`),
+    { timeoutMs: WAIT, what: 'the lobby to show the room playing' });
+
+  // ── day 1 ──
+  for (const p of players) await p.until((s) => s.phase === 'day' && s.conn.state === 'open', 'day 1');
+  const day1 = await all(players, (p) => p.state());
+  const endsAt = day1[0].endsAt;
+  assert.ok(day1.every((s) => s.endsAt === endsAt), 'every page counts down to the same deadline');
+  const left = endsAt - Date.now();
+  assert.ok(left > 0 && left <= 4 * DURATIONS.day_per_player * 1000 + 1000, `day 1 ends in ${left} ms`);
+  await host.say('Good morning, town.');
+  for (const p of players) await p.until((s) => count(s.chat, 'Good morning, town.') === 1, 'the first chat line');
+
+  // Outage 1: the first gateway stops; whoever was on it reconnects through nginx to the other.
+  await stack.stopGateway(0);
+  const outage1 = players.map((p) => `During outage 1, ${p.name} says hi.`);
+  await all(players, (p, i) => p.say(outage1[i]));
+  for (const p of players) {
+    await p.until((s) => s.conn.state === 'open' && outage1.every((t) => count(s.chat, t) === 1), 'the outage 1 lines after reconnecting');
+  }
+  await stack.startGateway(0);
+
+  // Outage 2: now every stream is on the second gateway. While it is down everyone chats and
+  // abstains, which ends the day at once: vote, vote_result, night_intro, night follow.
+  await stack.stopGateway(1);
+  const outage2 = players.map((p) => `During outage 2, ${p.name} abstains.`);
+  await all(players, (p, i) => p.say(outage2[i]));
+  await all(players, (p) => p.click('abstain', p.t('abstain-button')));
+  const restart2 = stack.startGateway(1);
+  for (const p of players) {
+    await p.until((s) => s.conn.state === 'open' && s.phase === 'night' && outage2.every((t) => count(s.chat, t) === 1),
+      'night 1 and the outage 2 lines after reconnecting');
+  }
+  for (const p of players) {
+    const s = await p.state();
+    assert.ok(s.conn.drops >= 1, `${p.name}'s page lost its stream at least once (drops=${s.conn.drops})`);
+    assert.equal(s.deaths.length, 0, 'nobody died from an all-abstain vote');
+  }
+
+  // ── night 1 ──
+  await mafia.click('kill', mafia.row(citizen.id).locator('[data-testid=skill-button]'));
+  await mafia.until((s) => s.pick === citizen.id, 'the mafia pick shown');
+  await mafia.say('Tonight the citizen.');
+  await doctor.click('protect', doctor.row(police.id).locator('[data-testid=skill-button]'));
+  await doctor.until((s) => s.protect === police.id, 'the protection shown');
+  await police.click('investigate', police.row(mafia.id).locator('[data-testid=skill-button]'));
+  const inv = await police.until((s) => s.investigations.some((i) => i.target === mafia.id), 'the investigation result');
+  assert.deepEqual(inv.investigations, [{ target: mafia.id, mafia: true }]);
+  const citizenNight = await citizen.state();
+  assert.equal(citizenNight.chatDisabled, true, 'a citizen cannot chat at night');
+  await mafia.shot('night.png');
+  await restart2;
+
+  // ── day 2: the citizen was killed ──
+  for (const p of players) {
+    await p.until((s) => s.deaths.some((d) => d.id === citizen.id && d.cause === 'mafia'), 'the night kill');
+  }
+  const dead = await citizen.until((s) => !s.alive && s.players.every((x) => x.role), 'the dead citizen sees every role');
+  assert.deepEqual(Object.fromEntries(dead.players.map((x) => [x.id, x.role])), roles);
+  assert.equal(dead.chatChannel, 'dead');
+  for (const p of players) await p.until((s) => s.phase === 'day' && s.deaths.length === 1, 'day 2');
+  await citizen.say('Whispers from the grave.');
+
+  // The dead citizen reloads: same seat, still dead, still sees every role and the dead chat.
+  citizen.phaseSegments.push((await citizen.state()).phases);
+  await citizen.page.reload();
+  await citizen.t('room-view').waitFor({ state: 'visible' });
+  const back = await citizen.until((s) => s.you && s.phase === 'day' && s.players.every((x) => x.role), 'the citizen back after a reload');
+  assert.equal(back.you, citizen.id);
+  assert.equal(back.alive, false);
+  assert.equal(count(back.chat, 'Whispers from the grave.'), 1);
+
+  // The doctor and the police vote the mafia out; the day screenshot shows the tally.
+  await doctor.click('vote', doctor.row(mafia.id).locator('[data-testid=vote-button]'));
+  await police.click('vote', police.row(mafia.id).locator('[data-testid=vote-button]'));
+  for (const p of players) {
+    await p.until((s) => s.players.find((x) => x.id === mafia.id)?.votes === 2, 'two votes against the mafia');
+  }
+  await police.shot('day.png');
+  await mafia.click('abstain', mafia.t('abstain-button'));
+
+  // ── the end ──
+  for (const p of players) {
+    await p.until((s) => s.phase === 'ended' && s.winner === 'citizens' && Object.keys(s.finalRoles).length === 4, 'the result');
+  }
+  await host.shot('end.png');
+  for (const p of players) {
+    const s = await p.state();
+    assert.deepEqual(s.finalRoles, roles, `${p.name} sees everyone's role at the end`);
+    assert.ok(s.deaths.some((d) => d.id === mafia.id && d.cause === 'vote'), `${p.name} sees the mafia voted out`);
+  }
+
+  // The room closes after `ended`, and the lobby watcher sees it go.
+  await waitUntil(async () => !listed((await watcher.page.evaluate(() => window.__lobbyHistory)).at(-1)),
+    { timeoutMs: WAIT, what: 'the room to leave the lobby' });
+  const history = (await watcher.page.evaluate(() => window.__lobbyHistory))
+    .map((s) => s.split(',').find((r) => r.startsWith(`${code}:`)) || 'gone');
+  const states = history.filter((s, i) => s !== history[i - 1]);
+  console.log(`lobby history of ${code}: ${states.join(' → ')}`);
+  const counts = states.filter((s) => s.endsWith(':waiting')).map((s) => Number(s.split(':')[1].split('/')[0]));
+  assert.deepEqual(counts.filter((n, i) => n !== counts[i - 1]).slice(-4), [1, 2, 3, 4], 'the lobby saw the room fill');
+  assert.ok(states.some((s) => s.endsWith(':playing')), 'the lobby saw the game start');
+  assert.ok(states.some((s) => s.endsWith(':ended')), 'the lobby saw the game end');
+  assert.equal(states.at(-1), 'gone');
+  for (const p of players) await p.until((s) => s.conn.state === 'closed', 'the room closed');
+
+  // ── what every page showed, over the whole game ──
+  const expected = ['day_intro', 'notice', 'day', 'vote', 'vote_result', 'night_intro', 'night',
+    'day_intro', 'notice', 'day', 'vote', 'vote_result', 'ended'];
+  for (const p of players) {
+    const s = await p.state();
+    let phases = s.phases;
+    for (const seg of [...p.phaseSegments].reverse()) {
+      const head = phases[0];
+      const tail = seg.at(-1);
+      phases = [...seg, ...(head && tail && head.phase === tail.phase && head.round === tail.round ? phases.slice(1) : phases)];
+    }
+    assert.equal(phases[0].phase, 'waiting', `${p.name}'s log starts in the waiting room`);
+    const seen = phases.slice(1).map((x) => x.phase);
+    assert.deepEqual(seen, expected, `${p.name} saw every phase once, in order`);
+    const rounds = phases.map((x) => x.round);
+    assert.ok(rounds.every((r, i) => i === 0 || r >= rounds[i - 1]), `${p.name}: rounds never go back`);
+    const ids = phases.filter((x) => x.source === 'event').map((x) => Number(x.id));
+    assert.ok(ids.every((id, i) => i === 0 || id > ids[i - 1]), `${p.name}: event ids only go up`);
+    assert.equal(s.conn.ignored, 0, `${p.name} received no repeated event`);
+    for (const t of ['Good morning, town.', ...outage1, ...outage2]) assert.equal(count(s.chat, t), 1, `${p.name} shows "${t}" once`);
+    const whisper = count(s.chat, 'Tonight the citizen.');
+    assert.equal(whisper, p === mafia ? 1 : 0, `${p.name}: the mafia chat reaches the mafia only`);
+    if (p === doctor || p === police) assert.equal(count(s.chat, 'Whispers from the grave.'), 0, `${p.name}: the dead talk among themselves`);
+    assert.deepEqual(s.leaks, [], `${p.name} never saw another player's role while alive`);
+    assert.deepEqual(p.pageErrors, [], `${p.name}: no page errors`);
+  }
+}
+
+async function createByApi(body) {
+  const res = await fetch(`${stack.baseUrl}/v1/rooms`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ durations_ms: {}, ...body }),
+  });
+  const json = await res.json();
+  assert.equal(res.status, 200, `create: ${JSON.stringify(json)}`);
+  return json.code;
+}
