@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Static checks of everything in deploy/: Prometheus config, alert rules and their unit tests
 # (promtool), the Grafana dashboard (JSON, and its PromQL through promtool), the nginx template
-# rendered as deploy/up renders it (nginx -t), the systemd units (systemd-analyze verify, where
+# rendered for two gateways (nginx -t), the systemd units (systemd-analyze verify, where
 # it exists) and the example configs (TOML, every key commented, agreeing with the units).
-# Needs promtool (Debian package `prometheus`), nginx and python3 (>= 3.11). Exits non-zero
+# Needs promtool (Debian package `prometheus`), nginx and python3. Exits non-zero
 # if any check fails. The live check, that running processes export the metrics used here,
 # is check-metric-names.py (run by deploy/test).
 set -euo pipefail
@@ -131,7 +131,23 @@ fi
 # --- example configs ------------------------------------------------------------------------
 configs_check() {
     python3 - <<'PY'
-import re, sys, tomllib
+import re, sys
+try:
+    from tomllib import load as toml_load
+except ImportError:  # python < 3.11: enough TOML for these flat files
+    import ast
+    def toml_load(f):
+        doc = section = {}
+        for raw in f.read().decode().splitlines():
+            line = raw.split(" #")[0].strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("["):
+                section = doc.setdefault(line.strip("[]"), {})
+                continue
+            key, value = (part.strip() for part in line.split("=", 1))
+            section[key] = ast.literal_eval(value.replace("true", "True").replace("false", "False"))
+        return doc
 errors = []
 def units(path):
     keys = {}
@@ -148,7 +164,7 @@ def seconds(text):
     return int(m.group(1)) * {"ms": 0.001, "s": 1, None: 1, "min": 60, "m": 60, "h": 3600}[m.group(2)]
 for name, section in (("engine", "engine"), ("gateway", "gateway")):
     path = f"deploy/config/{name}.toml"
-    config = tomllib.load(open(path, "rb"))
+    config = toml_load(open(path, "rb"))
     lines = open(path).read().splitlines()
     for i, line in enumerate(lines):
         if re.match(r"^\s*[A-Za-z_]+\s*=", line) and not (i and lines[i - 1].lstrip().startswith("#")):

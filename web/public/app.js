@@ -104,21 +104,33 @@ function clearError() {
 
 // ───────────────────────────── HTTP ─────────────────────────────
 
+// Waits before each retry of a request that never reached a gateway (about 4 s in all).
+const RETRY_DELAYS = [250, 500, 1000, 2000];
+
 async function post(path, body, token) {
   const headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
   if (token) headers.Authorization = `Bearer ${token}`;
-  let res;
-  try {
-    res = await fetch(path, { method: 'POST', headers, body: JSON.stringify(body), credentials: 'same-origin' });
-  } catch {
-    throw new ApiError('network');
+  for (let attempt = 0; ; attempt++) {
+    let res = null;
+    try {
+      res = await fetch(path, { method: 'POST', headers, body: JSON.stringify(body), credentials: 'same-origin' });
+    } catch { /* no answer at all */ }
+    let json = null;
+    if (res) { try { json = await res.json(); } catch { /* not JSON: an error page from the proxy */ } }
+    // nginx answers 502/503 itself (no JSON body) while every gateway is down or briefly marked
+    // down after a restart; the gateway's own 503 (`unavailable`: no NATS) means the command was
+    // not sent either. Those are retried for a few seconds; anything else is the answer.
+    const transient = !res || ((res.status === 502 || res.status === 503) && (!json || json.error === 'unavailable'));
+    if (transient && attempt < RETRY_DELAYS.length) {
+      await new Promise((r) => setTimeout(r, RETRY_DELAYS[attempt]));
+      continue;
+    }
+    if (!res) throw new ApiError('network');
+    if (!res.ok || !json || json.ok === false) {
+      throw new ApiError(json?.error || codeForStatus(res.status), json?.message, res.status);
+    }
+    return json;
   }
-  let json = null;
-  try { json = await res.json(); } catch { /* not JSON (e.g. an nginx error page) */ }
-  if (!res.ok || !json || json.ok === false) {
-    throw new ApiError(json?.error || codeForStatus(res.status), json?.message, res.status);
-  }
-  return json;
 }
 
 // ───────────────────────────── seats (localStorage) ─────────────────────────────
@@ -584,7 +596,7 @@ function roomEvent(eventName, d, id) {
       setRole(r.you, d.role);
       r.fellowMafia = (d.mafia || []).filter((pid) => pid !== r.you);
       for (const pid of r.fellowMafia) setRole(pid, 'mafia');
-      log('role', `You are ${article(d.role)} ${ROLE_LABEL[d.role] || d.role}.`, { id });
+      log('role', `You are${article(d.role)} ${ROLE_LABEL[d.role] || d.role}.`, { id });
       break;
     case 'investigation':
       addInvestigation(d);
@@ -603,7 +615,8 @@ function roomEvent(eventName, d, id) {
   }
 }
 
-function article(role) { return role === 'police' ? 'the' : 'a'; }
+// "You are the Police.", "You are a Doctor.", "You are Mafia."
+function article(role) { return role === 'police' ? ' the' : role === 'mafia' ? '' : ' a'; }
 
 function addInvestigation(inv) {
   if (!room.investigations.some((i) => i.target === inv.target && i.round === inv.round)) {
@@ -750,7 +763,7 @@ function renderRoom() {
   const myRole = $('my-role');
   myRole.dataset.role = r.myRole || '';
   myRole.textContent = r.myRole
-    ? `You are ${article(r.myRole)} ${ROLE_LABEL[r.myRole]}.`
+    ? `You are${article(r.myRole)} ${ROLE_LABEL[r.myRole]}.`
     : (r.phase === 'waiting' ? 'Roles are dealt when the game starts.' : '');
   const fm = $('fellow-mafia');
   fm.hidden = !(r.myRole === 'mafia' && r.mafia > 1);
@@ -820,24 +833,28 @@ function renderRoom() {
     if (p.player_id === r.you) li.dataset.you = 'true';
     if (p.player_id === r.host) li.dataset.host = 'true';
     if (!p.alive) li.classList.add('dead');
+    const col = el('div', 'who-col');
     const who = el('span', 'who');
     who.append(tid(el('span', 'pname', p.name), 'player-name'));
     if (p.player_id === r.you) who.append(el('span', 'tag you', 'you'));
     if (p.player_id === r.host && r.phase === 'waiting') who.append(el('span', 'tag', 'host'));
     if (!p.alive) who.append(el('span', 'tag dead', p.left ? 'left' : 'dead'));
     if (role) who.append(tid(el('span', `tag role role-${role}`, ROLE_LABEL[role] || role), 'player-role'));
-    li.append(who);
+    col.append(who);
 
     if (r.phase === 'day' || r.phase === 'vote' || r.phase === 'vote_result') {
+      const meta = el('span', 'meta');
       const n = counts.get(p.player_id) || 0;
       const vc = tid(el('span', 'votes', `${n} ${n === 1 ? 'vote' : 'votes'}`), 'vote-count');
       vc.dataset.count = String(n);
-      li.append(vc);
+      meta.append(vc);
       if (r.votes.has(p.player_id)) {
         const t = r.votes.get(p.player_id);
-        li.append(tid(el('span', 'voted-for', t == null ? '→ abstains' : `→ ${nameOf(t)}`), 'voted-for'));
+        meta.append(tid(el('span', 'voted-for', t == null ? 'abstains' : `votes for ${nameOf(t)}`), 'voted-for'));
       }
+      col.append(meta);
     }
+    li.append(col);
     const btns = el('span', 'btns');
     if (canVote && p.alive && p.player_id !== r.you) {
       const b = tid(el('button', 'vote', myVote === p.player_id ? 'Voted' : 'Vote'), 'vote-button');

@@ -146,6 +146,7 @@ class Player {
         { timeoutMs, what: `${this.name}: ${what}` });
     } catch (e) {
       e.message += `\n${this.name}'s page: ${JSON.stringify(summary(last))}`;
+      if (this.pageErrors.length) e.message += `\n${this.name}'s page errors: ${this.pageErrors.join('\n')}`;
       throw e;
     }
   }
@@ -183,6 +184,7 @@ class Player {
   click(what, locator) { return this.act(what, () => locator.click()); }
 
   async shot(file) {
+    await this.page.evaluate(() => window.scrollTo(0, 0));
     await this.page.screenshot({ path: path.join(SHOTS, file), fullPage: true });
   }
 }
@@ -355,7 +357,7 @@ async function playWholeGame() {
   for (const p of players) {
     await p.until((s) => s.conn.state === 'open' && outage1.every((t) => count(s.chat, t) === 1), 'the outage 1 lines after reconnecting');
   }
-  await stack.startGateway(0);
+  await stack.startGatewayIntoRotation(0);
 
   // Outage 2: now every stream is on the second gateway. While it is down everyone chats and
   // abstains, which ends the day at once: vote, vote_result, night_intro, night follow.
@@ -363,7 +365,7 @@ async function playWholeGame() {
   const outage2 = players.map((p) => `During outage 2, ${p.name} abstains.`);
   await all(players, (p, i) => p.say(outage2[i]));
   await all(players, (p) => p.click('abstain', p.t('abstain-button')));
-  const restart2 = stack.startGateway(1);
+  const restart2 = stack.startGatewayIntoRotation(1);
   for (const p of players) {
     await p.until((s) => s.conn.state === 'open' && s.phase === 'night' && outage2.every((t) => count(s.chat, t) === 1),
       'night 1 and the outage 2 lines after reconnecting');

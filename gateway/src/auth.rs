@@ -1,0 +1,126 @@
+//! Verifying player tokens, and finding them in a request.
+//!
+//! The token is the only thing the gateway trusts from a browser: it names the player and the
+//! room. `EventSource` cannot set headers, so besides `Authorization: Bearer` the token may come
+//! in the `phasecast_token` cookie (set by `join`) or the `token` query parameter.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use axum::http::{header, HeaderMap};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use metrics::counter;
+use proto::auth::Claims;
+use proto::{ErrorCode, RoomCode};
+
+use crate::error::ApiError;
+use crate::metrics as m;
+
+/// The cookie `join` sets, scoped to the room's path.
+pub const COOKIE: &str = "phasecast_token";
+
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    /// Reads an SPKI PEM Ed25519 public key (`openssl pkey -pubout`).
+    pub fn from_pem_file(path: &Path) -> anyhow::Result<Self> {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("auth.verify_key_file: cannot read {}", path.display()))?;
+        let key = DecodingKey::from_ed_pem(&pem).with_context(|| {
+            format!(
+                "auth.verify_key_file: {} is not a PEM Ed25519 public key",
+                path.display()
+            )
+        })?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Ok(Verifier { key, validation })
+    }
+
+    /// The claims of a valid token for `room`: 401 when there is no valid token, 403 when it
+    /// is for another room.
+    pub fn authorize(&self, token: Option<&str>, room: &RoomCode) -> Result<Claims, ApiError> {
+        let fail = |reason: &'static str, code, message: &str| {
+            counter!(m::AUTH_FAILURES, "reason" => reason).increment(1);
+            ApiError::new(code, message)
+        };
+        let Some(token) = token else {
+            return Err(fail("missing", ErrorCode::Unauthorized, "a token is required"));
+        };
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => {
+                    fail("expired", ErrorCode::Unauthorized, "the token has expired")
+                }
+                _ => fail("invalid", ErrorCode::Unauthorized, "the token is not valid"),
+            })?
+            .claims;
+        if &claims.room != room {
+            return Err(fail(
+                "wrong_room",
+                ErrorCode::Forbidden,
+                "the token is for another room",
+            ));
+        }
+        Ok(claims)
+    }
+}
+
+/// The request's token: `Authorization: Bearer`, else the cookie, else `?token=`.
+pub fn token_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let cookie = || {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == COOKIE)
+            .map(|(_, value)| value)
+    };
+    let query = || {
+        form_urlencoded::parse(query?.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+    };
+    bearer
+        .or_else(cookie)
+        .map(str::to_owned)
+        .or_else(query)
+        .filter(|t| !t.is_empty())
+}
+
+/// The `Set-Cookie` value that lets a room's `EventSource` and commands carry the token.
+pub fn cookie_for(room: &RoomCode, token: &str, secure: bool) -> String {
+    format!(
+        "{COOKIE}={token}; Path=/v1/rooms/{room}; HttpOnly; SameSite=Strict{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn bearer_wins_then_cookie_then_query() {
+        let mut h = HeaderMap::new();
+        assert_eq!(token_of(&h, Some("a=1&token=q%2Bq")), Some("q+q".into()));
+        h.insert(header::COOKIE, HeaderValue::from_static("x=1; phasecast_token=c"));
+        assert_eq!(token_of(&h, Some("token=q")), Some("c".into()));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert_eq!(token_of(&h, Some("token=q")), Some("b".into()));
+        assert_eq!(token_of(&HeaderMap::new(), Some("token=")), None);
+    }
+}

@@ -1,0 +1,18 @@
+//! Phasecast's gateway: holds browsers' SSE connections and feeds them from NATS.
+//!
+//! It keeps no game state. [`server::Gateway`] is the whole process; [`hub`] shares one NATS
+//! subscription per watched stream and fans frames out, [`stream`] runs one browser's stream
+//! (snapshot, resume, heartbeats), [`bridge`] forwards commands, [`auth`] checks tokens.
+
+pub mod auth;
+pub mod bridge;
+pub mod config;
+pub mod error;
+pub mod frame;
+pub mod hub;
+pub mod metrics;
+pub mod server;
+pub mod stream;
+
+pub use config::Config;
+pub use server::Gateway;

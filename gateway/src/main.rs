@@ -1,0 +1,45 @@
+//! `gateway`: serves browsers SSE streams fed by NATS. See `--help` and
+//! `deploy/config/gateway.toml`.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use gateway::{Config, Gateway};
+use proto::config::LogFormat;
+
+/// Serves Phasecast's SSE streams and command bridge to browsers.
+///
+/// Settings come from defaults, then the TOML file given with --config, then PHASECAST_*
+/// environment variables (gateway.listen is PHASECAST_GATEWAY__LISTEN).
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML config file (see deploy/config/gateway.toml for every key).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = Config::load(args.config.as_deref())?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+    let gateway = Gateway::build(config).await?;
+    tracing::info!(listen = %gateway.addr(), admin = %gateway.admin_addr(), "gateway ready");
+    gateway.run_until(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,103 @@
+//! Metric names, the Prometheus recorder and the admin listener (`/metrics`).
+//!
+//! Labels are bounded: a stream kind, an auth failure reason. Never a room code.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const CONNECTIONS: &str = "phasecast_gateway_connections";
+pub const CONNECTIONS_OPENED: &str = "phasecast_gateway_connections_opened_total";
+pub const CONNECTION_LIMIT: &str = "phasecast_gateway_connection_limit";
+pub const EVENTS_DELIVERED: &str = "phasecast_gateway_events_delivered_total";
+pub const EVENTS_MALFORMED: &str = "phasecast_gateway_events_malformed_total";
+pub const SLOW_CONSUMERS: &str = "phasecast_gateway_slow_consumer_disconnects_total";
+pub const NATS_SUBSCRIPTIONS: &str = "phasecast_gateway_nats_subscriptions";
+pub const NATS_CONNECTED: &str = "phasecast_gateway_nats_connected";
+pub const SNAPSHOT_SECONDS: &str = "phasecast_gateway_snapshot_seconds";
+pub const AUTH_FAILURES: &str = "phasecast_gateway_auth_failures_total";
+pub const COMMAND_SECONDS: &str = "phasecast_gateway_command_seconds";
+
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0,
+];
+
+/// Installs the process-wide recorder once and describes every metric so each is exported
+/// from the start.
+pub fn install(connection_limit: usize) -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    let handle = HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .expect("buckets are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // In a test process another component may have installed one first.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone();
+    gauge!(CONNECTION_LIMIT).set(connection_limit as f64);
+    handle
+}
+
+fn describe() {
+    describe_gauge!(CONNECTIONS, "Open SSE connections by stream kind");
+    describe_counter!(CONNECTIONS_OPENED, "SSE connections opened by stream kind");
+    describe_gauge!(CONNECTION_LIMIT, "gateway.max_connections");
+    describe_counter!(EVENTS_DELIVERED, "Events queued to connections");
+    describe_counter!(EVENTS_MALFORMED, "NATS messages dropped for lacking a valid Sse-Id");
+    describe_counter!(SLOW_CONSUMERS, "Connections dropped because their queue was full");
+    describe_gauge!(NATS_SUBSCRIPTIONS, "NATS subscriptions held for watched streams");
+    describe_gauge!(NATS_CONNECTED, "1 while the NATS connection is up");
+    describe_histogram!(SNAPSHOT_SECONDS, Unit::Seconds, "Time to fetch a stream's snapshot");
+    describe_counter!(AUTH_FAILURES, "Rejected tokens by reason");
+    describe_histogram!(COMMAND_SECONDS, Unit::Seconds, "Time for the engine to answer a bridged request");
+    for kind in ["lobby", "room"] {
+        gauge!(CONNECTIONS, "stream" => kind).increment(0.0);
+        counter!(CONNECTIONS_OPENED, "stream" => kind).absolute(0);
+    }
+    for reason in ["missing", "invalid", "expired", "wrong_room"] {
+        counter!(AUTH_FAILURES, "reason" => reason).absolute(0);
+    }
+    counter!(EVENTS_DELIVERED).absolute(0);
+    counter!(EVENTS_MALFORMED).absolute(0);
+    counter!(SLOW_CONSUMERS).absolute(0);
+    gauge!(NATS_SUBSCRIPTIONS).increment(0.0);
+    gauge!(NATS_CONNECTED).increment(0.0);
+    // Registering the histograms makes them render (empty) before their first sample.
+    let _ = histogram!(SNAPSHOT_SECONDS);
+    let _ = histogram!(COMMAND_SECONDS);
+}
+
+/// Serves `/metrics` until `shutdown`, running the recorder's upkeep.
+pub async fn serve_admin(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let upkeep = handle.clone();
+    let upkeep_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => upkeep.run_upkeep(),
+                () = upkeep_stop.cancelled() => break,
+            }
+        }
+    });
+    let app = Router::new().route("/metrics", get(move || async move { handle.render() }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

@@ -1,0 +1,282 @@
+//! The gateway process: its state, its router, and how it starts and stops.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::client::RequestErrorKind;
+use async_nats::connection::State as NatsState;
+use async_nats::{Client, Event};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use metrics::gauge;
+use metrics_exporter_prometheus::PrometheusHandle;
+use proto::{ErrorCode, RoomCode, Subjects};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth::{token_of, Verifier};
+use crate::bridge;
+use crate::config::{Config, GatewayConfig};
+use crate::error::ApiError;
+use crate::hub::{Hub, Item, StreamKey};
+use crate::metrics as m;
+use crate::stream;
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub client: Client,
+    pub subjects: Subjects,
+    pub hub: Hub,
+    pub verifier: Verifier,
+    pub config: GatewayConfig,
+    /// Open SSE streams, against `gateway.max_connections`.
+    pub connections: AtomicUsize,
+    /// Cancelled on SIGTERM: every stream ends.
+    pub shutdown: CancellationToken,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn nats_connected(&self) -> bool {
+        self.client.connection_state() == NatsState::Connected
+    }
+}
+
+/// A request to the engine under `gateway.request_timeout`: no responders becomes
+/// `no_responders` (no such room, or no engine), a timeout 504, anything else 503.
+pub async fn nats_request(
+    state: &AppState,
+    subject: String,
+    body: Bytes,
+    no_responders: ErrorCode,
+) -> Result<Bytes, ApiError> {
+    if !state.nats_connected() {
+        return Err(ApiError::unavailable("NATS is unreachable", state.config.retry));
+    }
+    let request = state.client.request(subject, body);
+    match tokio::time::timeout(state.config.request_timeout, request).await {
+        Ok(Ok(msg)) => Ok(msg.payload),
+        Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => Err(match no_responders {
+            ErrorCode::NoSuchRoom => ApiError::new(no_responders, "no such room"),
+            _ => ApiError::unavailable("no engine is answering", state.config.retry),
+        }),
+        Ok(Err(e)) if e.kind() != RequestErrorKind::TimedOut => {
+            Err(ApiError::unavailable(format!("NATS: {e}"), state.config.retry))
+        }
+        _ => Err(ApiError::new(ErrorCode::Timeout, "the engine did not answer in time")),
+    }
+}
+
+/// A room code from the path; a malformed one names no room.
+pub fn room_code(raw: &str) -> Result<RoomCode, ApiError> {
+    RoomCode::parse(raw).map_err(|_| ApiError::new(ErrorCode::NoSuchRoom, "no such room"))
+}
+
+/// The public HTTP surface.
+pub fn app(state: AppState) -> Router {
+    let cors = (!state.config.cors_origins.is_empty()).then(|| {
+        let origins: Vec<HeaderValue> = state
+            .config
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                axum::http::header::CONTENT_TYPE,
+                axum::http::header::AUTHORIZATION,
+                axum::http::HeaderName::from_static("last-event-id"),
+            ])
+            .allow_credentials(true)
+    });
+    let router = Router::new()
+        .route("/v1/lobby/events", get(lobby_events))
+        .route("/v1/rooms/{code}/events", get(room_events))
+        .route("/v1/rooms", post(bridge::create))
+        .route("/v1/rooms/{code}/join", post(bridge::join))
+        .route("/v1/rooms/{code}/commands", post(bridge::command))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+async fn lobby_events(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let since = stream::last_event_id(&headers);
+    stream::open(state, StreamKey::Lobby, None, since).await
+}
+
+async fn room_events(
+    State(state): State<AppState>,
+    Path(code): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let code = room_code(&code)?;
+    let claims = state
+        .verifier
+        .authorize(token_of(&headers, query.as_deref()).as_deref(), &code)?;
+    let since = stream::last_event_id(&headers);
+    stream::open(state, StreamKey::Room(code), Some(claims.sub), since).await
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.nats_connected() {
+        "ready\n".into_response()
+    } else {
+        ApiError::unavailable("NATS is unreachable", state.config.retry).into_response()
+    }
+}
+
+/// A configured gateway, bound and connecting, not yet serving.
+pub struct Gateway {
+    state: AppState,
+    listener: TcpListener,
+    admin: TcpListener,
+    metrics: PrometheusHandle,
+    nats_events: mpsc::UnboundedReceiver<Event>,
+}
+
+impl Gateway {
+    /// Checks the config (key file first), binds both listeners and starts connecting to
+    /// NATS. NATS being down is not an error: the gateway answers 503 until it is back.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let key_file = config
+            .auth
+            .verify_key_file
+            .as_deref()
+            .context("auth.verify_key_file is required (the engine's Ed25519 public key)")?;
+        let verifier = Verifier::from_pem_file(key_file)?;
+        let metrics = m::install(config.gateway.max_connections);
+        let listener = TcpListener::bind(config.gateway.listen)
+            .await
+            .with_context(|| format!("gateway.listen: cannot bind {}", config.gateway.listen))?;
+        let admin = TcpListener::bind(config.gateway.admin_listen)
+            .await
+            .with_context(|| {
+                format!("gateway.admin_listen: cannot bind {}", config.gateway.admin_listen)
+            })?;
+        let (events_tx, nats_events) = mpsc::unbounded_channel();
+        let client = async_nats::ConnectOptions::new()
+            .name("phasecast-gateway")
+            .retry_on_initial_connect()
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64 * 100).min(2_000))
+            })
+            .event_callback(move |event| {
+                let tx = events_tx.clone();
+                async move {
+                    let _ = tx.send(event);
+                }
+            })
+            .connect(&config.nats.url)
+            .await
+            .with_context(|| format!("nats.url: {} is not a NATS address", config.nats.url))?;
+        let subjects = Subjects::new(config.subject_prefix.clone());
+        let hub = Hub::new(client.clone(), subjects.clone(), config.gateway.client_queue);
+        let state = AppState(Arc::new(Inner {
+            client,
+            subjects,
+            hub,
+            verifier,
+            config: config.gateway,
+            connections: AtomicUsize::new(0),
+            shutdown: CancellationToken::new(),
+        }));
+        Ok(Gateway {
+            state,
+            listener,
+            admin,
+            metrics,
+            nats_events,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("bound listener")
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, ends every stream (browsers
+    /// reconnect to another gateway), waits up to `gateway.shutdown_grace` for responses in
+    /// flight, and drains NATS.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Gateway {
+            state,
+            listener,
+            admin,
+            metrics,
+            nats_events,
+        } = self;
+        tokio::spawn(m::serve_admin(admin, metrics, state.shutdown.clone()));
+        tokio::spawn(follow_nats(state.clone(), nats_events));
+        let token = state.shutdown.clone();
+        let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
+            shutdown.await;
+            token.cancel();
+        });
+        let grace = state.config.shutdown_grace;
+        let late = async {
+            state.shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            served = server => served?,
+            () = late => tracing::warn!("requests still open after gateway.shutdown_grace"),
+        }
+        state.client.drain().await?;
+        Ok(())
+    }
+}
+
+/// Tracks the NATS connection: the gauge, and pausing then resyncing every stream across an
+/// outage so that no client misses what was published meanwhile.
+async fn follow_nats(state: AppState, mut events: mpsc::UnboundedReceiver<Event>) {
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Connected => {
+                gauge!(m::NATS_CONNECTED).set(1.0);
+                state.hub.broadcast(|| Item::Resync);
+                tracing::info!("nats connected");
+            }
+            Event::Disconnected => {
+                gauge!(m::NATS_CONNECTED).set(0.0);
+                state.hub.broadcast(|| Item::Pause);
+                tracing::warn!("nats disconnected");
+            }
+            other => tracing::info!(event = %other, "nats"),
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! One browser's SSE stream: snapshot first, then live events, resumable, with heartbeats.
+//!
+//! The order is the one PROTOCOL.md sets: join the stream's shared subscription (events start
+//! queueing), ask the engine for a snapshot or for the events after `Last-Event-ID`, send those,
+//! then send queued and live events whose id is above the last one sent. The client therefore
+//! sees no gap, no repeat, and ids only going up. After a NATS outage the same request with
+//! `since` = the last id sent fills in what was published meanwhile.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use metrics::{counter, gauge, histogram};
+use proto::{ErrorCode, PlayerId, Reply, SnapReply, SnapRequest};
+use tokio::time::{interval_at, Interval, MissedTickBehavior};
+
+use crate::error::ApiError;
+use crate::frame::Frame;
+use crate::hub::{Item, Membership, StreamKey};
+use crate::metrics as m;
+use crate::server::{nats_request, AppState};
+
+const HEARTBEAT: &[u8] = b": ping\n\n";
+
+/// The id to resume after, from `Last-Event-ID`; a malformed value means "no resume".
+pub fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Opens a stream for `viewer` (a room's player) or for everyone (the lobby).
+pub async fn open(
+    state: AppState,
+    key: StreamKey,
+    viewer: Option<PlayerId>,
+    since: Option<u64>,
+) -> Result<Response, ApiError> {
+    let slot = Slot::acquire(&state, key.kind())?;
+    let membership = state.hub.join(key.clone(), viewer.clone());
+    let subscribed = tokio::time::timeout(state.config.request_timeout, membership.ready()).await;
+    if subscribed != Ok(true) {
+        return Err(ApiError::unavailable(
+            "cannot subscribe to the stream now",
+            state.config.retry,
+        ));
+    }
+    let started = Instant::now();
+    let frames = catch_up(&state, &key, viewer.as_ref(), since).await?;
+    histogram!(m::SNAPSHOT_SECONDS).record(started.elapsed().as_secs_f64());
+
+    let mut first = BytesMut::new();
+    first.extend_from_slice(format!("retry: {}\n\n", state.config.retry.as_millis()).as_bytes());
+    let mut last = since;
+    append_newer(&mut first, &mut last, frames);
+    counter!(m::CONNECTIONS_OPENED, "stream" => key.kind()).increment(1);
+
+    let heartbeat = state.config.heartbeat;
+    let mut ticks = interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let live = Live {
+        state,
+        key,
+        viewer,
+        membership,
+        last,
+        paused: None,
+        ticks,
+        first: Some(first.freeze()),
+        _slot: slot,
+    };
+    let body = Body::from_stream(futures::stream::unfold(live, Live::next_chunk));
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// A snapshot (`since` = None) or the events after `since`, as frames.
+async fn catch_up(
+    state: &AppState,
+    key: &StreamKey,
+    viewer: Option<&PlayerId>,
+    since: Option<u64>,
+) -> Result<Vec<Frame>, ApiError> {
+    let (subject, missing) = match key {
+        StreamKey::Lobby => (state.subjects.lobby_snap(), ErrorCode::Unavailable),
+        StreamKey::Room(code) => (state.subjects.room_snap(code), ErrorCode::NoSuchRoom),
+    };
+    let request = SnapRequest {
+        viewer: viewer.cloned(),
+        since,
+    };
+    let body = serde_json::to_vec(&request).expect("requests serialise infallibly");
+    let reply = nats_request(state, subject, body.into(), missing).await?;
+    let reply: Result<SnapReply, _> = serde_json::from_slice::<Reply<SnapReply>>(&reply)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("bad snapshot reply: {e}")))?
+        .into();
+    Ok(reply?
+        .events
+        .into_iter()
+        .map(|e| Frame::encode(e.id, &e.event, e.data.get().as_bytes()))
+        .collect())
+}
+
+/// Whether a frame comes after the last one sent (`None`: nothing sent yet).
+fn is_newer(frame: &Frame, last: Option<u64>) -> bool {
+    last.is_none_or(|last| frame.id > last)
+}
+
+/// Appends the frames newer than `last`, moving `last` up.
+fn append_newer(
+    out: &mut BytesMut,
+    last: &mut Option<u64>,
+    frames: impl IntoIterator<Item = Frame>,
+) {
+    for frame in frames {
+        if is_newer(&frame, *last) {
+            *last = Some(frame.id);
+            out.extend_from_slice(&frame.bytes);
+        }
+    }
+}
+
+/// A connection's place in the open-connection count; freeing it is dropping it.
+struct Slot {
+    state: AppState,
+    kind: &'static str,
+}
+
+impl Slot {
+    fn acquire(state: &AppState, kind: &'static str) -> Result<Slot, ApiError> {
+        if !state.nats_connected() {
+            return Err(ApiError::unavailable("NATS is unreachable", state.config.retry));
+        }
+        let open = state.connections.fetch_add(1, Ordering::AcqRel);
+        if open >= state.config.max_connections {
+            state.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::unavailable(
+                "this gateway is at its connection limit",
+                state.config.retry,
+            ));
+        }
+        gauge!(m::CONNECTIONS, "stream" => kind).increment(1.0);
+        Ok(Slot {
+            state: state.clone(),
+            kind,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.state.connections.fetch_sub(1, Ordering::AcqRel);
+        gauge!(m::CONNECTIONS, "stream" => self.kind).decrement(1.0);
+    }
+}
+
+/// The state of an open stream between chunks.
+struct Live {
+    state: AppState,
+    key: StreamKey,
+    viewer: Option<PlayerId>,
+    membership: Membership,
+    /// The last id sent to this client.
+    last: Option<u64>,
+    /// Frames held back during a NATS outage, until the resync has filled the gap.
+    paused: Option<Vec<Frame>>,
+    ticks: Interval,
+    first: Option<Bytes>,
+    _slot: Slot,
+}
+
+impl Live {
+    /// The next bytes to write, or `None` to end the stream (shutdown, slow consumer, or a
+    /// resync that failed); the browser then reconnects with `Last-Event-ID`.
+    async fn next_chunk(mut self) -> Option<(Result<Bytes, Infallible>, Live)> {
+        if let Some(first) = self.first.take() {
+            return Some((Ok(first), self));
+        }
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return None,
+                item = self.membership.rx.recv() => match item? {
+                    Item::Frame(frame) => {
+                        if let Some(held) = &mut self.paused {
+                            if held.len() >= self.state.config.client_queue {
+                                counter!(m::SLOW_CONSUMERS).increment(1);
+                                return None;
+                            }
+                            held.push(frame);
+                        } else if is_newer(&frame, self.last) {
+                            self.last = Some(frame.id);
+                            return Some((Ok(frame.bytes), self));
+                        }
+                    }
+                    Item::Pause => {
+                        self.paused.get_or_insert_with(Vec::new);
+                    }
+                    Item::Resync => {
+                        let Some(held) = self.paused.take() else { continue };
+                        let missed =
+                            catch_up(&self.state, &self.key, self.viewer.as_ref(), self.last)
+                                .await
+                                .ok()?;
+                        let mut out = BytesMut::new();
+                        append_newer(&mut out, &mut self.last, missed.into_iter().chain(held));
+                        if !out.is_empty() {
+                            return Some((Ok(out.freeze()), self));
+                        }
+                    }
+                },
+                _ = self.ticks.tick() => return Some((Ok(Bytes::from_static(HEARTBEAT)), self)),
+            }
+        }
+    }
+}
