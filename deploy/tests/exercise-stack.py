@@ -71,7 +71,8 @@ def main(argv):
         nonlocal worked
         try:
             result = fn()
-            print(f"exercise: {what}: {result}")
+            shown = str(result)
+            print(f"exercise: {what}: {shown[:100]}{'...' if len(shown) > 100 else ''}")
             worked += 1
             return result
         except Exception as err:  # noqa: BLE001 - best effort, reported
@@ -106,7 +107,8 @@ def main(argv):
             step("phases", lambda: read_events(
                 base, f"/v1/rooms/{code}/events?token={host}",
                 lambda e: e.count("phase") >= 3, 5))
-    step("bad token", lambda: request(base, "POST", "/v1/rooms/AAAAAA/commands",
+    # On a room that exists, so that the token (not the code) is what gets refused.
+    step("bad token", lambda: request(base, "POST", f"/v1/rooms/{code or 'AAAAAAAAAA'}/commands",
                                       {"type": "chat", "text": "x"}, "not-a-token",
                                       expect_status=401))
     return 0 if worked else 1

@@ -15,7 +15,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use metrics::{counter, gauge, histogram};
-use proto::{ErrorCode, PlayerId, Reply, SnapReply, SnapRequest};
+use proto::{ErrorCode, PlayerId, SnapEvent, SnapRequest};
 use tokio::time::{interval_at, Interval, MissedTickBehavior};
 
 use crate::error::ApiError;
@@ -100,10 +100,15 @@ async fn catch_up(
     };
     let body = serde_json::to_vec(&request).expect("requests serialise infallibly");
     let reply = nats_request(state, subject, body.into(), missing).await?;
-    let reply: Result<SnapReply, _> = serde_json::from_slice::<Reply<SnapReply>>(&reply)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("bad snapshot reply: {e}")))?
-        .into();
-    Ok(reply?
+    let reply: SnapAnswer = serde_json::from_slice(&reply)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("bad snapshot reply: {e}")))?;
+    if !reply.ok {
+        return Err(ApiError::new(
+            reply.error.unwrap_or(ErrorCode::Internal),
+            reply.message.unwrap_or_default(),
+        ));
+    }
+    Ok(reply
         .events
         .into_iter()
         .map(|e| Frame::encode(e.id, &e.event, e.data.get().as_bytes()))
@@ -113,6 +118,17 @@ async fn catch_up(
 /// Whether a frame comes after the last one sent (`None`: nothing sent yet).
 fn is_newer(frame: &Frame, last: Option<u64>) -> bool {
     last.is_none_or(|last| frame.id > last)
+}
+
+/// A snapshot reply read in one pass: the events' `data` stays raw JSON (a generic `Reply`
+/// would go through `serde_json::Value` and re-encode every snapshot).
+#[derive(serde::Deserialize)]
+struct SnapAnswer {
+    ok: bool,
+    #[serde(default)]
+    events: Vec<SnapEvent>,
+    error: Option<ErrorCode>,
+    message: Option<String>,
 }
 
 /// Appends the frames newer than `last`, moving `last` up.
