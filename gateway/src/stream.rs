@@ -70,6 +70,7 @@ pub async fn open(
         membership,
         last,
         paused: None,
+        retry_resync: None,
         ticks,
         first: Some(first.freeze()),
         _slot: slot,
@@ -189,12 +190,50 @@ struct Live {
     last: Option<u64>,
     /// Frames held back during a NATS outage, until the resync has filled the gap.
     paused: Option<Vec<Frame>>,
+    /// When to try the resync again after the engine did not answer (it may reconnect to
+    /// NATS later than we do), and how many tries are left.
+    retry_resync: Option<(tokio::time::Instant, u32)>,
     ticks: Interval,
     first: Option<Bytes>,
     _slot: Slot,
 }
 
+/// How often, and how far apart, a stream retries its resync before giving up (the browser
+/// then reconnects with `Last-Event-ID`, which recovers too).
+const RESYNC_TRIES: u32 = 20;
+const RESYNC_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Live {
+    /// Fetches what was published while NATS was away and releases the held frames after it.
+    /// `Ok(None)`: nothing new to send; `None`: give up and end the stream.
+    async fn resync(&mut self) -> Option<Option<Bytes>> {
+        let (_, tries) = self.retry_resync.take()?;
+        match catch_up(&self.state, &self.key, self.viewer.as_ref(), self.last).await {
+            Ok(missed) => {
+                let held = self.paused.take().unwrap_or_default();
+                let mut out = BytesMut::new();
+                append_newer(&mut out, &mut self.last, missed.into_iter().chain(held));
+                Some((!out.is_empty()).then(|| out.freeze()))
+            }
+            Err(e) if tries > 1 => {
+                tracing::debug!(error = ?e, "resync failed; retrying");
+                self.retry_resync = Some((tokio::time::Instant::now() + RESYNC_BACKOFF, tries - 1));
+                Some(None)
+            }
+            Err(e) => {
+                tracing::info!(error = ?e, "resync failed; ending the stream");
+                None
+            }
+        }
+    }
+
     /// The next bytes to write, or `None` to end the stream (shutdown, slow consumer, or a
     /// resync that failed); the browser then reconnects with `Last-Event-ID`.
     async fn next_chunk(mut self) -> Option<(Result<Bytes, Infallible>, Live)> {
@@ -203,9 +242,15 @@ impl Live {
         }
         let shutdown = self.state.shutdown.clone();
         loop {
+            let retry_at = self.retry_resync.map(|(at, _)| at);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return None,
+                () = sleep_until_some(retry_at) => {
+                    if let Some(chunk) = self.resync().await? {
+                        return Some((Ok(chunk), self));
+                    }
+                }
                 item = self.membership.rx.recv() => match item? {
                     Item::Frame(frame) => {
                         if let Some(held) = &mut self.paused {
@@ -222,18 +267,10 @@ impl Live {
                     Item::Pause => {
                         self.paused.get_or_insert_with(Vec::new);
                     }
-                    Item::Resync => {
-                        let Some(held) = self.paused.take() else { continue };
-                        let missed =
-                            catch_up(&self.state, &self.key, self.viewer.as_ref(), self.last)
-                                .await
-                                .ok()?;
-                        let mut out = BytesMut::new();
-                        append_newer(&mut out, &mut self.last, missed.into_iter().chain(held));
-                        if !out.is_empty() {
-                            return Some((Ok(out.freeze()), self));
-                        }
+                    Item::Resync if self.paused.is_some() => {
+                        self.retry_resync = Some((tokio::time::Instant::now(), RESYNC_TRIES));
                     }
+                    Item::Resync => {}
                 },
                 _ = self.ticks.tick() => return Some((Ok(Bytes::from_static(HEARTBEAT)), self)),
             }

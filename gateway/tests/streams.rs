@@ -1,0 +1,345 @@
+//! SSE streams over real HTTP, fed through a real nats-server: ordering, resume, privacy,
+//! slow consumers, outages, limits and scale.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{token, FakeStream, Publish, Setup, Sse, WAIT};
+use proto::{PlayerId, RoomCode};
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+fn room() -> RoomCode {
+    RoomCode::parse("Room1234").unwrap()
+}
+
+/// Reads `stream` until id `last`, asserting ids are contiguous from the snapshot on.
+async fn assert_contiguous(mut sse: Sse, last: u64) -> u64 {
+    let snapshot = sse.next().await.expect("a snapshot first");
+    assert_eq!(snapshot.event, "snapshot");
+    let mut at = snapshot.id.unwrap();
+    let first = at;
+    while at < last {
+        let ev = sse.next().await.expect("stream open");
+        assert_eq!(ev.id, Some(at + 1), "contiguous after {at}");
+        at += 1;
+    }
+    first
+}
+
+#[tokio::test]
+async fn a_stream_starts_with_retry_and_snapshot_and_has_sse_headers() {
+    let s = Setup::new(|_| {}).await;
+    let fake = FakeStream::start(&s, None, true).await;
+    fake.send(Publish::Public { n: 3, size: 1 });
+    let mut sse = Sse::connect(&s.gateway.url("/v1/lobby/events"), &[]).await;
+    assert_eq!(sse.status, 200);
+    assert_eq!(sse.headers["content-type"], "text/event-stream");
+    assert_eq!(sse.headers["cache-control"], "no-cache");
+    assert_eq!(sse.headers["x-accel-buffering"], "no");
+    let first = sse.next().await.unwrap();
+    assert_eq!(sse.retry, Some(2000), "retry: comes first");
+    assert_eq!(first.event, "snapshot");
+    fake.send(Publish::Public { n: 1, size: 1 });
+    let live = sse.next().await.unwrap();
+    assert_eq!(live.id, Some(first.id.unwrap() + 1));
+    assert_eq!(live.event, "tick");
+    sse.until_pings(2).await;
+}
+
+#[tokio::test]
+async fn clients_joining_during_10000_events_each_see_contiguous_ids() {
+    let s = Setup::new(|c| c.gateway.client_queue = 20_000).await;
+    let fake = FakeStream::start(&s, None, true).await;
+    const TOTAL: u64 = 10_000;
+    let url = s.gateway.url("/v1/lobby/events");
+    let mut clients = Vec::new();
+    let mut published = 0;
+    let mut rng = rand::rng();
+    for _ in 0..20 {
+        // Publish a random stretch, then connect one more client while events keep flowing.
+        let n = rng.random_range(0..TOTAL / 20);
+        fake.send(Publish::Public { n, size: 16 });
+        published += n;
+        let sse = Sse::connect(&url, &[]).await;
+        clients.push(tokio::spawn(assert_contiguous(sse, TOTAL)));
+    }
+    fake.send(Publish::Public {
+        n: TOTAL - published,
+        size: 16,
+    });
+    let mut firsts = HashSet::new();
+    for client in clients {
+        firsts.insert(timeout(WAIT * 3, client).await.unwrap().unwrap());
+    }
+    assert!(firsts.len() > 1, "clients joined at different points: {firsts:?}");
+}
+
+#[tokio::test]
+async fn last_event_id_resumes_from_history_or_with_a_snapshot() {
+    for history in [true, false] {
+        let s = Setup::new(|_| {}).await;
+        let fake = FakeStream::start(&s, None, history).await;
+        fake.send(Publish::Public { n: 5, size: 1 });
+        let url = s.gateway.url("/v1/lobby/events");
+        let mut sse = Sse::connect(&url, &[]).await;
+        assert_eq!(sse.next().await.unwrap().id, Some(5));
+        fake.send(Publish::Public { n: 2, size: 1 });
+        assert_eq!(sse.next().await.unwrap().id, Some(6));
+        drop(sse);
+        fake.send(Publish::Public { n: 3, size: 1 });
+        let mut resumed = Sse::connect(&url, &[("Last-Event-ID", "6")]).await;
+        let first = resumed.next().await.unwrap();
+        if history {
+            assert_eq!((first.id, first.event.as_str()), (Some(7), "tick"));
+            assert_eq!(resumed.next().await.unwrap().id, Some(8));
+        } else {
+            assert_eq!((first.id, first.event.as_str()), (Some(10), "snapshot"));
+        }
+        // A malformed Last-Event-ID is no resume at all: a fresh snapshot.
+        let mut fresh = Sse::connect(&url, &[("Last-Event-ID", "banana")]).await;
+        assert_eq!(fresh.next().await.unwrap().event, "snapshot");
+    }
+}
+
+#[tokio::test]
+async fn a_player_never_receives_another_players_private_events() {
+    let s = Setup::new(|_| {}).await;
+    let code = room();
+    let fake = FakeStream::start(&s, Some(code.clone()), true).await;
+    let ann = PlayerId::parse("ann12345").unwrap();
+    let bob = PlayerId::parse("bob12345").unwrap();
+    let url = s.gateway.url(&format!("/v1/rooms/{code}/events"));
+    let ann_token = token(&code, &ann, 60);
+    let bob_token = token(&code, &bob, 60);
+    let mut a = Sse::connect(&url, &[("Authorization", &format!("Bearer {ann_token}"))]).await;
+    let mut b = Sse::connect(&format!("{url}?token={bob_token}"), &[]).await;
+    assert_eq!(a.next().await.unwrap().event, "snapshot");
+    assert_eq!(b.next().await.unwrap().event, "snapshot");
+    fake.send(Publish::Private(ann.clone()));
+    fake.send(Publish::Public { n: 1, size: 1 });
+    fake.send(Publish::Private(bob.clone()));
+    fake.send(Publish::Public { n: 1, size: 1 });
+    let mut got_a = Vec::new();
+    for _ in 0..3 {
+        let ev = a.next().await.unwrap();
+        got_a.push((ev.id.unwrap(), ev.data));
+    }
+    let mut got_b = Vec::new();
+    for _ in 0..3 {
+        let ev = b.next().await.unwrap();
+        got_b.push((ev.id.unwrap(), ev.data));
+    }
+    assert_eq!(got_a.iter().map(|e| e.0).collect::<Vec<_>>(), [1, 2, 4]);
+    assert_eq!(got_b.iter().map(|e| e.0).collect::<Vec<_>>(), [2, 3, 4]);
+    assert!(got_a[0].1.contains("ann12345") && !got_a.iter().any(|e| e.1.contains("bob")));
+    assert!(got_b[1].1.contains("bob12345") && !got_b.iter().any(|e| e.1.contains("ann")));
+    // Resuming replays only the resumer's own private events.
+    drop(a);
+    let mut again = Sse::connect(&url, &[
+        ("Authorization", &format!("Bearer {ann_token}")),
+        ("Last-Event-ID", "0"),
+    ])
+    .await;
+    let ids: Vec<u64> = [again.next().await, again.next().await, again.next().await]
+        .into_iter()
+        .map(|e| e.unwrap().id.unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2, 4]);
+}
+
+#[tokio::test]
+async fn every_auth_failure_has_its_status_and_a_json_body() {
+    let s = Setup::new(|c| c.gateway.request_timeout = Duration::from_millis(300)).await;
+    let code = room();
+    let ann = PlayerId::parse("ann12345").unwrap();
+    let url = s.gateway.url(&format!("/v1/rooms/{code}/events"));
+    let other = RoomCode::parse("Other123").unwrap();
+    let cases = [
+        (None, 401, "unauthorized"),
+        (Some("not.a.jwt".to_owned()), 401, "unauthorized"),
+        (Some(token(&code, &ann, -10)), 401, "unauthorized"),
+        (Some(token(&other, &ann, 60)), 403, "forbidden"),
+    ];
+    for (tok, status, code_) in cases {
+        let headers: Vec<(&str, String)> = tok
+            .iter()
+            .map(|t| ("Authorization", format!("Bearer {t}")))
+            .collect();
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let sse = Sse::connect(&url, &headers).await;
+        assert_eq!(sse.status, status, "{tok:?}");
+        let body = sse.error_body().await;
+        assert_eq!(body["error"], code_);
+        assert!(body["message"].is_string());
+    }
+
+    // A valid token for a room no engine holds: 404.
+    let bearer = format!("Bearer {}", token(&code, &ann, 60));
+    let sse = Sse::connect(&url, &[("Authorization", &bearer)]).await;
+    assert_eq!(sse.status, 404);
+    assert_eq!(sse.error_body().await["error"], "no_such_room");
+    // A room whose engine does not answer in time: 504.
+    let _silent = s.client.subscribe(s.subjects.room_snap(&code)).await.unwrap();
+    s.client.flush().await.unwrap();
+    let sse = Sse::connect(&url, &[("Authorization", &bearer)]).await;
+    assert_eq!(sse.status, 504);
+    assert_eq!(sse.error_body().await["error"], "timeout");
+}
+
+#[tokio::test]
+async fn nats_down_is_503_with_retry_after_and_readyz_follows() {
+    let mut s = Setup::new(|_| {}).await;
+    let http = reqwest::Client::new();
+    s.nats.stop();
+    let down = timeout(WAIT, async {
+        loop {
+            let r = http.get(s.gateway.url("/readyz")).send().await.unwrap();
+            if r.status() == 503 {
+                return r;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(down.headers().contains_key("retry-after"));
+    let sse = Sse::connect(&s.gateway.url("/v1/lobby/events"), &[]).await;
+    assert_eq!(sse.status, 503);
+    assert!(sse.headers.contains_key("retry-after"));
+    assert_eq!(sse.error_body().await["error"], "unavailable");
+    let r = http.get(s.gateway.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "still alive, just not ready");
+    s.nats.restart();
+    s.gateway.wait_ready().await;
+}
+
+#[tokio::test]
+async fn a_slow_client_is_dropped_while_a_fast_one_keeps_up() {
+    let s = Setup::new(|c| c.gateway.client_queue = 8).await;
+    let fake = FakeStream::start(&s, None, true).await;
+    // The slow client: a socket with a tiny receive buffer that reads the headers, then stops.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(s.gateway.addr).await.unwrap();
+    slow.write_all(b"GET /v1/lobby/events HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 512];
+    let n = timeout(WAIT, slow.read(&mut head)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+
+    let mut fast = Sse::connect(&s.gateway.url("/v1/lobby/events"), &[]).await;
+    let start = fast.next().await.unwrap().id.unwrap();
+    // 16 MiB in steps the fast client keeps up with; the slow one's socket fills long before.
+    let mut expected = start;
+    for _ in 0..256 {
+        fake.send(Publish::Public { n: 4, size: 16 * 1024 });
+        for _ in 0..4 {
+            expected += 1;
+            assert_eq!(fast.next().await.unwrap().id, Some(expected));
+        }
+    }
+    // The slow client's stream was ended: draining its socket reaches the last chunk.
+    let mut tail = Vec::new();
+    let mut sink = vec![0u8; 1 << 16];
+    timeout(WAIT, async {
+        while !tail.ends_with(b"0\r\n\r\n") {
+            let n = slow.read(&mut sink).await.unwrap();
+            assert!(n > 0, "closed without ending the chunked body");
+            tail.extend_from_slice(&sink[..n]);
+            let keep = tail.len().saturating_sub(16);
+            tail.drain(..keep);
+        }
+    })
+    .await
+    .expect("the slow stream was ended");
+}
+
+#[tokio::test]
+async fn no_client_loses_an_event_when_nats_restarts_mid_stream() {
+    let mut s = Setup::new(|_| {}).await;
+    let code = room();
+    let fake = FakeStream::start(&s, Some(code.clone()), true).await;
+    let ann = PlayerId::parse("ann12345").unwrap();
+    let url = s.gateway.url(&format!("/v1/rooms/{code}/events"));
+    let bearer = format!("Bearer {}", token(&code, &ann, 60));
+    let mut room_client = Sse::connect(&url, &[("Authorization", &bearer)]).await;
+    assert_eq!(room_client.next().await.unwrap().id, Some(0));
+    fake.send(Publish::Public { n: 10, size: 8 });
+    for id in 1..=10 {
+        assert_eq!(room_client.next().await.unwrap().id, Some(id));
+    }
+
+    s.nats.stop();
+    // Published while NATS is down: the gateway cannot see these live.
+    fake.send(Publish::Public { n: 5, size: 8 });
+    fake.send(Publish::Private(ann.clone()));
+    s.nats.restart();
+    s.gateway.wait_ready().await;
+    fake.send(Publish::Public { n: 5, size: 8 });
+    for id in 11..=21 {
+        let ev = room_client.next().await.expect("the stream stayed open");
+        assert_eq!(ev.id, Some(id), "nothing lost, nothing repeated");
+    }
+}
+
+#[tokio::test]
+async fn malformed_events_are_dropped_and_counted() {
+    let s = Setup::new(|_| {}).await;
+    let fake = FakeStream::start(&s, None, true).await;
+    let mut sse = Sse::connect(&s.gateway.url("/v1/lobby/events"), &[]).await;
+    sse.next().await.unwrap();
+    fake.send(Publish::Malformed);
+    fake.send(Publish::Public { n: 1, size: 1 });
+    let next = sse.next().await.unwrap();
+    assert_eq!((next.id, next.event.as_str()), (Some(1), "tick"));
+}
+
+#[tokio::test]
+async fn the_connection_limit_answers_503_with_retry_after() {
+    let s = Setup::new(|c| c.gateway.max_connections = 2).await;
+    let _fake = FakeStream::start(&s, None, true).await;
+    let url = s.gateway.url("/v1/lobby/events");
+    let mut a = Sse::connect(&url, &[]).await;
+    let mut b = Sse::connect(&url, &[]).await;
+    a.next().await.unwrap();
+    b.next().await.unwrap();
+    let c = Sse::connect(&url, &[]).await;
+    assert_eq!(c.status, 503);
+    assert!(c.headers.contains_key("retry-after"));
+    assert_eq!(c.error_body().await["error"], "unavailable");
+    drop(a);
+    // The freed slot is usable again once the gateway has seen the disconnect.
+    timeout(WAIT, async {
+        loop {
+            let d = Sse::connect(&url, &[]).await;
+            if d.status == 200 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a slot frees up");
+}
+
+#[tokio::test]
+async fn one_gateway_serves_1000_streams_from_one_subscription() {
+    let s = Setup::new(|_| {}).await;
+    let fake = FakeStream::start(&s, None, true).await;
+    let url = s.gateway.url("/v1/lobby/events");
+    let mut streams = Vec::new();
+    for _ in 0..1000 {
+        let mut sse = Sse::connect(&url, &[]).await;
+        assert_eq!(sse.next().await.unwrap().event, "snapshot");
+        streams.push(sse);
+    }
+    fake.send(Publish::Public { n: 3, size: 64 });
+    for sse in &mut streams {
+        for id in 1..=3 {
+            assert_eq!(sse.next().await.unwrap().id, Some(id));
+        }
+    }
+}
