@@ -459,3 +459,83 @@ impl Setup {
         }
     }
 }
+
+/// A port nothing listens on right now (for processes that must be told their port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real gateway binary, for what only a process shows: signals and exit codes.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl GatewayProcess {
+    pub async fn start(nats_url: &str, keys: &Keys, env: &[(&str, &str)]) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .env("PHASECAST_NATS__URL", nats_url)
+            .env("PHASECAST_GATEWAY__LISTEN", addr.to_string())
+            .env("PHASECAST_GATEWAY__ADMIN_LISTEN", admin.to_string())
+            .env("PHASECAST_AUTH__VERIFY_KEY_FILE", &keys.verify)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let gw = GatewayProcess { child, addr, admin };
+        let http = reqwest::Client::new();
+        let ready = format!("http://{addr}/readyz");
+        timeout(WAIT, async {
+            loop {
+                if let Ok(r) = http.get(&ready).send().await {
+                    if r.status() == 200 {
+                        return;
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("gateway process ready in time");
+        gw
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM, as systemd or Ctrl-C would.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Open SSE connections, from this process's own metrics.
+    pub async fn connections(&self, stream: &str) -> f64 {
+        let scrape = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric(&scrape, &format!("phasecast_gateway_connections{{stream=\"{stream}\"}}"))
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

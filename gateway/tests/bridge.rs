@@ -1,0 +1,132 @@
+//! The command bridge against the real engine, driven the way a browser drives it.
+
+mod common;
+
+use common::{EngineProcess, Setup, Sse};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+async fn post(url: &str, body: &str, headers: &[(&str, &str)]) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let mut req = reqwest::Client::new().post(url).body(body.to_owned());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let body = resp.json().await.unwrap();
+    (status, headers, body)
+}
+
+#[tokio::test]
+async fn a_browser_creates_joins_starts_and_votes_through_the_bridge() {
+    let s = Setup::new(|_| {}).await;
+    let engine = EngineProcess::start(&s.nats.url(), &s.keys, &[]);
+    engine.ready(&s.client).await;
+    let gw = &s.gateway;
+
+    let settings = json!({"title": "bridge", "total": 3, "mafia": 1,
+        "durations_ms": {"day_intro": 20, "notice": 20, "day_per_player": 10000, "vote": 50,
+            "vote_result": 20, "night_intro": 20, "night": 5000, "ended": 5000}});
+    let (status, _, created) = post(&gw.url("/v1/rooms"), &settings.to_string(), &[]).await;
+    assert_eq!(status, 200, "{created}");
+    let code = created["code"].as_str().unwrap().to_owned();
+
+    let mut seats = Vec::new();
+    for name in ["Ann", "Bob", "Cat"] {
+        let (status, headers, joined) = post(
+            &gw.url(&format!("/v1/rooms/{code}/join")),
+            &json!({"name": name}).to_string(),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200, "{joined}");
+        let cookie = headers["set-cookie"].to_str().unwrap().to_owned();
+        assert!(cookie.starts_with("phasecast_token="));
+        assert!(cookie.contains(&format!("Path=/v1/rooms/{code}")) && cookie.contains("HttpOnly"));
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        seats.push((joined["player_id"].as_str().unwrap().to_owned(), cookie));
+    }
+    let (status, _, taken) = post(
+        &gw.url(&format!("/v1/rooms/{code}/join")),
+        r#"{"name": "ann"}"#,
+        &[],
+    )
+    .await;
+    assert_eq!((status, taken["error"].as_str()), (StatusCode::CONFLICT, Some("room_full")));
+
+    // Ann watches the room with her cookie, as EventSource would send it.
+    let events = gw.url(&format!("/v1/rooms/{code}/events"));
+    let mut ann = Sse::connect(&events, &[("Cookie", &seats[0].1)]).await;
+    let snapshot = ann.next().await.unwrap();
+    assert_eq!(snapshot.event, "snapshot");
+    assert_eq!(snapshot.json()["players"].as_array().unwrap().len(), 3);
+
+    let commands = gw.url(&format!("/v1/rooms/{code}/commands"));
+    let (status, _, refused) = post(&commands, r#"{"type":"start"}"#, &[("Cookie", &seats[1].1)]).await;
+    assert_eq!((status, refused["error"].as_str()), (StatusCode::FORBIDDEN, Some("not_host")));
+    let (status, _, _) = post(&commands, r#"{"type":"start"}"#, &[("Cookie", &seats[0].1)]).await;
+    assert_eq!(status, 200);
+    let role = ann.until("role").await;
+    assert!(role.json()["role"].is_string());
+    loop {
+        let phase = ann.until("phase").await;
+        if phase.json()["phase"] == "day" {
+            break;
+        }
+    }
+    // Bob claims to vote as Ann; the bridge makes it Bob's vote.
+    let bearer = format!("Bearer {}", seats[1].1.trim_start_matches("phasecast_token="));
+    let body = json!({"type": "vote", "player": seats[0].0, "target": seats[2].0}).to_string();
+    let (status, _, _) = post(&commands, &body, &[("Authorization", &bearer)]).await;
+    assert_eq!(status, 200);
+    let vote = ann.until("vote").await.json();
+    assert_eq!(vote["voter"], seats[1].0.as_str(), "the token decides who votes");
+    assert_eq!(vote["target"], seats[2].0.as_str());
+
+    // Bad requests get a status and a JSON body, and never reach another player's seat.
+    let cases = [
+        (&commands, "{nope", vec![("Cookie", seats[0].1.as_str())], 400, "malformed"),
+        (&commands, r#"{"type":"join","name":"x"}"#, vec![("Cookie", seats[0].1.as_str())], 400, "unknown_command"),
+        (&commands, r#"{"type":"dance"}"#, vec![("Cookie", seats[0].1.as_str())], 400, "unknown_command"),
+        (&commands, r#"{"type":"skill","target":"nobody12"}"#, vec![("Cookie", seats[0].1.as_str())], 409, "wrong_phase"),
+        (&commands, r#"{"type":"chat","text":"hi"}"#, vec![], 401, "unauthorized"),
+    ];
+    for (url, body, headers, status, code_) in cases {
+        let (got, _, reply) = post(url, body, &headers).await;
+        assert_eq!((got.as_u16(), reply["error"].as_str()), (status, Some(code_)), "{body}");
+        assert!(reply["message"].is_string());
+    }
+    let huge = format!(r#"{{"type":"chat","text":"{}"}}"#, "x".repeat(70 * 1024));
+    let (got, _, reply) = post(&commands, &huge, &[("Cookie", &seats[0].1)]).await;
+    assert_eq!((got.as_u16(), reply["error"].as_str()), (413, Some("too_large")));
+    let (got, _, reply) = post(&gw.url("/v1/rooms/Nowhere123/commands"), r#"{"type":"chat","text":"x"}"#,
+        &[("Authorization", &bearer)]).await;
+    assert_eq!((got.as_u16(), reply["error"].as_str()), (403, Some("forbidden")));
+    let (got, _, reply) = post(&gw.url("/v1/rooms/Nowhere123/join"), r#"{"name":"x"}"#, &[]).await;
+    assert_eq!((got.as_u16(), reply["error"].as_str()), (404, Some("no_such_room")));
+    let (got, _, reply) = post(&gw.url("/v1/rooms"), r#"{"title":"t","total":2,"mafia":1}"#, &[]).await;
+    assert_eq!((got.as_u16(), reply["error"].as_str()), (400, Some("invalid_room")));
+    let (got, _, reply) = post(&gw.url("/v1/nothing"), "{}", &[]).await;
+    assert_eq!((got.as_u16(), reply["error"].as_str()), (404, Some("not_found")));
+    drop(engine);
+}
+
+#[tokio::test]
+async fn without_an_engine_create_is_503_and_a_silent_engine_is_504() {
+    let s = Setup::new(|c| c.gateway.request_timeout = std::time::Duration::from_millis(200)).await;
+    let (status, headers, body) = post(&s.gateway.url("/v1/rooms"), r#"{"title":"t","total":3,"mafia":1}"#, &[]).await;
+    assert_eq!((status.as_u16(), body["error"].as_str()), (503, Some("unavailable")));
+    assert!(headers.contains_key("retry-after"));
+    let _silent = s.client.subscribe(s.subjects.lobby_create()).await.unwrap();
+    s.client.flush().await.unwrap();
+    // The silent subscriber is registered once NATS routes to it.
+    let mut answer = (StatusCode::OK, Value::Null);
+    for _ in 0..100 {
+        let (status, _, body) = post(&s.gateway.url("/v1/rooms"), r#"{"title":"t","total":3,"mafia":1}"#, &[]).await;
+        answer = (status, body);
+        if status.as_u16() == 504 {
+            break;
+        }
+    }
+    assert_eq!((answer.0.as_u16(), answer.1["error"].as_str()), (504, Some("timeout")));
+}
