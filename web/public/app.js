@@ -154,7 +154,6 @@ function recallName() { try { return localStorage.getItem('phasecast:name') || '
 // ───────────────────────────── the connection banner ─────────────────────────────
 
 const conn = {
-  el: null,
   set(stateName, text) {
     const el = $('conn');
     el.dataset.state = stateName;
@@ -484,7 +483,8 @@ function leaveRoomView() {
 const nameOf = (id) => room.players.get(id)?.name ?? 'someone';
 
 function log(kind, text, attrs = {}) {
-  room.log.push({ kind, text, attrs, seq: ++room.logSeq });
+  // `at`: when this page learnt it (unix ms), which shows what was replayed after an outage.
+  room.log.push({ kind, text, attrs: { ...attrs, at: Date.now() }, seq: ++room.logSeq });
   if (room.log.length > MAX_LOG) room.log.splice(0, room.log.length - MAX_LOG);
 }
 
@@ -559,7 +559,7 @@ function roomEvent(eventName, d, id) {
       }
       if (d.phase === 'vote' && before !== 'vote') r.deathsAtVote = r.deaths.length;
       if (d.phase === 'day' && r.deathsAtVote == null) r.deathsAtVote = r.deaths.length;
-      log('phase', phaseText(d.phase, d.round), { phase: d.phase, round: d.round, source: 'event', id });
+      log('phase', phaseText(d.phase, d.round), { phase: d.phase, round: d.round, source: 'event', id, endsAt: d.ends_at });
       break;
     }
     case 'vote':
@@ -688,7 +688,8 @@ function inGame() { return room.phase && room.phase !== 'waiting' && room.phase 
 
 function myChannel() {
   if (!me()) return null;
-  if (!amAlive() && room.phase !== 'waiting') return 'dead';
+  if (room.phase === 'waiting' || room.phase === 'ended') return 'public';
+  if (!amAlive()) return 'dead';
   if (room.phase === 'night') return room.myRole === 'mafia' ? 'mafia' : null;
   return 'public';
 }
@@ -992,7 +993,8 @@ function tick() {
   cd.hidden = false;
   const left = Math.max(0, endsAt - Date.now());
   const s = Math.ceil(left / 1000);
-  cd.textContent = `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
+  const clock = `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
+  cd.textContent = room.phase === 'ended' ? `closes in ${clock}` : clock;
   cd.dataset.left = String(left);
 }
 

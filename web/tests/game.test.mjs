@@ -38,13 +38,13 @@ before(async () => {
   stack = await Stack.start();
   browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true, timeout: 30000 });
   fs.mkdirSync(SHOTS, { recursive: true });
-});
+}, { timeout: 90000 });
 
 after(async () => {
   for (const c of contexts) await c.close().catch(() => {});
   if (browser) await browser.close().catch(() => {});
   if (stack) await stack.stop({ keep: failed });
-});
+}, { timeout: 60000 });
 
 // ───────────────────────────── page helpers ─────────────────────────────
 
@@ -77,6 +77,7 @@ function readRoomPage() {
     })),
     phases: qa('[data-testid=log-entry][data-kind=phase]').map((li) => ({
       phase: li.dataset.phase, round: Number(li.dataset.round), source: li.dataset.source, id: li.dataset.id,
+      at: Number(li.dataset.at), endsAt: Number(li.dataset.endsAt || 0) || null,
     })),
     deaths: qa('[data-testid=death]').map((li) => ({ id: li.dataset.playerId, cause: li.dataset.cause, round: Number(li.dataset.round) })),
     investigations: qa('[data-testid=investigation]').map((li) => ({ target: li.dataset.target, mafia: li.dataset.mafia === 'true' })),
@@ -307,6 +308,17 @@ async function playWholeGame() {
   assert.equal(refused.error.text, 'This room is full.');
   assert.equal(refused.view, 'lobby');
 
+  // Without the cookie (another browser), the seat kept in localStorage still opens the
+  // stream: the page falls back to the token in the query string.
+  const secondDevice = await Player.open('Bea, second device');
+  const beaSeat = await byName.Bea.page.evaluate((c) => localStorage.getItem(`phasecast:seat:${c}`), code);
+  await secondDevice.page.evaluate(([c, seat]) => localStorage.setItem(`phasecast:seat:${c}`, seat), [code, beaSeat]);
+  await secondDevice.page.goto(`/#/room/${code}`);
+  const beaTwice = await secondDevice.until((s) => s.you && s.players.length === 4, 'Bea on a second device');
+  assert.equal(beaTwice.you, byName.Bea.id);
+  assert.equal(beaTwice.error, null);
+  await secondDevice.context.close();
+
   // A bad token is told as a sentence, and the page offers to join again.
   const stranger = await Player.open('Stranger');
   await stranger.page.evaluate((c) => localStorage.setItem(`phasecast:seat:${c}`,
@@ -366,6 +378,7 @@ async function playWholeGame() {
   await all(players, (p, i) => p.say(outage2[i]));
   await all(players, (p) => p.click('abstain', p.t('abstain-button')));
   const restart2 = stack.startGatewayIntoRotation(1);
+  restart2.catch(() => {}); // awaited below; this only keeps an early failure from being unhandled
   for (const p of players) {
     await p.until((s) => s.conn.state === 'open' && s.phase === 'night' && outage2.every((t) => count(s.chat, t) === 1),
       'night 1 and the outage 2 lines after reconnecting');
@@ -374,6 +387,12 @@ async function playWholeGame() {
     const s = await p.state();
     assert.ok(s.conn.drops >= 1, `${p.name}'s page lost its stream at least once (drops=${s.conn.drops})`);
     assert.equal(s.deaths.length, 0, 'nobody died from an all-abstain vote');
+    // The phases that began while this page was cut off arrived late, replayed on reconnect:
+    // a phase's start is its deadline minus its duration.
+    const late = s.phases.filter((x) => x.source === 'event' && x.round === 1 && DURATIONS[x.phase] && x.phase !== 'day'
+      && x.at - (x.endsAt - DURATIONS[x.phase] * 1000) > 300);
+    assert.ok(late.length >= 1, `${p.name} was shown phase changes that happened during outage 2`);
+    console.log(`${p.name}: drops=${s.conn.drops}, replayed after outage 2: ${late.map((x) => `${x.phase} (+${x.at - (x.endsAt - DURATIONS[x.phase] * 1000)} ms)`).join(', ')}`);
   }
 
   // ── night 1 ──
