@@ -218,8 +218,6 @@ export class Stack {
       path.join(WEB_DIR, 'public'), nginxReadTimeout, ...this.gateways.map((g) => g.addr)],
     { encoding: 'utf8' });
     fs.writeFileSync(path.join(prefix, 'nginx.conf'), conf);
-    const ft = conf.match(/fail_timeout=(\d+)(ms|s)?/);
-    this.failTimeoutMs = ft ? Number(ft[1]) * (ft[2] === 'ms' ? 1 : 1000) : 10000;
     this.nginx = this.#proc('nginx', 'nginx', ['-p', prefix, '-c', path.join(prefix, 'nginx.conf'), '-g', 'daemon off;'], {});
     this.nginx.start();
     this.baseUrl = `http://127.0.0.1:${nginxPort}`;
@@ -244,16 +242,11 @@ export class Stack {
   }
 
   /**
-   * Starts gateway `i` again and waits until nginx may route to it. nginx marks an upstream that
-   * refused a connection as down for `fail_timeout` (deploy/nginx template: max_fails=1
-   * fail_timeout=2s) and does not say when it takes it back; a request routed there before then
-   * is refused with "no live upstreams" if the other gateway is down. That window is the only
-   * wait here that is a duration rather than a polled condition: nginx exposes no state to poll.
+   * Starts gateway `i` again; nginx routes to it as soon as it listens (the deploy template
+   * renders upstreams with max_fails=0, so nginx never holds a restarted gateway out).
    */
   async startGatewayIntoRotation(i) {
     await this.startGateway(i);
-    // A failure recorded just before the gateway came back keeps it out for fail_timeout.
-    await new Promise((r) => setTimeout(r, this.failTimeoutMs + 250));
   }
 
   /** Stops gateway `i` with SIGTERM (SIGKILL after `graceMs`) and waits until it has exited. */
