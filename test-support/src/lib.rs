@@ -125,3 +125,10 @@ pub fn write_test_keys(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(&verify, TEST_VERIFY_KEY_PEM).expect("write verify key");
     (signing, verify)
 }
+
+impl NatsServer {
+    /// The server's process id (for reading its CPU time in benchmarks).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}

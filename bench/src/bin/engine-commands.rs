@@ -1,0 +1,126 @@
+//! Commands over real NATS: requests per second and latency with many rooms in play.
+//!
+//! Rooms of three are seated and started; in the day, two of each room's three players vote
+//! back and forth (the third never votes, so the day never ends early), from `--clients`
+//! connections with `--concurrency` requests in flight in all. Generator, nats-server and
+//! engine share this machine.
+//!
+//! `cargo run --release -p bench --bin engine-commands -- --rooms 1000 --seconds 10`
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bench::{cpu_seconds, ms, quantile, Stack};
+use clap::Parser;
+use futures::StreamExt;
+use serde_json::json;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 1000)]
+    rooms: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// NATS connections the load comes from.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Requests in flight, in all.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let stack = Stack::start().await?;
+    let settings = json!({"title": "bench", "total": 3, "mafia": 1,
+        "durations_ms": {"day_intro": 1, "notice": 1, "day_per_player": 3_600_000}});
+    let rooms: Vec<_> = futures::stream::iter(0..args.rooms)
+        .map(|_| stack.seated_room(&settings))
+        .buffer_unordered(256)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    for (code, players) in &rooms {
+        stack.start_game(code, &players[0]).await?;
+    }
+    // Wait until every room is in its day: a vote is accepted everywhere.
+    for (code, players) in &rooms {
+        let vote = json!({"type": "vote", "player": players[0], "target": players[1]});
+        while stack.ask(stack.subjects.room_cmd(code), vote.clone()).await.is_err() {
+            tokio::task::yield_now().await;
+        }
+    }
+    println!("{} rooms in their day", rooms.len());
+
+    let mut clients = Vec::new();
+    for _ in 0..args.clients {
+        clients.push(Stack::connect(&stack.nats).await?);
+    }
+    let rooms = Arc::new(rooms);
+    let running = Arc::new(AtomicBool::new(true));
+    let nats_pid = stack.nats.pid().unwrap_or(0);
+    let (self0, nats0) = (cpu_seconds(std::process::id()), cpu_seconds(nats_pid));
+    let began = Instant::now();
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|w| {
+            let (client, rooms, running) =
+                (clients[w % clients.len()].clone(), rooms.clone(), running.clone());
+            let subjects = stack.subjects.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                let mut i = w;
+                while running.load(Ordering::Relaxed) {
+                    let (code, players) = &rooms[i % rooms.len()];
+                    let (voter, target) = if i % 2 == 0 { (0, 1) } else { (1, 0) };
+                    let body = json!({"type": "vote", "player": players[voter], "target": players[target]});
+                    let sent = Instant::now();
+                    match client.request(subjects.room_cmd(code), body.to_string().into()).await {
+                        Ok(reply) if reply.payload.starts_with(b"{\"ok\":true") => {
+                            latencies.push(sent.elapsed().as_secs_f64())
+                        }
+                        _ => errors += 1,
+                    }
+                    i += args.concurrency;
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    running.store(false, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for worker in workers {
+        let (l, e) = worker.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let span = began.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "{} commands in {:.1} s: {:.0}/s, {} errors; {} connections, {} in flight",
+        latencies.len(),
+        span,
+        latencies.len() as f64 / span,
+        errors,
+        args.clients,
+        args.concurrency
+    );
+    println!(
+        "latency: p50 {}  p99 {}  p99.9 {}  max {}",
+        ms(quantile(&latencies, 0.5)),
+        ms(quantile(&latencies, 0.99)),
+        ms(quantile(&latencies, 0.999)),
+        ms(latencies.last().copied().unwrap_or(f64::NAN)),
+    );
+    println!(
+        "CPU: engine + load generator {:.0} % of a core, nats-server {:.0} %",
+        100.0 * (cpu_seconds(std::process::id()) - self0) / span,
+        100.0 * (cpu_seconds(nats_pid) - nats0) / span
+    );
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! Shared pieces of the benchmarks: an engine on a real nats-server, rooms full of players,
+//! CPU time from /proc, and percentiles.
+
+use std::time::Duration;
+
+use game_engine::{Config, Engine};
+use proto::{PlayerId, RoomCode, Subjects};
+use serde_json::{json, Value};
+use test_support::NatsServer;
+use tokio::sync::oneshot;
+
+/// A nats-server and an in-process engine on it; the engine stops when this is dropped.
+pub struct Stack {
+    pub nats: NatsServer,
+    pub client: async_nats::Client,
+    pub subjects: Subjects,
+    _stop: oneshot::Sender<()>,
+    _keys: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start() -> anyhow::Result<Stack> {
+        let nats = NatsServer::start();
+        let keys = tempfile::tempdir()?;
+        let (signing, _) = test_support::write_test_keys(keys.path());
+        let mut config = Config::default();
+        config.nats.url = nats.url();
+        config.engine.admin_listen = "127.0.0.1:0".parse()?;
+        config.auth.signing_key_file = Some(signing);
+        let engine = Engine::build(config).await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(engine.run_until(async move {
+            let _ = stopped.await;
+        }));
+        let client = Self::connect(&nats).await?;
+        Ok(Stack {
+            nats,
+            client,
+            subjects: Subjects::default(),
+            _stop: stop,
+            _keys: keys,
+        })
+    }
+
+    /// Another client connection (load spread over several, as several backends would).
+    pub async fn connect(nats: &NatsServer) -> anyhow::Result<async_nats::Client> {
+        Ok(async_nats::ConnectOptions::new()
+            .request_timeout(Some(Duration::from_secs(30)))
+            .connect(nats.url())
+            .await?)
+    }
+
+    /// Sends a request and returns the reply, failing on a refusal.
+    pub async fn ask(&self, subject: String, body: Value) -> anyhow::Result<Value> {
+        let reply = self.client.request(subject, body.to_string().into()).await?;
+        let reply: Value = serde_json::from_slice(&reply.payload)?;
+        anyhow::ensure!(reply["ok"] == true, "refused: {reply}");
+        Ok(reply)
+    }
+
+    /// Creates a room with `settings` and seats `total` players; returns the code and players.
+    pub async fn seated_room(&self, settings: &Value) -> anyhow::Result<(RoomCode, Vec<PlayerId>)> {
+        let created = self.ask(self.subjects.lobby_create(), settings.clone()).await?;
+        let code = RoomCode::parse(created["code"].as_str().unwrap_or_default())?;
+        let mut players = Vec::new();
+        for n in 0..settings["total"].as_u64().unwrap_or(0) {
+            let joined = self
+                .ask(self.subjects.room_cmd(&code), json!({"type": "join", "name": format!("p{n}")}))
+                .await?;
+            players.push(PlayerId::parse(joined["player_id"].as_str().unwrap_or_default())?);
+        }
+        Ok((code, players))
+    }
+
+    pub async fn start_game(&self, code: &RoomCode, host: &PlayerId) -> anyhow::Result<()> {
+        self.ask(self.subjects.room_cmd(code), json!({"type": "start", "player": host}))
+            .await
+            .map(drop)
+    }
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after it start past the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime, fields 14 and 15 of the line (11 and 12 after the name); 100 ticks/s.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The value at quantile `q` of `sorted`.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Seconds as milliseconds, for printing.
+pub fn ms(seconds: f64) -> String {
+    format!("{:.3} ms", seconds * 1000.0)
+}
