@@ -52,7 +52,10 @@ impl Stack {
 
     /// Sends a request and returns the reply, failing on a refusal.
     pub async fn ask(&self, subject: String, body: Value) -> anyhow::Result<Value> {
-        let reply = self.client.request(subject, body.to_string().into()).await?;
+        let reply = self
+            .client
+            .request(subject, body.to_string().into())
+            .await?;
         let reply: Value = serde_json::from_slice(&reply.payload)?;
         anyhow::ensure!(reply["ok"] == true, "refused: {reply}");
         Ok(reply)
@@ -60,22 +63,32 @@ impl Stack {
 
     /// Creates a room with `settings` and seats `total` players; returns the code and players.
     pub async fn seated_room(&self, settings: &Value) -> anyhow::Result<(RoomCode, Vec<PlayerId>)> {
-        let created = self.ask(self.subjects.lobby_create(), settings.clone()).await?;
+        let created = self
+            .ask(self.subjects.lobby_create(), settings.clone())
+            .await?;
         let code = RoomCode::parse(created["code"].as_str().unwrap_or_default())?;
         let mut players = Vec::new();
         for n in 0..settings["total"].as_u64().unwrap_or(0) {
             let joined = self
-                .ask(self.subjects.room_cmd(&code), json!({"type": "join", "name": format!("p{n}")}))
+                .ask(
+                    self.subjects.room_cmd(&code),
+                    json!({"type": "join", "name": format!("p{n}")}),
+                )
                 .await?;
-            players.push(PlayerId::parse(joined["player_id"].as_str().unwrap_or_default())?);
+            players.push(PlayerId::parse(
+                joined["player_id"].as_str().unwrap_or_default(),
+            )?);
         }
         Ok((code, players))
     }
 
     pub async fn start_game(&self, code: &RoomCode, host: &PlayerId) -> anyhow::Result<()> {
-        self.ask(self.subjects.room_cmd(code), json!({"type": "start", "player": host}))
-            .await
-            .map(drop)
+        self.ask(
+            self.subjects.room_cmd(code),
+            json!({"type": "start", "player": host}),
+        )
+        .await
+        .map(drop)
     }
 }
 
@@ -87,7 +100,12 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime, fields 14 and 15 of the line (11 and 12 after the name); 100 ticks/s.
     (ticks(11) + ticks(12)) / 100.0
 }

@@ -55,25 +55,42 @@ async fn main() -> anyhow::Result<()> {
 
     let mut bots: Vec<PlayerId> = Vec::new();
     for name in ["Ada", "Ben", "Cleo", "Dev", "Eli"] {
-        let joined = ask(subjects.room_cmd(&code), json!({"type": "join", "name": name})).await?;
-        bots.push(PlayerId::parse(joined["player_id"].as_str().unwrap_or_default())?);
+        let joined = ask(
+            subjects.room_cmd(&code),
+            json!({"type": "join", "name": name}),
+        )
+        .await?;
+        bots.push(PlayerId::parse(
+            joined["player_id"].as_str().unwrap_or_default(),
+        )?);
     }
-    ask(subjects.room_cmd(&code), json!({"type": "start", "player": bots[0]})).await?;
+    ask(
+        subjects.room_cmd(&code),
+        json!({"type": "start", "player": bots[0]}),
+    )
+    .await?;
 
     let mut roles: BTreeMap<PlayerId, String> = BTreeMap::new();
     let mut alive: BTreeSet<PlayerId> = bots.iter().cloned().collect();
     while let Some(msg) = events.next().await {
-        let Some(headers) = &msg.headers else { continue };
+        let Some(headers) = &msg.headers else {
+            continue;
+        };
         let (Some(id), Some(name)) = (headers.get(SSE_ID), headers.get(SSE_EVENT)) else {
             continue;
         };
         let data: Value = serde_json::from_slice(&msg.payload)?;
-        let to = subjects.player_of(&msg.subject).map_or("everyone".into(), |p| p.to_owned());
+        let to = subjects
+            .player_of(&msg.subject)
+            .map_or("everyone".into(), |p| p.to_owned());
         println!("#{id:<4} {name:<14} to {to:<12} {data}");
         match name.as_str() {
             "role" => {
                 if let Some(p) = subjects.player_of(&msg.subject) {
-                    roles.insert(PlayerId::parse(p)?, data["role"].as_str().unwrap_or("").into());
+                    roles.insert(
+                        PlayerId::parse(p)?,
+                        data["role"].as_str().unwrap_or("").into(),
+                    );
                 }
             }
             "death" => {
@@ -85,9 +102,14 @@ async fn main() -> anyhow::Result<()> {
                 match data["phase"].as_str() {
                     Some("day") => {
                         for voter in &living {
-                            let others: Vec<&&PlayerId> = living.iter().filter(|p| p != &voter).collect();
+                            let others: Vec<&&PlayerId> =
+                                living.iter().filter(|p| p != &voter).collect();
                             let target = others.choose(&mut rng).map(|p| (**p).clone());
-                            ask(subjects.room_cmd(&code), json!({"type": "vote", "player": voter, "target": target})).await?;
+                            ask(
+                                subjects.room_cmd(&code),
+                                json!({"type": "vote", "player": voter, "target": target}),
+                            )
+                            .await?;
                         }
                     }
                     Some("night") => {
@@ -95,12 +117,24 @@ async fn main() -> anyhow::Result<()> {
                             let role = roles.get(*actor).map(String::as_str);
                             let targets: Vec<&&PlayerId> = living
                                 .iter()
-                                .filter(|p| role != Some("mafia") || roles.get(**p).map(String::as_str) != Some("mafia"))
+                                .filter(|p| {
+                                    role != Some("mafia")
+                                        || roles.get(**p).map(String::as_str) != Some("mafia")
+                                })
                                 .filter(|p| role != Some("police") || p != &actor)
                                 .collect();
-                            if let (Some("mafia" | "doctor" | "police"), Some(target)) = (role, targets.choose(&mut rng)) {
-                                let reply = ask(subjects.room_cmd(&code), json!({"type": "skill", "player": actor, "target": target})).await?;
-                                println!("      {actor} ({}) → {target}: {reply}", role.unwrap_or(""));
+                            if let (Some("mafia" | "doctor" | "police"), Some(target)) =
+                                (role, targets.choose(&mut rng))
+                            {
+                                let reply = ask(
+                                    subjects.room_cmd(&code),
+                                    json!({"type": "skill", "player": actor, "target": target}),
+                                )
+                                .await?;
+                                println!(
+                                    "      {actor} ({}) → {target}: {reply}",
+                                    role.unwrap_or("")
+                                );
                             }
                         }
                     }

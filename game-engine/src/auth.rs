@@ -27,7 +27,12 @@ impl TokenSigner {
         Ok(TokenSigner { key, ttl })
     }
 
-    pub fn sign(&self, room: &RoomCode, player: &PlayerId, name: &str) -> Result<String, Rejection> {
+    pub fn sign(
+        &self,
+        room: &RoomCode,
+        player: &PlayerId,
+        name: &str,
+    ) -> Result<String, Rejection> {
         let iat = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -58,6 +58,11 @@ impl Lobby {
                 else => break,
             }
         }
+        // The engine is stopping and its rooms with it: the lobby lists none of them any more.
+        let codes: Vec<RoomCode> = self.rooms.keys().cloned().collect();
+        for code in codes {
+            self.on_change(LobbyChange::Closed(code)).await;
+        }
     }
 
     async fn on_change(&mut self, change: LobbyChange) {

@@ -22,8 +22,8 @@ pub const NATS_CONNECTED: &str = "phasecast_engine_nats_connected";
 /// Latency buckets from 50 µs to 5 s: scheduler lateness lives at the low end, a command
 /// queued behind a slow NATS at the high end.
 const BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
 ];
 
 /// Installs the process-wide recorder once and describes every metric, so that each one is
@@ -50,7 +50,11 @@ fn describe() {
     describe_gauge!(ROOMS, "Rooms by phase");
     describe_gauge!(PLAYERS, "Players in rooms");
     describe_counter!(COMMANDS, "Room commands by type and result");
-    describe_histogram!(COMMAND_SECONDS, Unit::Seconds, "Time to handle a room command");
+    describe_histogram!(
+        COMMAND_SECONDS,
+        Unit::Seconds,
+        "Time to handle a room command"
+    );
     describe_histogram!(
         SCHEDULER_LATENESS,
         Unit::Seconds,

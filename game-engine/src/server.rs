@@ -28,6 +28,7 @@ use crate::lobby::{Lobby, LobbyChange};
 use crate::metrics as m;
 use crate::room::game::{random_token, Game, Now};
 use crate::room::Room;
+use crate::scheduler::{Scheduler, SchedulerThread};
 
 /// What every room and the lobby share.
 pub struct Context {
@@ -36,6 +37,7 @@ pub struct Context {
     pub signer: TokenSigner,
     pub lobby: mpsc::UnboundedSender<LobbyChange>,
     pub history: usize,
+    pub scheduler: Scheduler,
     pub shutdown: CancellationToken,
 }
 
@@ -45,10 +47,11 @@ pub struct Engine {
     config: Config,
     admin: TcpListener,
     lobby_changes: mpsc::UnboundedReceiver<LobbyChange>,
+    scheduler: SchedulerThread,
 }
 
 impl Engine {
-    /// Checks the config (key file first), binds the admin listener and connects to NATS.
+    /// Checks the config (key file first), connects to NATS, then binds the admin listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let key_file = config
             .auth
@@ -57,9 +60,6 @@ impl Engine {
             .context("auth.signing_key_file is required (a PKCS#8 PEM Ed25519 private key)")?;
         let signer = TokenSigner::from_pem_file(key_file, config.auth.token_ttl)?;
         m::install();
-        let admin = TcpListener::bind(config.engine.admin_listen)
-            .await
-            .with_context(|| format!("engine.admin_listen: cannot bind {}", config.engine.admin_listen))?;
         let client = async_nats::ConnectOptions::new()
             .name("phasecast-engine")
             .event_callback(|event| async move {
@@ -73,13 +73,23 @@ impl Engine {
             .await
             .with_context(|| format!("nats.url: cannot connect to {}", config.nats.url))?;
         gauge!(m::NATS_CONNECTED).set(1.0);
+        let admin = TcpListener::bind(config.engine.admin_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "engine.admin_listen: cannot bind {}",
+                    config.engine.admin_listen
+                )
+            })?;
         let (lobby, lobby_changes) = mpsc::unbounded_channel();
+        let (scheduler, scheduler_thread) = Scheduler::start();
         let ctx = Arc::new(Context {
             client,
             subjects: Subjects::new(config.subject_prefix.clone()),
             signer,
             lobby,
             history: config.engine.history,
+            scheduler,
             shutdown: CancellationToken::new(),
         });
         Ok(Engine {
@@ -87,6 +97,7 @@ impl Engine {
             config,
             admin,
             lobby_changes,
+            scheduler: scheduler_thread,
         })
     }
 
@@ -97,12 +108,16 @@ impl Engine {
 
     /// Serves until `shutdown` resolves, then gives rooms `engine.shutdown_grace` to stop and
     /// drains the NATS connection.
-    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let Engine {
             ctx,
             config,
             admin,
             lobby_changes,
+            scheduler,
         } = self;
         let tasks = TaskTracker::new();
         let client = &ctx.client;
@@ -134,6 +149,7 @@ impl Engine {
         {
             tracing::warn!("rooms did not stop within engine.shutdown_grace");
         }
+        drop(scheduler);
         ctx.client.drain().await?;
         Ok(())
     }
@@ -141,7 +157,9 @@ impl Engine {
 
 /// `game.lobby.create`: validate, subscribe the new room's subjects, start it, reply.
 async fn create_room(ctx: &Arc<Context>, tasks: &TaskTracker, msg: Message) {
-    let Some(reply_to) = msg.reply.clone() else { return };
+    let Some(reply_to) = msg.reply.clone() else {
+        return;
+    };
     let result = async {
         let settings: CreateRoom = decode_request(&msg.payload)?;
         let code: RoomCode = random_token(&mut rand::rng(), 10);
@@ -154,13 +172,20 @@ async fn create_room(ctx: &Arc<Context>, tasks: &TaskTracker, msg: Message) {
         .await;
         let (commands, snaps) = subscribed.map_err(|e| {
             tracing::error!(error = %e, "cannot subscribe a new room");
-            proto::Rejection::new(proto::ErrorCode::Internal, "the engine cannot open rooms now")
+            proto::Rejection::new(
+                proto::ErrorCode::Internal,
+                "the engine cannot open rooms now",
+            )
         })?;
         tasks.spawn(Room::new(ctx.clone(), game).run(commands, snaps));
         Ok(Created { code })
     }
     .await;
-    if let Err(e) = ctx.client.publish(reply_to, Reply::from(result).to_bytes().into()).await {
+    if let Err(e) = ctx
+        .client
+        .publish(reply_to, Reply::from(result).to_bytes().into())
+        .await
+    {
         tracing::warn!(error = %e, "could not reply to a create");
     }
 }

@@ -27,7 +27,8 @@ async fn seated(h: &Harness, settings: Value, names: &[&str]) -> (RoomCode, Vec<
             watch,
         });
     }
-    h.ok(&code, json!({"type": "start", "player": seats[0].id})).await;
+    h.ok(&code, json!({"type": "start", "player": seats[0].id}))
+        .await;
     for seat in &mut seats {
         let dealt = seat.watch.until("role", |_| true).await;
         assert_eq!(dealt.subject, h.subjects.player_events(&code, &seat.id));
@@ -50,7 +51,12 @@ fn assert_roles_hidden(seat: &Seat, mafia: &[PlayerId]) {
                 if seat.role == "mafia" {
                     assert_eq!(fellows.len(), mafia.len() - 1);
                 } else {
-                    assert!(fellows.is_empty(), "{} learnt the mafia: {}", seat.role, ev.data);
+                    assert!(
+                        fellows.is_empty(),
+                        "{} learnt the mafia: {}",
+                        seat.role,
+                        ev.data
+                    );
                 }
             }
             "game_over" | "roles" => {}
@@ -70,8 +76,12 @@ fn assert_roles_hidden(seat: &Seat, mafia: &[PlayerId]) {
 #[tokio::test]
 async fn citizens_win_by_voting_out_the_mafia() {
     let h = Harness::start().await;
-    let (code, mut seats, mut public) =
-        seated(&h, fast_room(5, 1, 1, 1), &["Ann", "Bob", "Cat", "Dan", "Eve"]).await;
+    let (code, mut seats, mut public) = seated(
+        &h,
+        fast_room(5, 1, 1, 1),
+        &["Ann", "Bob", "Cat", "Dan", "Eve"],
+    )
+    .await;
     let mafia = with_role(&seats, "mafia")[0].id.clone();
     assert_eq!(with_role(&seats, "doctor").len(), 1);
     assert_eq!(with_role(&seats, "police").len(), 1);
@@ -79,7 +89,11 @@ async fn citizens_win_by_voting_out_the_mafia() {
 
     public.phase("day").await;
     for seat in &seats {
-        h.ok(&code, json!({"type": "vote", "player": seat.id, "target": mafia})).await;
+        h.ok(
+            &code,
+            json!({"type": "vote", "player": seat.id, "target": mafia}),
+        )
+        .await;
     }
     // Everyone voted, so the day ends at once; the vote kills the mafia; citizens win.
     public.phase("vote").await;
@@ -103,7 +117,7 @@ async fn citizens_win_by_voting_out_the_mafia() {
         phases,
         ["day_intro", "notice", "day", "vote", "vote_result", "ended"]
     );
-    let tally = public.seen.iter().filter(|e| e.name == "vote").last().unwrap();
+    let tally = public.seen.iter().rfind(|e| e.name == "vote").unwrap();
     assert_eq!(tally.data["tally"][mafia.as_str()], 5);
 
     for seat in &mut seats {
@@ -118,25 +132,37 @@ async fn citizens_win_by_voting_out_the_mafia() {
 #[tokio::test]
 async fn mafia_wins_when_it_equals_the_living() {
     let h = Harness::start().await;
-    let (code, seats, mut public) =
-        seated(&h, fast_room(3, 1, 0, 0), &["Ann", "Bob", "Cat"]).await;
+    let (code, seats, mut public) = seated(&h, fast_room(3, 1, 0, 0), &["Ann", "Bob", "Cat"]).await;
     let mafia = with_role(&seats, "mafia")[0];
     let victim = with_role(&seats, "citizen")[0];
 
     public.phase("day").await;
     for seat in &seats {
-        h.ok(&code, json!({"type": "vote", "player": seat.id, "target": null})).await;
+        h.ok(
+            &code,
+            json!({"type": "vote", "player": seat.id, "target": null}),
+        )
+        .await;
     }
     public.phase("vote_result").await;
     public.phase("night").await;
-    h.ok(&code, json!({"type": "skill", "player": mafia.id, "target": victim.id})).await;
+    h.ok(
+        &code,
+        json!({"type": "skill", "player": mafia.id, "target": victim.id}),
+    )
+    .await;
     let death = public.until("death", |_| true).await;
     assert_eq!(death.data["player_id"], json!(victim.id));
     assert_eq!(death.data["cause"], "mafia");
     let over = public.until("game_over", |_| true).await;
     assert_eq!(over.data["winner"], "mafia");
     let abstained = public.seen.iter().filter(|e| e.name == "death").count();
-    assert_eq!(abstained, 1, "abstention killed nobody: {:?}", public.names());
+    assert_eq!(
+        abstained,
+        1,
+        "abstention killed nobody: {:?}",
+        public.names()
+    );
 }
 
 #[tokio::test]
@@ -147,20 +173,50 @@ async fn every_rule_is_enforced() {
     let bob = h.join(&code, "Bob").await;
 
     // Names: unique regardless of case, 1 to 20 characters, no control characters.
-    assert_eq!(h.refused(&code, json!({"type": "join", "name": " ann "})).await, "name_taken");
+    assert_eq!(
+        h.refused(&code, json!({"type": "join", "name": " ann "}))
+            .await,
+        "name_taken"
+    );
     for bad in ["", "   ", "x\u{1}y", "abcdefghijklmnopqrstu"] {
-        assert_eq!(h.refused(&code, json!({"type": "join", "name": bad})).await, "invalid_name");
+        assert_eq!(
+            h.refused(&code, json!({"type": "join", "name": bad})).await,
+            "invalid_name"
+        );
     }
     // Before the game: no votes, no skills, only the host starts, and only when full.
-    assert_eq!(h.refused(&code, json!({"type": "vote", "player": ann, "target": bob})).await, "wrong_phase");
-    assert_eq!(h.refused(&code, json!({"type": "skill", "player": ann, "target": bob})).await, "wrong_phase");
-    assert_eq!(h.refused(&code, json!({"type": "start", "player": bob})).await, "not_host");
-    assert_eq!(h.refused(&code, json!({"type": "start", "player": ann})).await, "not_enough_players");
+    assert_eq!(
+        h.refused(&code, json!({"type": "vote", "player": ann, "target": bob}))
+            .await,
+        "wrong_phase"
+    );
+    assert_eq!(
+        h.refused(
+            &code,
+            json!({"type": "skill", "player": ann, "target": bob})
+        )
+        .await,
+        "wrong_phase"
+    );
+    assert_eq!(
+        h.refused(&code, json!({"type": "start", "player": bob}))
+            .await,
+        "not_host"
+    );
+    assert_eq!(
+        h.refused(&code, json!({"type": "start", "player": ann}))
+            .await,
+        "not_enough_players"
+    );
     let mut ids = vec![ann.clone(), bob.clone()];
     for name in ["Cat", "Dan", "Eve"] {
         ids.push(h.join(&code, name).await);
     }
-    assert_eq!(h.refused(&code, json!({"type": "join", "name": "Fay"})).await, "room_full");
+    assert_eq!(
+        h.refused(&code, json!({"type": "join", "name": "Fay"}))
+            .await,
+        "room_full"
+    );
 
     let mut watchers = Vec::new();
     for id in &ids {
@@ -168,12 +224,25 @@ async fn every_rule_is_enforced() {
     }
     let mut public = h.watch(&code, None).await;
     h.ok(&code, json!({"type": "start", "player": ann})).await;
-    assert_eq!(h.refused(&code, json!({"type": "start", "player": ann})).await, "already_started");
-    assert_eq!(h.refused(&code, json!({"type": "join", "name": "Gus"})).await, "already_started");
+    assert_eq!(
+        h.refused(&code, json!({"type": "start", "player": ann}))
+            .await,
+        "already_started"
+    );
+    assert_eq!(
+        h.refused(&code, json!({"type": "join", "name": "Gus"}))
+            .await,
+        "already_started"
+    );
 
     let mut roles = Vec::new();
     for w in &mut watchers {
-        roles.push(w.until("role", |_| true).await.data["role"].as_str().unwrap().to_owned());
+        roles.push(
+            w.until("role", |_| true).await.data["role"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     let who = |role: &str| ids[roles.iter().position(|r| r == role).unwrap()].clone();
     let (mafia, doctor, police) = (who("mafia"), who("doctor"), who("police"));
@@ -187,31 +256,116 @@ async fn every_rule_is_enforced() {
     // Day 1: a vote for nobody in the room is refused; a tie kills nobody.
     public.phase("day").await;
     let stranger = PlayerId::parse("nobody12").unwrap();
-    assert_eq!(h.refused(&code, json!({"type": "vote", "player": ann, "target": stranger})).await, "invalid_target");
-    assert_eq!(h.refused(&code, json!({"type": "vote", "player": stranger, "target": ann})).await, "no_such_player");
-    assert_eq!(h.refused(&code, json!({"type": "skill", "player": mafia, "target": ann})).await, "wrong_phase");
-    h.ok(&code, json!({"type": "chat", "player": doctor, "text": "good morning"})).await;
+    assert_eq!(
+        h.refused(
+            &code,
+            json!({"type": "vote", "player": ann, "target": stranger})
+        )
+        .await,
+        "invalid_target"
+    );
+    assert_eq!(
+        h.refused(
+            &code,
+            json!({"type": "vote", "player": stranger, "target": ann})
+        )
+        .await,
+        "no_such_player"
+    );
+    assert_eq!(
+        h.refused(
+            &code,
+            json!({"type": "skill", "player": mafia, "target": ann})
+        )
+        .await,
+        "wrong_phase"
+    );
+    h.ok(
+        &code,
+        json!({"type": "chat", "player": doctor, "text": "good morning"}),
+    )
+    .await;
     let (a, b) = (&citizens[0], &citizens[1]);
     let votes = [(&mafia, a), (&doctor, a), (&police, b), (a, b)];
     for (voter, target) in votes {
-        h.ok(&code, json!({"type": "vote", "player": voter, "target": target})).await;
+        h.ok(
+            &code,
+            json!({"type": "vote", "player": voter, "target": target}),
+        )
+        .await;
     }
-    h.ok(&code, json!({"type": "vote", "player": b, "target": null})).await;
+    h.ok(&code, json!({"type": "vote", "player": b, "target": null}))
+        .await;
     public.phase("vote").await;
     public.phase("vote_result").await;
+    let snap = h.snap(&code, Some(&ann), None).await;
+    assert_eq!(
+        snap["events"][0]["data"]["votes"]
+            .as_object()
+            .unwrap()
+            .len(),
+        5,
+        "the result phase still shows the votes everyone saw"
+    );
 
     // Night 1: roles act; the doctor saves the mafia's pick; police investigate once.
     public.phase("night").await;
-    assert_eq!(h.refused(&code, json!({"type": "vote", "player": ann, "target": bob})).await, "wrong_phase");
-    assert_eq!(h.refused(&code, json!({"type": "skill", "player": a, "target": mafia})).await, "wrong_role");
-    assert_eq!(h.refused(&code, json!({"type": "skill", "player": mafia, "target": mafia})).await, "invalid_target");
-    assert_eq!(h.refused(&code, json!({"type": "chat", "player": a, "text": "psst"})).await, "chat_closed");
-    h.ok(&code, json!({"type": "chat", "player": mafia, "text": "let us pick"})).await;
-    h.ok(&code, json!({"type": "skill", "player": mafia, "target": a})).await;
-    h.ok(&code, json!({"type": "skill", "player": doctor, "target": a})).await;
-    let found = h.ok(&code, json!({"type": "skill", "player": police, "target": mafia})).await;
+    assert_eq!(
+        h.refused(&code, json!({"type": "vote", "player": ann, "target": bob}))
+            .await,
+        "wrong_phase"
+    );
+    assert_eq!(
+        h.refused(
+            &code,
+            json!({"type": "skill", "player": a, "target": mafia})
+        )
+        .await,
+        "wrong_role"
+    );
+    assert_eq!(
+        h.refused(
+            &code,
+            json!({"type": "skill", "player": mafia, "target": mafia})
+        )
+        .await,
+        "invalid_target"
+    );
+    assert_eq!(
+        h.refused(&code, json!({"type": "chat", "player": a, "text": "psst"}))
+            .await,
+        "chat_closed"
+    );
+    h.ok(
+        &code,
+        json!({"type": "chat", "player": mafia, "text": "let us pick"}),
+    )
+    .await;
+    h.ok(
+        &code,
+        json!({"type": "skill", "player": mafia, "target": a}),
+    )
+    .await;
+    h.ok(
+        &code,
+        json!({"type": "skill", "player": doctor, "target": a}),
+    )
+    .await;
+    let found = h
+        .ok(
+            &code,
+            json!({"type": "skill", "player": police, "target": mafia}),
+        )
+        .await;
     assert_eq!(found["mafia"], true);
-    assert_eq!(h.refused(&code, json!({"type": "skill", "player": police, "target": a})).await, "already_investigated");
+    assert_eq!(
+        h.refused(
+            &code,
+            json!({"type": "skill", "player": police, "target": a})
+        )
+        .await,
+        "already_investigated"
+    );
     public.phase("day_intro").await;
     public.phase("day").await;
     assert!(
@@ -222,27 +376,55 @@ async fn every_rule_is_enforced() {
 
     // Day 2: the town votes out a citizen, who then talks only to the dead.
     for voter in &ids {
-        h.ok(&code, json!({"type": "vote", "player": voter, "target": a})).await;
+        h.ok(&code, json!({"type": "vote", "player": voter, "target": a}))
+            .await;
     }
     let death = public.until("death", |_| true).await;
     assert_eq!(death.data["player_id"], json!(a));
-    assert_eq!(h.refused(&code, json!({"type": "vote", "player": a, "target": b})).await, "not_alive");
+    assert_eq!(
+        h.refused(&code, json!({"type": "vote", "player": a, "target": b}))
+            .await,
+        "not_alive"
+    );
     public.phase("night").await;
-    assert_eq!(h.refused(&code, json!({"type": "skill", "player": police, "target": police})).await, "invalid_target");
-    h.ok(&code, json!({"type": "chat", "player": a, "text": "boo from beyond"})).await;
-    h.ok(&code, json!({"type": "chat", "player": mafia, "text": "second night"})).await;
+    assert_eq!(
+        h.refused(
+            &code,
+            json!({"type": "skill", "player": police, "target": police})
+        )
+        .await,
+        "invalid_target"
+    );
+    h.ok(
+        &code,
+        json!({"type": "chat", "player": a, "text": "boo from beyond"}),
+    )
+    .await;
+    h.ok(
+        &code,
+        json!({"type": "chat", "player": mafia, "text": "second night"}),
+    )
+    .await;
 
     // Each viewer got exactly the chat lines the rules let them hear.
     for (i, w) in watchers.iter_mut().enumerate() {
         w.until("chat", |d| d["text"] == "good morning").await;
         if ids[i] == mafia || &ids[i] == a {
-            let expected = if ids[i] == mafia { "second night" } else { "boo from beyond" };
+            let expected = if ids[i] == mafia {
+                "second night"
+            } else {
+                "boo from beyond"
+            };
             w.until("chat", |d| d["text"] == expected).await;
         }
     }
     // A sync point: events are published in id order, so once the mafia has this line every
     // earlier event has been published to everyone it was for.
-    h.ok(&code, json!({"type": "chat", "player": mafia, "text": "sync"})).await;
+    h.ok(
+        &code,
+        json!({"type": "chat", "player": mafia, "text": "sync"}),
+    )
+    .await;
     for (i, w) in watchers.iter_mut().enumerate() {
         if ids[i] == mafia {
             w.until("chat", |d| d["text"] == "sync").await;
@@ -251,17 +433,30 @@ async fn every_rule_is_enforced() {
             .seen
             .iter()
             .filter(|e| e.name == "chat")
-            .map(|e| format!("{}:{}", e.data["channel"].as_str().unwrap(), e.data["text"].as_str().unwrap()))
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e.data["channel"].as_str().unwrap(),
+                    e.data["text"].as_str().unwrap()
+                )
+            })
             .collect();
         let mut expected = vec!["public:good morning".to_owned()];
         if ids[i] == mafia {
-            expected.extend(["mafia:let us pick", "mafia:second night", "mafia:sync"].map(String::from));
+            expected.extend(
+                ["mafia:let us pick", "mafia:second night", "mafia:sync"].map(String::from),
+            );
         }
         if &ids[i] == a {
             expected.push("dead:boo from beyond".into());
         }
         let heard: Vec<&String> = heard.iter().filter(|l| expected.contains(l)).collect();
-        assert_eq!(heard.len(), expected.len(), "viewer {i} ({}) heard {heard:?}", roles[i]);
+        assert_eq!(
+            heard.len(),
+            expected.len(),
+            "viewer {i} ({}) heard {heard:?}",
+            roles[i]
+        );
         assert!(
             w.seen.iter().filter(|e| e.name == "chat").count() == expected.len(),
             "viewer {i} ({}) heard more than allowed: {:?}",
@@ -271,7 +466,10 @@ async fn every_rule_is_enforced() {
     }
     // The police's snapshot has the result; nobody else's does.
     let snap = h.snap(&code, Some(&police), None).await;
-    assert_eq!(snap["events"][0]["data"]["investigations"][0]["mafia"], true);
+    assert_eq!(
+        snap["events"][0]["data"]["investigations"][0]["mafia"],
+        true
+    );
     let snap = h.snap(&code, Some(&doctor), None).await;
     assert!(snap["events"][0]["data"].get("investigations").is_none());
     h.shutdown().await;
@@ -280,8 +478,12 @@ async fn every_rule_is_enforced() {
 #[tokio::test]
 async fn snapshots_show_each_viewer_only_what_events_showed_them() {
     let h = Harness::start().await;
-    let (code, seats, mut public) =
-        seated(&h, fast_room(7, 2, 1, 1), &["A1", "B2", "C3", "D4", "E5", "F6", "G7"]).await;
+    let (code, seats, mut public) = seated(
+        &h,
+        fast_room(7, 2, 1, 1),
+        &["A1", "B2", "C3", "D4", "E5", "F6", "G7"],
+    )
+    .await;
     public.phase("day").await;
     let mafia: Vec<&PlayerId> = with_role(&seats, "mafia").iter().map(|s| &s.id).collect();
     for seat in &seats {
@@ -302,7 +504,10 @@ async fn snapshots_show_each_viewer_only_what_events_showed_them() {
     }
     // A viewer who is not in the room is refused; no viewer gets the public view.
     let stranger = PlayerId::parse("nobody12").unwrap();
-    assert_eq!(h.snap(&code, Some(&stranger), None).await["error"], "no_such_player");
+    assert_eq!(
+        h.snap(&code, Some(&stranger), None).await["error"],
+        "no_such_player"
+    );
     let public_view = h.snap(&code, None, None).await;
     assert!(!public_view.to_string().contains("\"role\""));
 }

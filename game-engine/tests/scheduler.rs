@@ -30,7 +30,12 @@ async fn phases_fire_exactly_at_their_deadlines() {
     let mut players: Vec<PlayerId> = Vec::new();
     for name in ["a", "b", "c"] {
         let ack = game
-            .handle(Command::Join { name: name.into() }, now(), &mut rng, &mut fx)
+            .handle(
+                Command::Join { name: name.into() },
+                now(),
+                &mut rng,
+                &mut fx,
+            )
             .unwrap();
         if let game_engine::room::game::Ack::Joined(id) = ack {
             players.push(id);
@@ -75,4 +80,30 @@ async fn phases_fire_exactly_at_their_deadlines() {
             "{phase:?} began on schedule despite the late wake-ups"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_room_nobody_joins_closes_after_five_minutes() {
+    let settings: CreateRoom =
+        serde_json::from_value(serde_json::json!({"title": "t", "total": 3, "mafia": 1})).unwrap();
+    let created = Instant::now();
+    let mut game = Game::new(RoomCode::parse("Ab12Cd34").unwrap(), settings, now()).unwrap();
+    assert_eq!(game.deadline() - created, Duration::from_secs(300));
+    let mut fx = Effects::default();
+    let ack = game.handle(
+        Command::Join { name: "a".into() },
+        now(),
+        &mut rand::rng(),
+        &mut fx,
+    );
+    assert!(ack.is_ok());
+    assert_eq!(
+        game.deadline() - created,
+        Duration::from_secs(12 * 3600),
+        "someone is waiting"
+    );
+    sleep_until(game.deadline()).await;
+    game.on_deadline(now(), &mut fx);
+    assert!(fx.closed);
+    assert_eq!(fx.events.last().unwrap().name, "room_closed");
 }

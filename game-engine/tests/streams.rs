@@ -15,7 +15,11 @@ async fn since_replays_what_the_viewer_missed_while_history_holds_it() {
     assert_eq!(fresh["events"][0]["event"], "snapshot");
 
     let bob = h.join(&code, "Bob").await;
-    h.ok(&code, json!({"type": "chat", "player": bob, "text": "hello"})).await;
+    h.ok(
+        &code,
+        json!({"type": "chat", "player": bob, "text": "hello"}),
+    )
+    .await;
     let resumed = h.snap(&code, Some(&ann), Some(at)).await;
     let events: Vec<(u64, &str)> = resumed["events"]
         .as_array()
@@ -35,7 +39,11 @@ async fn since_beyond_history_falls_back_to_a_snapshot() {
     let code = h.room(fast_room(5, 1, 1, 1)).await;
     let ann = h.join(&code, "Ann").await;
     for n in 0..5 {
-        h.ok(&code, json!({"type": "chat", "player": ann, "text": format!("line {n}")})).await;
+        h.ok(
+            &code,
+            json!({"type": "chat", "player": ann, "text": format!("line {n}")}),
+        )
+        .await;
     }
     let reply = h.snap(&code, Some(&ann), Some(1)).await;
     let events = reply["events"].as_array().unwrap();
@@ -58,7 +66,9 @@ async fn since_beyond_history_falls_back_to_a_snapshot() {
 async fn the_lobby_follows_rooms_as_they_open_fill_start_and_close() {
     let h = Harness::start().await;
     let mut lobby = h.watch_lobby().await;
-    let hidden = h.room(json!({"title": "secret", "total": 3, "mafia": 1, "private": true})).await;
+    let hidden = h
+        .room(json!({"title": "secret", "total": 3, "mafia": 1, "private": true}))
+        .await;
     let code = h.room(fast_room(3, 1, 0, 0)).await;
     let opened = lobby.next().await;
     assert_eq!(opened.name, "room_opened", "a private room is never listed");
@@ -80,7 +90,8 @@ async fn the_lobby_follows_rooms_as_they_open_fill_start_and_close() {
     assert_eq!(snapshot["data"]["rooms"].as_array().unwrap().len(), 1);
     assert_eq!(snapshot["data"]["rooms"][0]["players"], 3);
 
-    h.ok(&code, json!({"type": "start", "player": ids[0]})).await;
+    h.ok(&code, json!({"type": "start", "player": ids[0]}))
+        .await;
     let started = lobby.until("room_updated", |_| true).await;
     assert_eq!(started.data["phase"], "playing");
     // Everyone leaves mid-game: the game runs to its end (no mafia left alive) and closes.
@@ -114,18 +125,41 @@ async fn an_empty_waiting_room_closes_and_the_host_moves_on() {
     let bob = h.join(&code, "Bob").await;
     h.ok(&code, json!({"type": "leave", "player": ann})).await;
     let left = public.until("player_left", |_| true).await;
-    assert_eq!(left.data["host"], json!(bob), "the next player becomes host");
+    assert_eq!(
+        left.data["host"],
+        json!(bob),
+        "the next player becomes host"
+    );
     h.ok(&code, json!({"type": "leave", "player": bob})).await;
     public.until("room_closed", |_| true).await;
     // The watcher's wildcard covers the command subject too; stop it before asking.
     drop(public);
     h.client.flush().await.unwrap();
     // The room is gone: nobody answers its subject any more.
-    let gone = h.client.request(h.subjects.room_cmd(&code), "{}".into()).await;
+    let gone = h
+        .client
+        .request(h.subjects.room_cmd(&code), "{}".into())
+        .await;
     assert!(matches!(
         gone.unwrap_err().kind(),
         async_nats::RequestErrorKind::NoResponders
     ));
+}
+
+#[tokio::test]
+async fn shutting_down_closes_every_room_and_empties_the_lobby() {
+    let h = Harness::start().await;
+    let code = h.room(fast_room(3, 1, 0, 0)).await;
+    let mut lobby = h.watch_lobby().await;
+    let mut public = h.watch(&code, None).await;
+    h.join(&code, "Ann").await;
+    lobby.until("room_updated", |_| true).await;
+    h.shutdown().await;
+    let closed = public.until("room_closed", |_| true).await;
+    assert_eq!(closed.data["code"], json!(code));
+    lobby
+        .until("room_closed", |d| d["code"] == json!(code))
+        .await;
 }
 
 #[tokio::test]

@@ -50,7 +50,11 @@ impl Verifier {
             ApiError::new(code, message)
         };
         let Some(token) = token else {
-            return Err(fail("missing", ErrorCode::Unauthorized, "a token is required"));
+            return Err(fail(
+                "missing",
+                ErrorCode::Unauthorized,
+                "a token is required",
+            ));
         };
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| match e.kind() {
@@ -77,7 +81,8 @@ pub fn token_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
     let cookie = || {
         headers
             .get_all(header::COOKIE)
@@ -117,10 +122,16 @@ mod tests {
     fn bearer_wins_then_cookie_then_query() {
         let mut h = HeaderMap::new();
         assert_eq!(token_of(&h, Some("a=1&token=q%2Bq")), Some("q+q".into()));
-        h.insert(header::COOKIE, HeaderValue::from_static("x=1; phasecast_token=c"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("x=1; phasecast_token=c"),
+        );
         assert_eq!(token_of(&h, Some("token=q")), Some("c".into()));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
         assert_eq!(token_of(&h, Some("token=q")), Some("b".into()));
         assert_eq!(token_of(&HeaderMap::new(), Some("token=")), None);
+        let mut empty = HeaderMap::new();
+        empty.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(token_of(&empty, Some("token=q")), Some("q".into()));
     }
 }

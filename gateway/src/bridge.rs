@@ -38,12 +38,21 @@ pub async fn join(
     let code = room_code(&code)?;
     let mut body = json_object(body)?;
     body.insert("type".into(), "join".into());
-    let reply = ask(&state, state.subjects.room_cmd(&code), body, ErrorCode::NoSuchRoom).await?;
+    let reply = ask(
+        &state,
+        state.subjects.room_cmd(&code),
+        body,
+        ErrorCode::NoSuchRoom,
+    )
+    .await?;
     let parsed: Result<CommandOk, Rejection> = serde_json::from_slice::<Reply<CommandOk>>(&reply)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("bad join reply: {e}")))?
         .into();
     let CommandOk::Joined { token, .. } = parsed? else {
-        return Err(ApiError::new(ErrorCode::Internal, "join reply without a token"));
+        return Err(ApiError::new(
+            ErrorCode::Internal,
+            "join reply without a token",
+        ));
     };
     let mut response = json_response(reply);
     let cookie = cookie_for(&code, &token, state.config.cookie_secure);
@@ -73,7 +82,15 @@ pub async fn command(
         ));
     }
     body.insert("player".into(), claims.sub.as_str().into());
-    relay(ask(&state, state.subjects.room_cmd(&code), body, ErrorCode::NoSuchRoom).await?)
+    relay(
+        ask(
+            &state,
+            state.subjects.room_cmd(&code),
+            body,
+            ErrorCode::NoSuchRoom,
+        )
+        .await?,
+    )
 }
 
 /// Sends a request to the engine, timing it for the command latency histogram.
@@ -103,7 +120,10 @@ fn relay(reply: Bytes) -> Result<Response, ApiError> {
 fn json_response(body: Bytes) -> Response {
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()
@@ -121,7 +141,13 @@ fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>
     })?;
     match serde_json::from_slice(&body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::new(ErrorCode::Malformed, "the body must be a JSON object")),
-        Err(e) => Err(ApiError::new(ErrorCode::Malformed, format!("not JSON: {e}"))),
+        Ok(_) => Err(ApiError::new(
+            ErrorCode::Malformed,
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::Malformed,
+            format!("not JSON: {e}"),
+        )),
     }
 }

@@ -13,6 +13,11 @@ use proto::headers::{SSE_EVENT, SSE_ID};
 pub struct Frame {
     pub id: u64,
     pub bytes: Bytes,
+    /// A `snapshot`: it replaces the client's state, so it is sent even when its id is not
+    /// above the last one (an engine that restarted counts from zero again).
+    pub snapshot: bool,
+    /// A `room_closed`: nothing follows it on a room stream.
+    pub closes_room: bool,
 }
 
 /// Reads the id of a published event, or `None` when it has no valid `Sse-Id`.
@@ -55,6 +60,8 @@ impl Frame {
         Frame {
             id,
             bytes: out.freeze(),
+            snapshot: event == "snapshot",
+            closes_room: event == "room_closed",
         }
     }
 }
@@ -94,13 +101,19 @@ mod tests {
     fn a_frame_has_id_event_and_data() {
         let f = Frame::encode(42, "phase", br#"{"phase":"day"}"#);
         assert_eq!(f.id, 42);
-        assert_eq!(text(&f), "id: 42\nevent: phase\ndata: {\"phase\":\"day\"}\n\n");
+        assert_eq!(
+            text(&f),
+            "id: 42\nevent: phase\ndata: {\"phase\":\"day\"}\n\n"
+        );
     }
 
     #[test]
     fn every_line_of_the_body_becomes_a_data_line() {
         let f = Frame::encode(1, "chat", b"a\nb\r\nc\rd");
-        assert_eq!(text(&f), "id: 1\nevent: chat\ndata: a\ndata: b\ndata: c\ndata: d\n\n");
+        assert_eq!(
+            text(&f),
+            "id: 1\nevent: chat\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,8 +27,7 @@ pub const AUTH_FAILURES: &str = "phasecast_gateway_auth_failures_total";
 pub const COMMAND_SECONDS: &str = "phasecast_gateway_command_seconds";
 
 const BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
 /// Installs the process-wide recorder once and describes every metric so each is exported
@@ -55,13 +56,30 @@ fn describe() {
     describe_counter!(CONNECTIONS_OPENED, "SSE connections opened by stream kind");
     describe_gauge!(CONNECTION_LIMIT, "gateway.max_connections");
     describe_counter!(EVENTS_DELIVERED, "Events queued to connections");
-    describe_counter!(EVENTS_MALFORMED, "NATS messages dropped for lacking a valid Sse-Id");
-    describe_counter!(SLOW_CONSUMERS, "Connections dropped because their queue was full");
-    describe_gauge!(NATS_SUBSCRIPTIONS, "NATS subscriptions held for watched streams");
+    describe_counter!(
+        EVENTS_MALFORMED,
+        "NATS messages dropped for lacking a valid Sse-Id"
+    );
+    describe_counter!(
+        SLOW_CONSUMERS,
+        "Connections dropped because their queue was full"
+    );
+    describe_gauge!(
+        NATS_SUBSCRIPTIONS,
+        "NATS subscriptions held for watched streams"
+    );
     describe_gauge!(NATS_CONNECTED, "1 while the NATS connection is up");
-    describe_histogram!(SNAPSHOT_SECONDS, Unit::Seconds, "Time to fetch a stream's snapshot");
+    describe_histogram!(
+        SNAPSHOT_SECONDS,
+        Unit::Seconds,
+        "Time to fetch a stream's snapshot"
+    );
     describe_counter!(AUTH_FAILURES, "Rejected tokens by reason");
-    describe_histogram!(COMMAND_SECONDS, Unit::Seconds, "Time for the engine to answer a bridged request");
+    describe_histogram!(
+        COMMAND_SECONDS,
+        Unit::Seconds,
+        "Time for the engine to answer a bridged request"
+    );
     for kind in ["lobby", "room"] {
         gauge!(CONNECTIONS, "stream" => kind).increment(0.0);
         counter!(CONNECTIONS_OPENED, "stream" => kind).absolute(0);

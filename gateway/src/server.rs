@@ -70,7 +70,10 @@ pub async fn nats_request(
     no_responders: ErrorCode,
 ) -> Result<Bytes, ApiError> {
     if !state.nats_connected() {
-        return Err(ApiError::unavailable("NATS is unreachable", state.config.retry));
+        return Err(ApiError::unavailable(
+            "NATS is unreachable",
+            state.config.retry,
+        ));
     }
     let request = state.client.request(subject, body);
     match tokio::time::timeout(state.config.request_timeout, request).await {
@@ -79,10 +82,14 @@ pub async fn nats_request(
             ErrorCode::NoSuchRoom => ApiError::new(no_responders, "no such room"),
             _ => ApiError::unavailable("no engine is answering", state.config.retry),
         }),
-        Ok(Err(e)) if e.kind() != RequestErrorKind::TimedOut => {
-            Err(ApiError::unavailable(format!("NATS: {e}"), state.config.retry))
-        }
-        _ => Err(ApiError::new(ErrorCode::Timeout, "the engine did not answer in time")),
+        Ok(Err(e)) if e.kind() != RequestErrorKind::TimedOut => Err(ApiError::unavailable(
+            format!("NATS: {e}"),
+            state.config.retry,
+        )),
+        _ => Err(ApiError::new(
+            ErrorCode::Timeout,
+            "the engine did not answer in time",
+        )),
     }
 }
 
@@ -119,6 +126,12 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "this route does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state);
     match cors {
@@ -127,7 +140,10 @@ pub fn app(state: AppState) -> Router {
     }
 }
 
-async fn lobby_events(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn lobby_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let since = stream::last_event_id(&headers);
     stream::open(state, StreamKey::Lobby, None, since).await
 }
@@ -164,8 +180,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Checks the config (key file first), binds both listeners and starts connecting to
-    /// NATS. NATS being down is not an error: the gateway answers 503 until it is back.
+    /// Checks the config (key file, NATS address), then binds both listeners. NATS being down
+    /// is not an error: the gateway answers 503 until it is back.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let key_file = config
             .auth
@@ -174,14 +190,6 @@ impl Gateway {
             .context("auth.verify_key_file is required (the engine's Ed25519 public key)")?;
         let verifier = Verifier::from_pem_file(key_file)?;
         let metrics = m::install(config.gateway.max_connections);
-        let listener = TcpListener::bind(config.gateway.listen)
-            .await
-            .with_context(|| format!("gateway.listen: cannot bind {}", config.gateway.listen))?;
-        let admin = TcpListener::bind(config.gateway.admin_listen)
-            .await
-            .with_context(|| {
-                format!("gateway.admin_listen: cannot bind {}", config.gateway.admin_listen)
-            })?;
         let (events_tx, nats_events) = mpsc::unbounded_channel();
         let client = async_nats::ConnectOptions::new()
             .name("phasecast-gateway")
@@ -198,8 +206,23 @@ impl Gateway {
             .connect(&config.nats.url)
             .await
             .with_context(|| format!("nats.url: {} is not a NATS address", config.nats.url))?;
+        let listener = TcpListener::bind(config.gateway.listen)
+            .await
+            .with_context(|| format!("gateway.listen: cannot bind {}", config.gateway.listen))?;
+        let admin = TcpListener::bind(config.gateway.admin_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "gateway.admin_listen: cannot bind {}",
+                    config.gateway.admin_listen
+                )
+            })?;
         let subjects = Subjects::new(config.subject_prefix.clone());
-        let hub = Hub::new(client.clone(), subjects.clone(), config.gateway.client_queue);
+        let hub = Hub::new(
+            client.clone(),
+            subjects.clone(),
+            config.gateway.client_queue,
+        );
         let state = AppState(Arc::new(Inner {
             client,
             subjects,

@@ -57,12 +57,13 @@ pub async fn open(
     let mut first = BytesMut::new();
     first.extend_from_slice(format!("retry: {}\n\n", state.config.retry.as_millis()).as_bytes());
     let mut last = since;
-    append_newer(&mut first, &mut last, frames);
+    let finished = append_newer(&mut first, &mut last, frames);
     counter!(m::CONNECTIONS_OPENED, "stream" => key.kind()).increment(1);
 
     let heartbeat = state.config.heartbeat;
     let mut ticks = interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let finished = finished && matches!(key, StreamKey::Room(_));
     let live = Live {
         state,
         key,
@@ -73,12 +74,16 @@ pub async fn open(
         retry_resync: None,
         ticks,
         first: Some(first.freeze()),
+        finished,
         _slot: slot,
     };
     let body = Body::from_stream(futures::stream::unfold(live, Live::next_chunk));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
@@ -116,9 +121,10 @@ async fn catch_up(
         .collect())
 }
 
-/// Whether a frame comes after the last one sent (`None`: nothing sent yet).
+/// Whether a frame is to be sent after `last` (`None`: nothing sent yet): any newer event, and
+/// any snapshot, which resets the client whatever its id.
 fn is_newer(frame: &Frame, last: Option<u64>) -> bool {
-    last.is_none_or(|last| frame.id > last)
+    frame.snapshot || last.is_none_or(|last| frame.id > last)
 }
 
 /// A snapshot reply read in one pass: the events' `data` stays raw JSON (a generic `Reply`
@@ -132,18 +138,21 @@ struct SnapAnswer {
     message: Option<String>,
 }
 
-/// Appends the frames newer than `last`, moving `last` up.
+/// Appends the frames newer than `last`, moving `last` up; true if one closed a room.
 fn append_newer(
     out: &mut BytesMut,
     last: &mut Option<u64>,
     frames: impl IntoIterator<Item = Frame>,
-) {
+) -> bool {
+    let mut closed = false;
     for frame in frames {
         if is_newer(&frame, *last) {
             *last = Some(frame.id);
             out.extend_from_slice(&frame.bytes);
+            closed |= frame.closes_room;
         }
     }
+    closed
 }
 
 /// A connection's place in the open-connection count; freeing it is dropping it.
@@ -155,7 +164,10 @@ struct Slot {
 impl Slot {
     fn acquire(state: &AppState, kind: &'static str) -> Result<Slot, ApiError> {
         if !state.nats_connected() {
-            return Err(ApiError::unavailable("NATS is unreachable", state.config.retry));
+            return Err(ApiError::unavailable(
+                "NATS is unreachable",
+                state.config.retry,
+            ));
         }
         let open = state.connections.fetch_add(1, Ordering::AcqRel);
         if open >= state.config.max_connections {
@@ -195,6 +207,8 @@ struct Live {
     retry_resync: Option<(tokio::time::Instant, u32)>,
     ticks: Interval,
     first: Option<Bytes>,
+    /// The room closed: end the stream once what is queued for the client is sent.
+    finished: bool,
     _slot: Slot,
 }
 
@@ -219,7 +233,8 @@ impl Live {
             Ok(missed) => {
                 let held = self.paused.take().unwrap_or_default();
                 let mut out = BytesMut::new();
-                append_newer(&mut out, &mut self.last, missed.into_iter().chain(held));
+                let closed = append_newer(&mut out, &mut self.last, missed.into_iter().chain(held));
+                self.finished |= closed && matches!(self.key, StreamKey::Room(_));
                 Some((!out.is_empty()).then(|| out.freeze()))
             }
             Err(e) if tries > 1 => {
@@ -239,6 +254,9 @@ impl Live {
     async fn next_chunk(mut self) -> Option<(Result<Bytes, Infallible>, Live)> {
         if let Some(first) = self.first.take() {
             return Some((Ok(first), self));
+        }
+        if self.finished {
+            return None;
         }
         let shutdown = self.state.shutdown.clone();
         loop {
@@ -261,6 +279,7 @@ impl Live {
                             held.push(frame);
                         } else if is_newer(&frame, self.last) {
                             self.last = Some(frame.id);
+                            self.finished = frame.closes_room && matches!(self.key, StreamKey::Room(_));
                             return Some((Ok(frame.bytes), self));
                         }
                     }

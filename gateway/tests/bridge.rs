@@ -6,7 +6,11 @@ use common::{EngineProcess, Setup, Sse};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-async fn post(url: &str, body: &str, headers: &[(&str, &str)]) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+async fn post(
+    url: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
     let mut req = reqwest::Client::new().post(url).body(body.to_owned());
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -52,7 +56,10 @@ async fn a_browser_creates_joins_starts_and_votes_through_the_bridge() {
         &[],
     )
     .await;
-    assert_eq!((status, taken["error"].as_str()), (StatusCode::CONFLICT, Some("room_full")));
+    assert_eq!(
+        (status, taken["error"].as_str()),
+        (StatusCode::CONFLICT, Some("room_full"))
+    );
 
     // Ann watches the room with her cookie, as EventSource would send it.
     let events = gw.url(&format!("/v1/rooms/{code}/events"));
@@ -62,8 +69,12 @@ async fn a_browser_creates_joins_starts_and_votes_through_the_bridge() {
     assert_eq!(snapshot.json()["players"].as_array().unwrap().len(), 3);
 
     let commands = gw.url(&format!("/v1/rooms/{code}/commands"));
-    let (status, _, refused) = post(&commands, r#"{"type":"start"}"#, &[("Cookie", &seats[1].1)]).await;
-    assert_eq!((status, refused["error"].as_str()), (StatusCode::FORBIDDEN, Some("not_host")));
+    let (status, _, refused) =
+        post(&commands, r#"{"type":"start"}"#, &[("Cookie", &seats[1].1)]).await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("not_host"))
+    );
     let (status, _, _) = post(&commands, r#"{"type":"start"}"#, &[("Cookie", &seats[0].1)]).await;
     assert_eq!(status, 200);
     let role = ann.until("role").await;
@@ -75,58 +86,139 @@ async fn a_browser_creates_joins_starts_and_votes_through_the_bridge() {
         }
     }
     // Bob claims to vote as Ann; the bridge makes it Bob's vote.
-    let bearer = format!("Bearer {}", seats[1].1.trim_start_matches("phasecast_token="));
+    let bearer = format!(
+        "Bearer {}",
+        seats[1].1.trim_start_matches("phasecast_token=")
+    );
     let body = json!({"type": "vote", "player": seats[0].0, "target": seats[2].0}).to_string();
     let (status, _, _) = post(&commands, &body, &[("Authorization", &bearer)]).await;
     assert_eq!(status, 200);
     let vote = ann.until("vote").await.json();
-    assert_eq!(vote["voter"], seats[1].0.as_str(), "the token decides who votes");
+    assert_eq!(
+        vote["voter"],
+        seats[1].0.as_str(),
+        "the token decides who votes"
+    );
     assert_eq!(vote["target"], seats[2].0.as_str());
 
     // Bad requests get a status and a JSON body, and never reach another player's seat.
     let cases = [
-        (&commands, "{nope", vec![("Cookie", seats[0].1.as_str())], 400, "malformed"),
-        (&commands, r#"{"type":"join","name":"x"}"#, vec![("Cookie", seats[0].1.as_str())], 400, "unknown_command"),
-        (&commands, r#"{"type":"dance"}"#, vec![("Cookie", seats[0].1.as_str())], 400, "unknown_command"),
-        (&commands, r#"{"type":"skill","target":"nobody12"}"#, vec![("Cookie", seats[0].1.as_str())], 409, "wrong_phase"),
-        (&commands, r#"{"type":"chat","text":"hi"}"#, vec![], 401, "unauthorized"),
+        (
+            &commands,
+            "{nope",
+            vec![("Cookie", seats[0].1.as_str())],
+            400,
+            "malformed",
+        ),
+        (
+            &commands,
+            r#"{"type":"join","name":"x"}"#,
+            vec![("Cookie", seats[0].1.as_str())],
+            400,
+            "unknown_command",
+        ),
+        (
+            &commands,
+            r#"{"type":"dance"}"#,
+            vec![("Cookie", seats[0].1.as_str())],
+            400,
+            "unknown_command",
+        ),
+        (
+            &commands,
+            r#"{"type":"skill","target":"nobody12"}"#,
+            vec![("Cookie", seats[0].1.as_str())],
+            409,
+            "wrong_phase",
+        ),
+        (
+            &commands,
+            r#"{"type":"chat","text":"hi"}"#,
+            vec![],
+            401,
+            "unauthorized",
+        ),
     ];
     for (url, body, headers, status, code_) in cases {
         let (got, _, reply) = post(url, body, &headers).await;
-        assert_eq!((got.as_u16(), reply["error"].as_str()), (status, Some(code_)), "{body}");
+        assert_eq!(
+            (got.as_u16(), reply["error"].as_str()),
+            (status, Some(code_)),
+            "{body}"
+        );
         assert!(reply["message"].is_string());
     }
     let huge = format!(r#"{{"type":"chat","text":"{}"}}"#, "x".repeat(70 * 1024));
     let (got, _, reply) = post(&commands, &huge, &[("Cookie", &seats[0].1)]).await;
-    assert_eq!((got.as_u16(), reply["error"].as_str()), (413, Some("too_large")));
-    let (got, _, reply) = post(&gw.url("/v1/rooms/Nowhere123/commands"), r#"{"type":"chat","text":"x"}"#,
-        &[("Authorization", &bearer)]).await;
-    assert_eq!((got.as_u16(), reply["error"].as_str()), (403, Some("forbidden")));
+    assert_eq!(
+        (got.as_u16(), reply["error"].as_str()),
+        (413, Some("too_large"))
+    );
+    let (got, _, reply) = post(
+        &gw.url("/v1/rooms/Nowhere123/commands"),
+        r#"{"type":"chat","text":"x"}"#,
+        &[("Authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(
+        (got.as_u16(), reply["error"].as_str()),
+        (403, Some("forbidden"))
+    );
     let (got, _, reply) = post(&gw.url("/v1/rooms/Nowhere123/join"), r#"{"name":"x"}"#, &[]).await;
-    assert_eq!((got.as_u16(), reply["error"].as_str()), (404, Some("no_such_room")));
-    let (got, _, reply) = post(&gw.url("/v1/rooms"), r#"{"title":"t","total":2,"mafia":1}"#, &[]).await;
-    assert_eq!((got.as_u16(), reply["error"].as_str()), (400, Some("invalid_room")));
+    assert_eq!(
+        (got.as_u16(), reply["error"].as_str()),
+        (404, Some("no_such_room"))
+    );
+    let (got, _, reply) = post(
+        &gw.url("/v1/rooms"),
+        r#"{"title":"t","total":2,"mafia":1}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (got.as_u16(), reply["error"].as_str()),
+        (400, Some("invalid_room"))
+    );
     let (got, _, reply) = post(&gw.url("/v1/nothing"), "{}", &[]).await;
-    assert_eq!((got.as_u16(), reply["error"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (got.as_u16(), reply["error"].as_str()),
+        (404, Some("not_found"))
+    );
     drop(engine);
 }
 
 #[tokio::test]
 async fn without_an_engine_create_is_503_and_a_silent_engine_is_504() {
     let s = Setup::new(|c| c.gateway.request_timeout = std::time::Duration::from_millis(200)).await;
-    let (status, headers, body) = post(&s.gateway.url("/v1/rooms"), r#"{"title":"t","total":3,"mafia":1}"#, &[]).await;
-    assert_eq!((status.as_u16(), body["error"].as_str()), (503, Some("unavailable")));
+    let (status, headers, body) = post(
+        &s.gateway.url("/v1/rooms"),
+        r#"{"title":"t","total":3,"mafia":1}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), body["error"].as_str()),
+        (503, Some("unavailable"))
+    );
     assert!(headers.contains_key("retry-after"));
     let _silent = s.client.subscribe(s.subjects.lobby_create()).await.unwrap();
     s.client.flush().await.unwrap();
     // The silent subscriber is registered once NATS routes to it.
     let mut answer = (StatusCode::OK, Value::Null);
     for _ in 0..100 {
-        let (status, _, body) = post(&s.gateway.url("/v1/rooms"), r#"{"title":"t","total":3,"mafia":1}"#, &[]).await;
+        let (status, _, body) = post(
+            &s.gateway.url("/v1/rooms"),
+            r#"{"title":"t","total":3,"mafia":1}"#,
+            &[],
+        )
+        .await;
         answer = (status, body);
         if status.as_u16() == 504 {
             break;
         }
     }
-    assert_eq!((answer.0.as_u16(), answer.1["error"].as_str()), (504, Some("timeout")));
+    assert_eq!(
+        (answer.0.as_u16(), answer.1["error"].as_str()),
+        (504, Some("timeout"))
+    );
 }

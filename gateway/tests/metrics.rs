@@ -27,7 +27,10 @@ async fn metrics_follow_connections_subscriptions_and_failures() {
     let s = Setup::new(|c| c.gateway.max_connections = 5000).await;
     let scrape = s.gateway.metrics().await;
     assert_eq!(metric(&scrape, "phasecast_gateway_nats_connected"), 1.0);
-    assert_eq!(metric(&scrape, "phasecast_gateway_connection_limit"), 5000.0);
+    assert_eq!(
+        metric(&scrape, "phasecast_gateway_connection_limit"),
+        5000.0
+    );
 
     // Many connections, one subscription; gone with the last connection.
     let fake = FakeStream::start(&s, None, true).await;
@@ -39,8 +42,17 @@ async fn metrics_follow_connections_subscriptions_and_failures() {
         streams.push(sse);
     }
     let scrape = s.gateway.metrics().await;
-    assert_eq!(metric(&scrape, "phasecast_gateway_connections{stream=\"lobby\"}"), 50.0);
-    assert_eq!(metric(&scrape, "phasecast_gateway_connections_opened_total{stream=\"lobby\"}"), 50.0);
+    assert_eq!(
+        metric(&scrape, "phasecast_gateway_connections{stream=\"lobby\"}"),
+        50.0
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "phasecast_gateway_connections_opened_total{stream=\"lobby\"}"
+        ),
+        50.0
+    );
     assert_eq!(metric(&scrape, "phasecast_gateway_nats_subscriptions"), 1.0);
     fake.send(Publish::Public { n: 2, size: 8 });
     fake.send(Publish::Malformed);
@@ -51,8 +63,14 @@ async fn metrics_follow_connections_subscriptions_and_failures() {
         }
     }
     let scrape = s.gateway.metrics().await;
-    assert_eq!(metric(&scrape, "phasecast_gateway_events_delivered_total"), 150.0);
-    assert_eq!(metric(&scrape, "phasecast_gateway_events_malformed_total"), 1.0);
+    assert_eq!(
+        metric(&scrape, "phasecast_gateway_events_delivered_total"),
+        150.0
+    );
+    assert_eq!(
+        metric(&scrape, "phasecast_gateway_events_malformed_total"),
+        1.0
+    );
     assert!(scrape.contains("phasecast_gateway_snapshot_seconds_count 50"));
     drop(streams);
     eventually(&s, "phasecast_gateway_nats_subscriptions", 0.0).await;
@@ -67,7 +85,10 @@ async fn metrics_follow_connections_subscriptions_and_failures() {
     sse.next().await.unwrap();
     let scrape = s.gateway.metrics().await;
     assert_eq!(metric(&scrape, "phasecast_gateway_nats_subscriptions"), 2.0);
-    assert_eq!(metric(&scrape, "phasecast_gateway_connections{stream=\"room\"}"), 1.0);
+    assert_eq!(
+        metric(&scrape, "phasecast_gateway_connections{stream=\"room\"}"),
+        1.0
+    );
 
     // Auth failures by reason.
     let other = RoomCode::parse("Other123").unwrap();

@@ -30,7 +30,11 @@ impl Nginx {
         ];
         args.extend(upstreams.iter().map(|g| g.addr.to_string()));
         let rendered = Command::new(render).args(&args).output().unwrap();
-        assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
+        assert!(
+            rendered.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
         let conf = prefix.path().join("nginx.conf");
         std::fs::write(&conf, &rendered.stdout).unwrap();
         let child = Command::new("nginx")
@@ -98,7 +102,10 @@ async fn sse_through_nginx_is_unbuffered_kept_alive_and_fails_over_without_gaps(
         let took = sent.elapsed();
         assert_eq!(ev.id, Some(last + 1));
         last += 1;
-        assert!(took < Duration::from_millis(100), "an event took {took:?} through nginx");
+        assert!(
+            took < Duration::from_millis(100),
+            "an event took {took:?} through nginx"
+        );
     }
 
     // Idle for three read timeouts: heartbeats keep the stream open.
@@ -109,7 +116,11 @@ async fn sse_through_nginx_is_unbuffered_kept_alive_and_fails_over_without_gaps(
     last += 1;
 
     // Stop the gateway holding the stream; the client resumes through nginx on the other.
-    let serving = if a.connections("lobby").await == 1.0 { &a } else { &b };
+    let serving = if a.connections("lobby").await == 1.0 {
+        &a
+    } else {
+        &b
+    };
     let other = if std::ptr::eq(serving, &a) { &b } else { &a };
     assert_eq!(serving.connections("lobby").await, 1.0);
     fake.send(Publish::Public { n: 3, size: 32 });
@@ -132,5 +143,9 @@ async fn sse_through_nginx_is_unbuffered_kept_alive_and_fails_over_without_gaps(
             None => sse = Sse::connect(&url, &[("Last-Event-ID", &last.to_string())]).await,
         }
     }
-    assert_eq!(other.connections("lobby").await, 1.0, "resumed on the other gateway");
+    assert_eq!(
+        other.connections("lobby").await,
+        1.0,
+        "resumed on the other gateway"
+    );
 }

@@ -38,7 +38,10 @@ async fn sigterm_ends_streams_and_exits_within_the_grace_period() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "exit status {status}");
-    assert!(asked.elapsed() < Duration::from_secs(3) + WAIT / 10, "within the grace period");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3) + WAIT / 10,
+        "within the grace period"
+    );
 }
 
 #[test]
@@ -51,7 +54,10 @@ fn a_bad_config_exits_non_zero_naming_the_key() {
             &[("PHASECAST_AUTH__VERIFY_KEY_FILE", "/nonexistent.pem")],
             "auth.verify_key_file",
         ),
-        (&[("PHASECAST_GATEWAY__HEARTBEAT", "often")], "gateway.heartbeat"),
+        (
+            &[("PHASECAST_GATEWAY__HEARTBEAT", "often")],
+            "gateway.heartbeat",
+        ),
     ];
     for (env, key) in cases {
         let out = Command::new(bin)

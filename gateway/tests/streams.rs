@@ -75,7 +75,10 @@ async fn clients_joining_during_10000_events_each_see_contiguous_ids() {
     for client in clients {
         firsts.insert(timeout(WAIT * 3, client).await.unwrap().unwrap());
     }
-    assert!(firsts.len() > 1, "clients joined at different points: {firsts:?}");
+    assert!(
+        firsts.len() > 1,
+        "clients joined at different points: {firsts:?}"
+    );
 }
 
 #[tokio::test]
@@ -139,10 +142,13 @@ async fn a_player_never_receives_another_players_private_events() {
     assert!(got_b[1].1.contains("bob12345") && !got_b.iter().any(|e| e.1.contains("ann")));
     // Resuming replays only the resumer's own private events.
     drop(a);
-    let mut again = Sse::connect(&url, &[
-        ("Authorization", &format!("Bearer {ann_token}")),
-        ("Last-Event-ID", "0"),
-    ])
+    let mut again = Sse::connect(
+        &url,
+        &[
+            ("Authorization", &format!("Bearer {ann_token}")),
+            ("Last-Event-ID", "0"),
+        ],
+    )
     .await;
     let ids: Vec<u64> = [again.next().await, again.next().await, again.next().await]
         .into_iter()
@@ -183,7 +189,11 @@ async fn every_auth_failure_has_its_status_and_a_json_body() {
     assert_eq!(sse.status, 404);
     assert_eq!(sse.error_body().await["error"], "no_such_room");
     // A room whose engine does not answer in time: 504.
-    let _silent = s.client.subscribe(s.subjects.room_snap(&code)).await.unwrap();
+    let _silent = s
+        .client
+        .subscribe(s.subjects.room_snap(&code))
+        .await
+        .unwrap();
     s.client.flush().await.unwrap();
     let sse = Sse::connect(&url, &[("Authorization", &bearer)]).await;
     assert_eq!(sse.status, 504);
@@ -225,7 +235,9 @@ async fn a_slow_client_is_dropped_while_a_fast_one_keeps_up() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut slow = socket.connect(s.gateway.addr).await.unwrap();
-    slow.write_all(b"GET /v1/lobby/events HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    slow.write_all(b"GET /v1/lobby/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut head = [0u8; 512];
     let n = timeout(WAIT, slow.read(&mut head)).await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
@@ -235,7 +247,10 @@ async fn a_slow_client_is_dropped_while_a_fast_one_keeps_up() {
     // 16 MiB in steps the fast client keeps up with; the slow one's socket fills long before.
     let mut expected = start;
     for _ in 0..256 {
-        fake.send(Publish::Public { n: 4, size: 16 * 1024 });
+        fake.send(Publish::Public {
+            n: 4,
+            size: 16 * 1024,
+        });
         for _ in 0..4 {
             expected += 1;
             assert_eq!(fast.next().await.unwrap().id, Some(expected));
@@ -342,4 +357,34 @@ async fn one_gateway_serves_1000_streams_from_one_subscription() {
             assert_eq!(sse.next().await.unwrap().id, Some(id));
         }
     }
+}
+
+#[tokio::test]
+async fn a_room_stream_ends_after_room_closed_and_a_lower_snapshot_still_resets() {
+    let s = Setup::new(|_| {}).await;
+    let code = room();
+    let fake = FakeStream::start(&s, Some(code.clone()), true).await;
+    let ann = PlayerId::parse("ann12345").unwrap();
+    let url = format!(
+        "{}?token={}",
+        s.gateway.url(&format!("/v1/rooms/{code}/events")),
+        token(&code, &ann, 60)
+    );
+    // A client that saw id 500 of an engine that has restarted (now at 3) gets its snapshot.
+    fake.send(Publish::Public { n: 3, size: 1 });
+    let mut sse = Sse::connect(&url, &[("Last-Event-ID", "500")]).await;
+    let snapshot = sse.next().await.unwrap();
+    assert_eq!(
+        (snapshot.event.as_str(), snapshot.id),
+        ("snapshot", Some(3))
+    );
+    fake.send(Publish::Public { n: 1, size: 1 });
+    assert_eq!(
+        sse.next().await.unwrap().id,
+        Some(4),
+        "live events follow the snapshot"
+    );
+    fake.send(Publish::Named("room_closed"));
+    assert_eq!(sse.next().await.unwrap().event, "room_closed");
+    assert!(sse.next().await.is_none(), "nothing follows room_closed");
 }

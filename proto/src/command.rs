@@ -81,8 +81,7 @@ pub fn decode_request<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> 
     }
     serde_json::from_value(value).map_err(|e| {
         let message = e.to_string();
-        let code = if message.starts_with("unknown variant") || message.contains("field `type`")
-        {
+        let code = if message.starts_with("unknown variant") || message.contains("field `type`") {
             ErrorCode::UnknownCommand
         } else {
             ErrorCode::InvalidField

@@ -7,7 +7,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 
 /// A configuration error; its message names the offending key.
-pub use figment::Error as ConfigError;
+pub type ConfigError = Box<figment::Error>;
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Prefix of the environment variables that override the file.
@@ -15,21 +15,23 @@ pub const ENV_PREFIX: &str = "PHASECAST_";
 
 /// Loads a config: `defaults` < `file` < environment. A named file that does not exist is an
 /// error (figment would silently skip it); figment's errors name the offending key.
-pub fn load<T>(defaults: &T, file: Option<&Path>) -> Result<T, figment::Error>
+pub fn load<T>(defaults: &T, file: Option<&Path>) -> Result<T, ConfigError>
 where
     T: Serialize + DeserializeOwned,
 {
     let mut figment = Figment::from(Serialized::defaults(defaults));
     if let Some(path) = file {
         if !path.is_file() {
-            return Err(figment::Error::from(format!(
+            return Err(Box::new(figment::Error::from(format!(
                 "config file {} does not exist",
                 path.display()
-            )));
+            ))));
         }
         figment = figment.merge(Toml::file(path));
     }
-    figment.merge(Env::prefixed(ENV_PREFIX).split("__")).extract()
+    Ok(figment
+        .merge(Env::prefixed(ENV_PREFIX).split("__"))
+        .extract()?)
 }
 
 /// `[nats]`: where the NATS server is.

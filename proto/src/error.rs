@@ -57,6 +57,8 @@ pub enum ErrorCode {
     Forbidden,
     /// No such route (gateway).
     NotFound,
+    /// The route exists but not with this method (gateway).
+    MethodNotAllowed,
     /// NATS is down or the gateway is at its connection limit (gateway).
     Unavailable,
     /// The engine did not answer in time (gateway).
@@ -77,6 +79,7 @@ impl ErrorCode {
             NoSuchRoom | NoSuchPlayer | NotFound => 404,
             WrongPhase | RoomFull | NotEnoughPlayers | AlreadyStarted | NameTaken | ChatClosed
             | AlreadyInvestigated => 409,
+            MethodNotAllowed => 405,
             TooLarge => 413,
             Unavailable => 503,
             Timeout => 504,

@@ -148,7 +148,8 @@ pub struct RoomSnapshot {
     /// The viewer, when they are a player of this room.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub you: Option<PlayerId>,
-    /// The current votes, voter → target (`null` abstains), during `day` and `vote`.
+    /// The current votes, voter → target (`null` abstains), during `day`, `vote` and
+    /// `vote_result`.
     pub votes: BTreeMap<PlayerId, Option<PlayerId>>,
     /// Every death so far, oldest first.
     pub deaths: Vec<Death>,

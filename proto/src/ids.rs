@@ -171,8 +171,14 @@ mod tests {
     #[test]
     fn room_codes_are_alphanumeric_and_long_enough() {
         assert!(RoomCode::parse("abcD1234").is_ok());
-        assert!(RoomCode::parse("abc1234").is_err(), "7 characters is guessable");
-        assert!(RoomCode::parse("abcd.1234").is_err(), "a dot would split a subject");
+        assert!(
+            RoomCode::parse("abc1234").is_err(),
+            "7 characters is guessable"
+        );
+        assert!(
+            RoomCode::parse("abcd.1234").is_err(),
+            "a dot would split a subject"
+        );
         assert!(RoomCode::parse("abcd*1234").is_err());
         assert!(RoomCode::parse("abcd 1234").is_err());
         assert!(RoomCode::parse(&"a".repeat(33)).is_err());
@@ -189,9 +195,16 @@ mod tests {
     #[test]
     fn names_are_trimmed_bounded_and_printable() {
         assert_eq!(PlayerName::parse("  Ann ").unwrap().as_str(), "Ann");
-        assert_eq!(PlayerName::parse("Éloïse 李").unwrap().as_str(), "Éloïse 李");
         assert_eq!(
-            PlayerName::parse(&"é".repeat(20)).unwrap().as_str().chars().count(),
+            PlayerName::parse("Éloïse 李").unwrap().as_str(),
+            "Éloïse 李"
+        );
+        assert_eq!(
+            PlayerName::parse(&"é".repeat(20))
+                .unwrap()
+                .as_str()
+                .chars()
+                .count(),
             20
         );
         for bad in ["", "   ", "a\u{0}b", "tab\there", &"x".repeat(21)] {

@@ -19,7 +19,10 @@ fn create_room_with_and_without_durations() {
     assert_eq!(round_trip::<CreateRoom>(full.clone()), full);
     let minimal: CreateRoom =
         serde_json::from_value(json!({"title": "t", "total": 5, "mafia": 1})).unwrap();
-    assert_eq!((minimal.doctor, minimal.police, minimal.private), (0, 0, false));
+    assert_eq!(
+        (minimal.doctor, minimal.police, minimal.private),
+        (0, 0, false)
+    );
     assert_eq!(minimal.durations_ms.night, None);
 }
 

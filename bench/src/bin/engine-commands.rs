@@ -49,7 +49,11 @@ async fn main() -> anyhow::Result<()> {
     // Wait until every room is in its day: a vote is accepted everywhere.
     for (code, players) in &rooms {
         let vote = json!({"type": "vote", "player": players[0], "target": players[1]});
-        while stack.ask(stack.subjects.room_cmd(code), vote.clone()).await.is_err() {
+        while stack
+            .ask(stack.subjects.room_cmd(code), vote.clone())
+            .await
+            .is_err()
+        {
             tokio::task::yield_now().await;
         }
     }

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use bench::{cpu_seconds, quantile, Stack};
 use clap::Parser;
 use futures::StreamExt;
-use metrics::{Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics::{
+    Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -120,14 +122,20 @@ async fn main() -> anyhow::Result<()> {
         .await
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
-    println!("started every game in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "started every game in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     samples.0.lock().expect("samples lock").clear();
     let (engine0, nats0) = (cpu_seconds(engine_pid), cpu_seconds(nats_pid));
     let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let span = window.elapsed().as_secs_f64();
-    let (engine_cpu, nats_cpu) = (cpu_seconds(engine_pid) - engine0, cpu_seconds(nats_pid) - nats0);
+    let (engine_cpu, nats_cpu) = (
+        cpu_seconds(engine_pid) - engine0,
+        cpu_seconds(nats_pid) - nats0,
+    );
     let mut lateness = samples.0.lock().expect("samples lock").clone();
     lateness.sort_by(f64::total_cmp);
     println!(

@@ -8,12 +8,12 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+pub use proto::event::Role;
 use proto::event::{
     Channel, Chat, Death, DeathCause, GameOver, Investigation, MafiaPick, Phase, PhaseChanged,
     PlayerJoined, PlayerLeft, PlayerView, Protection, RoleDealt, RolesRevealed, RoomClosed,
     RoomEvent, RoomSnapshot, Team, VoteCast,
 };
-pub use proto::event::Role;
 use proto::lobby::{CreateRoom, LobbyPhase, LobbyRoom};
 use proto::{ChatText, Command, ErrorCode, PlayerId, PlayerName, Rejection, RoomCode};
 use rand::seq::SliceRandom;
@@ -22,6 +22,9 @@ use tokio::time::Instant;
 
 /// A waiting room with no activity for this long closes.
 pub const WAITING_IDLE: Duration = Duration::from_secs(12 * 60 * 60);
+/// A room nobody has joined (or everyone left... which closes it at once) is empty: it closes
+/// after this long rather than sitting in the lobby for 12 hours.
+pub const EMPTY_GRACE: Duration = Duration::from_secs(5 * 60);
 /// How many chat lines a snapshot carries.
 const SNAPSHOT_CHAT_LINES: usize = 50;
 /// Chat lines kept for snapshots (more than a snapshot shows, since each viewer sees a subset).
@@ -217,7 +220,7 @@ impl Game {
             host: None,
             phase: Phase::Waiting,
             round: 0,
-            deadline: now.instant + WAITING_IDLE,
+            deadline: now.instant + EMPTY_GRACE,
             ends_at: None,
             votes: BTreeMap::new(),
             mafia_pick: None,
@@ -513,10 +516,7 @@ impl Game {
                     ));
                 }
                 if target == id {
-                    return Err(reject(
-                        ErrorCode::InvalidTarget,
-                        "investigate someone else",
-                    ));
+                    return Err(reject(ErrorCode::InvalidTarget, "investigate someone else"));
                 }
                 self.investigated = true;
                 let result = Investigation {
@@ -530,10 +530,9 @@ impl Game {
                     mafia: target_is_mafia,
                 })
             }
-            Some(Role::Citizen) | None => Err(reject(
-                ErrorCode::WrongRole,
-                "citizens have no night skill",
-            )),
+            Some(Role::Citizen) | None => {
+                Err(reject(ErrorCode::WrongRole, "citizens have no night skill"))
+            }
         }
     }
 
@@ -561,7 +560,10 @@ impl Game {
                     "at night only the mafia talk",
                 ));
             }
-            (Channel::Mafia, Audience::Players(self.living(|p| p.is_mafia())))
+            (
+                Channel::Mafia,
+                Audience::Players(self.living(|p| p.is_mafia())),
+            )
         } else {
             (Channel::Public, Audience::Public)
         };
@@ -712,7 +714,8 @@ impl Game {
         );
     }
 
-    fn close(&mut self, fx: &mut Effects) {
+    /// Closes the room now: its last event is `room_closed`.
+    pub fn close(&mut self, fx: &mut Effects) {
         fx.emit(
             Audience::Public,
             &RoomClosed {
@@ -757,7 +760,7 @@ impl Game {
                 })
                 .collect(),
             you: me.map(|m| m.id.clone()),
-            votes: if matches!(self.phase, Phase::Day | Phase::Vote) {
+            votes: if matches!(self.phase, Phase::Day | Phase::Vote | Phase::VoteResult) {
                 self.votes.clone()
             } else {
                 BTreeMap::new()
@@ -792,8 +795,14 @@ impl Game {
         }
     }
 
+    /// Restarts the idle clock of a waiting room.
     fn touch_waiting(&mut self, now: Now) {
-        self.deadline = now.instant + WAITING_IDLE;
+        let idle = if self.players.is_empty() {
+            EMPTY_GRACE
+        } else {
+            WAITING_IDLE
+        };
+        self.deadline = now.instant + idle;
     }
 
     fn index_of(&self, id: &PlayerId) -> Result<usize, Rejection> {
@@ -819,7 +828,12 @@ impl Game {
         self.players
             .iter()
             .find(|p| &p.id == id && p.alive)
-            .ok_or_else(|| reject(ErrorCode::InvalidTarget, "the target is not a living player"))
+            .ok_or_else(|| {
+                reject(
+                    ErrorCode::InvalidTarget,
+                    "the target is not a living player",
+                )
+            })
     }
 
     fn living(&self, pred: impl Fn(&Player) -> bool) -> Vec<PlayerId> {

@@ -1,9 +1,9 @@
 //! One room: a task that owns its [`Game`], its event history and its deadline.
 //!
 //! Each room is its own task with its own NATS subscriptions, so one room's command never
-//! queues behind another room's work. The room's next deadline is a `sleep_until` in the same
-//! `select!` as its commands: tokio's timer wheel fires it when it is due and costs nothing
-//! before, so the engine does no work between deadlines, for one room or 100,000.
+//! queues behind another room's work. The room's next deadline is an [`Alarm`] from the
+//! engine's [`crate::scheduler`], awaited in the same `select!` as its commands: the room
+//! sleeps until a command or its deadline arrives, and costs nothing in between.
 
 pub mod game;
 
@@ -16,11 +16,12 @@ use proto::command::decode_request;
 use proto::event::Phase;
 use proto::headers::{SSE_EVENT, SSE_ID};
 use proto::{Command, CommandOk, ErrorCode, Rejection, Reply, SnapReply, SnapRequest};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 
 use crate::history::{History, Recorded};
 use crate::lobby::LobbyChange;
 use crate::metrics as m;
+use crate::scheduler::Alarm;
 use crate::server::Context;
 use game::{Ack, Audience, Effects, Game, Now};
 
@@ -55,13 +56,23 @@ impl Room {
     pub async fn run(mut self, mut commands: Subscriber, mut snaps: Subscriber) {
         self.announce_to_lobby();
         let shutdown = self.ctx.shutdown.clone();
+        let mut alarm: Option<Alarm> = None;
         loop {
             let deadline = self.game.deadline();
+            let alarm = match &mut alarm {
+                Some(set) if set.is_pending() && set.at() == deadline.into_std() => set,
+                _ => alarm.insert(self.ctx.scheduler.alarm(deadline.into_std())),
+            };
             let (fx, reply) = tokio::select! {
                 Some(msg) = commands.next() => self.on_command(msg),
                 Some(msg) = snaps.next() => { self.on_snap(msg).await; continue }
-                () = sleep_until(deadline) => (self.on_deadline(deadline), None),
-                () = shutdown.cancelled() => break,
+                () = alarm.fired() => (self.on_deadline(deadline), None),
+                // The engine is stopping and its rooms live only in memory: tell the players.
+                () = shutdown.cancelled() => {
+                    let mut fx = Effects::default();
+                    self.game.close(&mut fx);
+                    (fx, None)
+                }
                 else => break,
             };
             let closed = fx.closed;

@@ -62,7 +62,8 @@ impl Harness {
         harness
     }
 
-    /// Stops the engine as SIGTERM would and waits for it.
+    /// Stops the engine as SIGTERM would and waits for it; the NATS server stops with the
+    /// harness, so only what was already received can be checked afterwards.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
         let engine = self.engine.take().unwrap();
@@ -78,8 +79,11 @@ impl Harness {
     }
 
     pub async fn create(&self, settings: Value) -> Value {
-        self.request(self.subjects.lobby_create(), settings.to_string().into_bytes())
-            .await
+        self.request(
+            self.subjects.lobby_create(),
+            settings.to_string().into_bytes(),
+        )
+        .await
     }
 
     /// Creates a room and returns its code, panicking on refusal.
@@ -114,14 +118,21 @@ impl Harness {
         PlayerId::parse(reply["player_id"].as_str().unwrap()).unwrap()
     }
 
-    pub async fn snap(&self, code: &RoomCode, viewer: Option<&PlayerId>, since: Option<u64>) -> Value {
+    pub async fn snap(
+        &self,
+        code: &RoomCode,
+        viewer: Option<&PlayerId>,
+        since: Option<u64>,
+    ) -> Value {
         let body = json!({"viewer": viewer, "since": since}).to_string();
-        self.request(self.subjects.room_snap(code), body.into_bytes()).await
+        self.request(self.subjects.room_snap(code), body.into_bytes())
+            .await
     }
 
     pub async fn lobby_snap(&self, since: Option<u64>) -> Value {
         let body = json!({"viewer": null, "since": since}).to_string();
-        self.request(self.subjects.lobby_snap(), body.into_bytes()).await
+        self.request(self.subjects.lobby_snap(), body.into_bytes())
+            .await
     }
 
     /// Watches a room as `viewer` sees it (public events plus their private ones), or only
@@ -144,7 +155,11 @@ impl Harness {
     }
 
     pub async fn watch_lobby(&self) -> Watcher {
-        let sub = self.client.subscribe(self.subjects.lobby_events()).await.unwrap();
+        let sub = self
+            .client
+            .subscribe(self.subjects.lobby_events())
+            .await
+            .unwrap();
         self.client.flush().await.unwrap();
         Watcher {
             sub,
@@ -161,7 +176,10 @@ impl Harness {
             .await
             .unwrap();
         let mut body = String::new();
-        timeout(WAIT, stream.read_to_string(&mut body)).await.unwrap().unwrap();
+        timeout(WAIT, stream.read_to_string(&mut body))
+            .await
+            .unwrap()
+            .unwrap();
         body
     }
 }

@@ -164,14 +164,20 @@ impl Sse {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = timeout(WAIT, req.send()).await.expect("response in time").unwrap();
+        let resp = timeout(WAIT, req.send())
+            .await
+            .expect("response in time")
+            .unwrap();
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let (body, error) = if status == 200 {
             (Some(resp.bytes_stream().boxed()), Value::Null)
         } else {
             let raw = timeout(WAIT, resp.bytes()).await.unwrap().unwrap();
-            (None, serde_json::from_slice(&raw).expect("error bodies are JSON"))
+            (
+                None,
+                serde_json::from_slice(&raw).expect("error bodies are JSON"),
+            )
         };
         Sse {
             status,
@@ -271,6 +277,8 @@ pub enum Publish {
     Public { n: u64, size: usize },
     /// One event for one player only.
     Private(PlayerId),
+    /// One public event with this name.
+    Named(&'static str),
     /// A message without `Sse-Id`.
     Malformed,
 }
@@ -279,7 +287,11 @@ impl FakeStream {
     /// Serves `events` (a public subject) and `snap`; `history` decides whether `since`
     /// requests are answered with the missed events or with a snapshot.
     pub async fn start(setup: &Setup, room: Option<RoomCode>, history: bool) -> Self {
-        let (client, subjects, nats_url) = (setup.client.clone(), setup.subjects.clone(), setup.nats.url());
+        let (client, subjects, nats_url) = (
+            setup.client.clone(),
+            setup.subjects.clone(),
+            setup.nats.url(),
+        );
         let (publish, mut orders) = tokio::sync::mpsc::unbounded_channel::<Publish>();
         let (events, snap) = match &room {
             Some(code) => (subjects.room_events(code), subjects.room_snap(code)),
@@ -300,6 +312,7 @@ impl FakeStream {
                             Publish::Public { n, size } => (0..n)
                                 .map(|_| (events.clone(), format!("{{\"pad\":\"{}\"}}", "x".repeat(size))))
                                 .collect(),
+                            Publish::Named(name) => vec![(events.clone(), format!("{{\"name\":\"{name}\"}}"))],
                             Publish::Private(player) => {
                                 let code = room.as_ref().expect("private events need a room");
                                 vec![(subjects.player_events(code, &player), format!("{{\"for\":\"{player}\"}}"))]
@@ -317,7 +330,10 @@ impl FakeStream {
                             };
                             let mut headers = HeaderMap::new();
                             headers.insert(SSE_ID, id.to_string().as_str());
-                            headers.insert(SSE_EVENT, "tick");
+                            let name = serde_json::from_str::<Value>(&data).ok()
+                                .and_then(|d| d["name"].as_str().map(str::to_owned))
+                                .unwrap_or_else(|| "tick".to_owned());
+                            headers.insert(SSE_EVENT, name.as_str());
                             // While NATS is down the publish may fail; the log still has it.
                             let _ = client.publish_with_headers(subject.clone(), headers, data.clone().into()).await;
                             log.push((id, subject, data));
@@ -332,7 +348,8 @@ impl FakeStream {
                             None => true,
                         };
                         let events: Vec<Value> = match req["since"].as_u64() {
-                            Some(since) if history => log
+                            // Like the engine: an id it never issued gets a snapshot.
+                            Some(since) if history && since <= current => log
                                 .iter()
                                 .filter(|(id, subject, _)| *id > since && visible(subject))
                                 .map(|(id, _, data)| json!({"id": id, "event": "tick", "data": serde_json::from_str::<Value>(data).unwrap()}))
@@ -352,7 +369,11 @@ impl FakeStream {
         // answer to a second connection proves the server routes the snapshot subject to us.
         let probe = async_nats::connect(nats_url).await.unwrap();
         timeout(WAIT, async {
-            while probe.request(snap_subject.clone(), "{}".into()).await.is_err() {
+            while probe
+                .request(snap_subject.clone(), "{}".into())
+                .await
+                .is_err()
+            {
                 tokio::task::yield_now().await;
             }
         })
@@ -414,9 +435,7 @@ impl EngineProcess {
         let subjects = Subjects::default();
         timeout(WAIT, async {
             loop {
-                let asked = client
-                    .request(subjects.lobby_snap(), "{}".into())
-                    .await;
+                let asked = client.request(subjects.lobby_snap(), "{}".into()).await;
                 if asked.is_ok() {
                     return;
                 }
@@ -529,7 +548,10 @@ impl GatewayProcess {
             .text()
             .await
             .unwrap();
-        metric(&scrape, &format!("phasecast_gateway_connections{{stream=\"{stream}\"}}"))
+        metric(
+            &scrape,
+            &format!("phasecast_gateway_connections{{stream=\"{stream}\"}}"),
+        )
     }
 }
 

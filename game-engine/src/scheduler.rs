@@ -1,0 +1,209 @@
+//! The deadline scheduler: one thread that sleeps until the earliest phase deadline of any
+//! room, wakes exactly the rooms that are due, and sleeps again.
+//!
+//! This is mini-redis's expiry task (an ordered set of `(deadline, key)`, sleeping until the
+//! first, woken early only when a new deadline becomes the first), on an OS thread instead of
+//! a tokio task. Two reasons, both measured in docs/benchmarks.md: tokio's timer rounds every
+//! sleep up to the next millisecond, and its hierarchical wheel moves large batches of timers
+//! between levels as time passes, which stalled 100,000 rooms' phase changes by tens of
+//! milliseconds. A parked thread wakes within tens of microseconds of its deadline, and the
+//! ordered map costs O(log n) per deadline set or cancelled. Between deadlines it does nothing:
+//! no scan of rooms, no tick.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle, Thread};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+type Key = (Instant, u64);
+
+struct Shared {
+    due: Mutex<BTreeMap<Key, oneshot::Sender<()>>>,
+    next_id: AtomicU64,
+    stopping: AtomicBool,
+}
+
+/// Hands out [`Alarm`]s; cloning shares the one scheduler thread.
+#[derive(Clone)]
+pub struct Scheduler {
+    shared: Arc<Shared>,
+    thread: Thread,
+}
+
+/// Stops the scheduler thread when the engine stops.
+pub struct SchedulerThread {
+    scheduler: Scheduler,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Scheduler {
+    /// Starts the scheduler thread.
+    pub fn start() -> (Scheduler, SchedulerThread) {
+        let shared = Arc::new(Shared {
+            due: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+        });
+        let worker = shared.clone();
+        let handle = thread::Builder::new()
+            .name("deadlines".into())
+            .spawn(move || run(&worker))
+            .expect("spawn the scheduler thread");
+        let scheduler = Scheduler {
+            shared,
+            thread: handle.thread().clone(),
+        };
+        let owner = SchedulerThread {
+            scheduler: scheduler.clone(),
+            handle: Some(handle),
+        };
+        (scheduler, owner)
+    }
+
+    /// An alarm that goes off at `at`. Dropping it cancels it.
+    pub fn alarm(&self, at: Instant) -> Alarm {
+        let key = (at, self.shared.next_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        let mut due = self.shared.due.lock().expect("scheduler lock");
+        let earliest = due.keys().next().is_none_or(|first| key < *first);
+        due.insert(key, tx);
+        drop(due);
+        if earliest {
+            self.thread.unpark();
+        }
+        Alarm {
+            key,
+            fired: Some(rx),
+            scheduler: self.clone(),
+        }
+    }
+
+    /// Deadlines waiting to fire.
+    pub fn pending(&self) -> usize {
+        self.shared.due.lock().expect("scheduler lock").len()
+    }
+}
+
+impl Drop for SchedulerThread {
+    fn drop(&mut self) {
+        self.scheduler
+            .shared
+            .stopping
+            .store(true, Ordering::Release);
+        self.scheduler.thread.unpark();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn run(shared: &Shared) {
+    while !shared.stopping.load(Ordering::Acquire) {
+        let now = Instant::now();
+        let mut due = shared.due.lock().expect("scheduler lock");
+        while let Some(entry) = due.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            // A room that is gone has dropped its receiver; nothing to do for it.
+            let _ = entry.remove().send(());
+        }
+        let next = due.keys().next().map(|(at, _)| *at);
+        drop(due);
+        match next {
+            Some(at) => thread::park_timeout(at.saturating_duration_since(Instant::now())),
+            None => thread::park(),
+        }
+    }
+}
+
+/// One room's next deadline.
+pub struct Alarm {
+    key: Key,
+    /// `None` once it has gone off.
+    fired: Option<oneshot::Receiver<()>>,
+    scheduler: Scheduler,
+}
+
+impl Alarm {
+    pub fn at(&self) -> Instant {
+        self.key.0
+    }
+
+    /// Whether it is still to go off.
+    pub fn is_pending(&self) -> bool {
+        self.fired.is_some()
+    }
+
+    /// Resolves when the deadline has passed (once; afterwards it never resolves again).
+    pub async fn fired(&mut self) {
+        let Some(rx) = &mut self.fired else {
+            return std::future::pending().await;
+        };
+        match rx.await {
+            Ok(()) => self.fired = None,
+            // The scheduler stopped: the engine is shutting down, and so is the room.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Alarm {
+    fn drop(&mut self) {
+        self.scheduler
+            .shared
+            .due
+            .lock()
+            .expect("scheduler lock")
+            .remove(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn alarms_fire_in_order_never_early_and_cancelled_ones_not_at_all() {
+        let (scheduler, _thread) = Scheduler::start();
+        let start = Instant::now();
+        // Set in reverse so that each new alarm is the earliest and must wake the thread.
+        let mut alarms: Vec<Alarm> = (1..=50u64)
+            .rev()
+            .map(|ms| scheduler.alarm(start + Duration::from_millis(ms)))
+            .collect();
+        let cancelled = alarms.remove(10);
+        let cancelled_at = cancelled.at();
+        drop(cancelled);
+        alarms.reverse();
+        let mut previous = start;
+        for alarm in &mut alarms {
+            tokio::time::timeout(Duration::from_secs(10), alarm.fired())
+                .await
+                .expect("alarm fires");
+            let now = Instant::now();
+            assert!(now >= alarm.at(), "fired before its deadline");
+            assert!(now >= previous);
+            previous = now;
+        }
+        assert!(alarms.iter().all(|a| a.at() != cancelled_at));
+        drop(alarms);
+        assert_eq!(
+            scheduler.pending(),
+            0,
+            "fired and dropped alarms leave nothing behind"
+        );
+    }
+
+    #[test]
+    fn the_thread_stops_with_its_owner() {
+        let (scheduler, thread) = Scheduler::start();
+        let _far = scheduler.alarm(Instant::now() + Duration::from_secs(3600));
+        drop(thread);
+        assert_eq!(scheduler.pending(), 1);
+    }
+}
