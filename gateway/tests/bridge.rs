@@ -222,3 +222,22 @@ async fn without_an_engine_create_is_503_and_a_silent_engine_is_504() {
         (504, Some("timeout"))
     );
 }
+
+#[tokio::test]
+async fn cors_allows_only_the_configured_origins() {
+    let s = Setup::new(|c| c.gateway.cors_origins = vec!["https://play.example".into()]).await;
+    let http = reqwest::Client::new();
+    let ask = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, s.gateway.url("/v1/rooms"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .send()
+    };
+    let allowed = ask("https://play.example").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://play.example"
+    );
+    let other = ask("https://evil.example").await.unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+}
