@@ -27,6 +27,8 @@ impl Stack {
         config.nats.url = nats.url();
         config.engine.admin_listen = "127.0.0.1:0".parse()?;
         config.auth.signing_key_file = Some(signing);
+        // The command benchmark uses 1 ms phases to reach the day at once.
+        config.engine.min_phase = Duration::ZERO;
         let engine = Engine::build(config).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(engine.run_until(async move {

@@ -28,6 +28,9 @@ pub struct EngineConfig {
     /// How long rooms get to stop after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// The shortest phase a room may ask for in `durations_ms`.
+    #[serde(with = "humantime_serde")]
+    pub min_phase: Duration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -49,6 +52,7 @@ impl Default for Config {
                 admin_listen: "127.0.0.1:9091".parse().expect("valid address"),
                 history: 1000,
                 shutdown_grace: Duration::from_secs(10),
+                min_phase: Duration::from_millis(250),
             },
             auth: AuthConfig {
                 signing_key_file: None,

@@ -38,11 +38,6 @@ impl History {
         }
     }
 
-    /// The id of the last event recorded (0 before any).
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
     /// Gives the event the next id and keeps it, forgetting the oldest beyond capacity.
     pub fn record(&mut self, event: Outgoing) -> &Recorded {
         self.seq += 1;
@@ -80,7 +75,7 @@ impl History {
                 .collect(),
             _ => vec![SnapEvent {
                 id: self.seq,
-                event: "snapshot".to_owned(),
+                event: <proto::event::RoomSnapshot as proto::event::RoomEvent>::NAME.to_owned(),
                 data: raw(&snapshot()),
             }],
         };

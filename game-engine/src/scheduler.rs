@@ -104,15 +104,16 @@ fn run(shared: &Shared) {
     while !shared.stopping.load(Ordering::Acquire) {
         let now = Instant::now();
         let mut due = shared.due.lock().expect("scheduler lock");
-        while let Some(entry) = due.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            // A room that is gone has dropped its receiver; nothing to do for it.
-            let _ = entry.remove().send(());
-        }
+        // Everything up to now leaves the map under the lock; rooms are woken after it, so
+        // that rooms setting their next deadline never wait behind a burst.
+        let later = due.split_off(&(now, u64::MAX));
+        let fired = std::mem::replace(&mut *due, later);
         let next = due.keys().next().map(|(at, _)| *at);
         drop(due);
+        for (_, room) in fired {
+            // A room that is gone has dropped its receiver; nothing to do for it.
+            let _ = room.send(());
+        }
         match next {
             Some(at) => thread::park_timeout(at.saturating_duration_since(Instant::now())),
             None => thread::park(),
@@ -153,6 +154,9 @@ impl Alarm {
 
 impl Drop for Alarm {
     fn drop(&mut self) {
+        if self.fired.is_none() {
+            return; // already out of the map
+        }
         self.scheduler
             .shared
             .due
@@ -203,7 +207,13 @@ mod tests {
     fn the_thread_stops_with_its_owner() {
         let (scheduler, thread) = Scheduler::start();
         let _far = scheduler.alarm(Instant::now() + Duration::from_secs(3600));
-        drop(thread);
-        assert_eq!(scheduler.pending(), 1);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(thread);
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the scheduler thread stopped");
+        assert_eq!(scheduler.pending(), 1, "a stopped scheduler fires nothing");
     }
 }

@@ -37,6 +37,7 @@ pub struct Context {
     pub signer: TokenSigner,
     pub lobby: mpsc::UnboundedSender<LobbyChange>,
     pub history: usize,
+    pub min_phase: std::time::Duration,
     pub scheduler: Scheduler,
     pub shutdown: CancellationToken,
 }
@@ -89,6 +90,7 @@ impl Engine {
             signer,
             lobby,
             history: config.engine.history,
+            min_phase: config.engine.min_phase,
             scheduler,
             shutdown: CancellationToken::new(),
         });
@@ -163,7 +165,7 @@ async fn create_room(ctx: &Arc<Context>, tasks: &TaskTracker, msg: Message) {
     let result = async {
         let settings: CreateRoom = decode_request(&msg.payload)?;
         let code: RoomCode = random_token(&mut rand::rng(), 10);
-        let game = Game::new(code.clone(), settings, Now::system())?;
+        let game = Game::new(code.clone(), settings, ctx.min_phase, Now::system())?;
         let subscribed = async {
             let commands = ctx.client.subscribe(ctx.subjects.room_cmd(&code)).await?;
             let snaps = ctx.client.subscribe(ctx.subjects.room_snap(&code)).await?;

@@ -59,7 +59,13 @@ fn assert_roles_hidden(seat: &Seat, mafia: &[PlayerId]) {
                     );
                 }
             }
-            "game_over" | "roles" => {}
+            "game_over" => {}
+            "roles" => {
+                let died = seat.watch.seen.iter().any(|d| {
+                    d.name == "death" && d.data["player_id"] == seat.id.as_str() && d.id < ev.id
+                });
+                assert!(died, "{} was shown every role while alive", seat.role);
+            }
             "mafia_pick" => assert_eq!(seat.role, "mafia", "{:?}", ev),
             "investigation" => assert_eq!(seat.role, "police", "{:?}", ev),
             "protect" => assert_eq!(seat.role, "doctor", "{:?}", ev),
@@ -510,4 +516,81 @@ async fn snapshots_show_each_viewer_only_what_events_showed_them() {
     );
     let public_view = h.snap(&code, None, None).await;
     assert!(!public_view.to_string().contains("\"role\""));
+}
+
+#[tokio::test]
+async fn several_doctors_and_officers_each_see_only_their_own_night() {
+    let h = Harness::start().await;
+    let (code, seats, mut public) = seated(
+        &h,
+        fast_room(7, 1, 2, 2),
+        &["A1", "B2", "C3", "D4", "E5", "F6", "G7"],
+    )
+    .await;
+    let doctors = with_role(&seats, "doctor");
+    let police = with_role(&seats, "police");
+    let mafia = with_role(&seats, "mafia")[0];
+    let citizens = with_role(&seats, "citizen");
+    public.phase("day").await;
+    for seat in &seats {
+        h.ok(
+            &code,
+            json!({"type": "vote", "player": seat.id, "target": null}),
+        )
+        .await;
+    }
+    public.phase("night").await;
+    h.ok(
+        &code,
+        json!({"type": "skill", "player": doctors[0].id, "target": citizens[0].id}),
+    )
+    .await;
+    h.ok(
+        &code,
+        json!({"type": "skill", "player": doctors[1].id, "target": citizens[1].id}),
+    )
+    .await;
+    // Each officer has their own investigation tonight.
+    let first = h
+        .ok(
+            &code,
+            json!({"type": "skill", "player": police[0].id, "target": mafia.id}),
+        )
+        .await;
+    let second = h
+        .ok(
+            &code,
+            json!({"type": "skill", "player": police[1].id, "target": citizens[0].id}),
+        )
+        .await;
+    assert_eq!(
+        (first["mafia"].as_bool(), second["mafia"].as_bool()),
+        (Some(true), Some(false))
+    );
+    for (doctor, protected) in [(doctors[0], &citizens[0].id), (doctors[1], &citizens[1].id)] {
+        let data = h.snap(&code, Some(&doctor.id), None).await["events"][0]["data"].clone();
+        assert_eq!(
+            data["protect"],
+            json!(protected),
+            "a doctor sees only their own pick"
+        );
+    }
+    for (officer, target) in [(police[0], &mafia.id), (police[1], &citizens[0].id)] {
+        let data = h.snap(&code, Some(&officer.id), None).await["events"][0]["data"].clone();
+        let results = data["investigations"].as_array().unwrap();
+        assert_eq!(
+            results.len(),
+            1,
+            "an officer sees only their own results: {results:?}"
+        );
+        assert_eq!(results[0]["target"], json!(target));
+    }
+    // The mafia picks a protected player: one doctor's save is enough.
+    h.ok(
+        &code,
+        json!({"type": "skill", "player": mafia.id, "target": citizens[1].id}),
+    )
+    .await;
+    public.phase("day_intro").await;
+    assert!(!public.names().contains(&"death"), "{:?}", public.names());
 }

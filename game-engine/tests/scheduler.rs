@@ -24,7 +24,13 @@ async fn phases_fire_exactly_at_their_deadlines() {
             "vote": 4000, "vote_result": 500, "night_intro": 600, "night": 7000}
     }))
     .unwrap();
-    let mut game = Game::new(RoomCode::parse("Ab12Cd34").unwrap(), settings, now()).unwrap();
+    let mut game = Game::new(
+        RoomCode::parse("Ab12Cd34").unwrap(),
+        settings,
+        Duration::ZERO,
+        now(),
+    )
+    .unwrap();
     let mut rng = rand::rng();
     let mut fx = Effects::default();
     let mut players: Vec<PlayerId> = Vec::new();
@@ -87,7 +93,13 @@ async fn a_room_nobody_joins_closes_after_five_minutes() {
     let settings: CreateRoom =
         serde_json::from_value(serde_json::json!({"title": "t", "total": 3, "mafia": 1})).unwrap();
     let created = Instant::now();
-    let mut game = Game::new(RoomCode::parse("Ab12Cd34").unwrap(), settings, now()).unwrap();
+    let mut game = Game::new(
+        RoomCode::parse("Ab12Cd34").unwrap(),
+        settings,
+        Duration::ZERO,
+        now(),
+    )
+    .unwrap();
     assert_eq!(game.deadline() - created, Duration::from_secs(300));
     let mut fx = Effects::default();
     let ack = game.handle(

@@ -75,7 +75,8 @@ impl Verifier {
     }
 }
 
-/// The request's token: `Authorization: Bearer`, else the cookie, else `?token=`.
+/// The request's token: `Authorization: Bearer`, else the cookie, else `?token=`; an empty
+/// value counts as absent.
 pub fn token_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -90,7 +91,7 @@ pub fn token_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| *name == COOKIE)
+            .find(|(name, value)| *name == COOKIE && !value.is_empty())
             .map(|(_, value)| value)
     };
     let query = || {

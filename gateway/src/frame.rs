@@ -6,6 +6,7 @@
 
 use async_nats::Message;
 use bytes::{BufMut, Bytes, BytesMut};
+use proto::event::{RoomClosed, RoomEvent, RoomSnapshot};
 use proto::headers::{SSE_EVENT, SSE_ID};
 
 /// One serialised SSE event and its id.
@@ -60,8 +61,8 @@ impl Frame {
         Frame {
             id,
             bytes: out.freeze(),
-            snapshot: event == "snapshot",
-            closes_room: event == "room_closed",
+            snapshot: event == RoomSnapshot::NAME,
+            closes_room: event == RoomClosed::NAME,
         }
     }
 }

@@ -44,7 +44,7 @@ pub enum Item {
     Frame(Frame),
     /// NATS went away: events may be missed until [`Item::Resync`].
     Pause,
-    /// NATS is back: fetch what was missed.
+    /// NATS is back (or dropped messages): fetch what was missed.
     Resync,
 }
 
@@ -190,6 +190,11 @@ async fn run_topic(
         }
     }
     gauge!(m::NATS_SUBSCRIPTIONS).decrement(count);
+    // If the subscription ended by itself, new connections must not join this dead topic.
+    let mut topics = hub.topics.lock().expect("hub lock");
+    if topics.get(&key).is_some_and(|t| Arc::ptr_eq(t, &topic)) {
+        topics.remove(&key);
+    }
     // Ending the members' queues ends their streams; browsers reconnect.
     topic.members.lock().expect("topic lock").clear();
 }
@@ -269,9 +274,12 @@ impl Drop for Membership {
 /// Merges a stream's subscriptions back into publication order.
 ///
 /// async-nats hands each subscription its own channel, all filled by one reader in the order
-/// the server sent the messages. So once a message is visible on one channel, every message
-/// sent before it is already waiting on the others: taking the smallest id among what is
-/// ready, without waiting, restores the engine's order.
+/// the server sent the messages. So once a message has been seen on one channel, every message
+/// sent before it is already waiting on the others. The merge therefore looks at every channel
+/// (without waiting), and if it found anything looks once more at those that were empty,
+/// which then hold whatever preceded what it saw; the smallest id among them is next.
+/// Peeking is `unconstrained`: tokio's cooperative budget would otherwise make a full channel
+/// look empty.
 struct Ordered {
     subs: Vec<Subscriber>,
     peeked: Vec<Option<Message>>,
@@ -283,20 +291,28 @@ impl Ordered {
         Ordered { subs, peeked }
     }
 
+    /// Fills the empty slots with whatever is ready; true if any slot holds a message.
+    fn peek(&mut self) -> bool {
+        for (sub, peeked) in self.subs.iter_mut().zip(&mut self.peeked) {
+            if peeked.is_none() {
+                *peeked = tokio::task::unconstrained(sub.next())
+                    .now_or_never()
+                    .flatten();
+            }
+        }
+        self.peeked.iter().any(Option::is_some)
+    }
+
     async fn next(&mut self) -> Option<Message> {
         loop {
-            for (sub, peeked) in self.subs.iter_mut().zip(&mut self.peeked) {
-                if peeked.is_none() {
-                    *peeked = sub.next().now_or_never().flatten();
-                }
-            }
-            let earliest = self
-                .peeked
-                .iter()
-                .enumerate()
-                .filter_map(|(i, m)| m.as_ref().map(|m| (event_id(m).unwrap_or(0), i)))
-                .min();
-            if let Some((_, i)) = earliest {
+            if self.peek() {
+                self.peek();
+                let (_, i) = self
+                    .peeked
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, m)| m.as_ref().map(|m| (event_id(m).unwrap_or(0), i)))
+                    .min()?;
                 return self.peeked[i].take();
             }
             let waits = self.subs.iter_mut().map(|s| s.next());

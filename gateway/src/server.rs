@@ -285,7 +285,7 @@ impl Gateway {
 }
 
 /// Tracks the NATS connection: the gauge, and pausing then resyncing every stream across an
-/// outage so that no client misses what was published meanwhile.
+/// outage (or after the client dropped messages) so that no client misses an event.
 async fn follow_nats(state: AppState, mut events: mpsc::UnboundedReceiver<Event>) {
     while let Some(event) = events.recv().await {
         match event {
@@ -298,6 +298,12 @@ async fn follow_nats(state: AppState, mut events: mpsc::UnboundedReceiver<Event>
                 gauge!(m::NATS_CONNECTED).set(0.0);
                 state.hub.broadcast(|| Item::Pause);
                 tracing::warn!("nats disconnected");
+            }
+            // The client dropped messages for a subscription whose channel was full: every
+            // stream catches up from its last id.
+            Event::SlowConsumer(_) => {
+                state.hub.broadcast(|| Item::Resync);
+                tracing::warn!("nats slow consumer: resyncing every stream");
             }
             other => tracing::info!(event = %other, "nats"),
         }

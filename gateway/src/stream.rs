@@ -286,10 +286,12 @@ impl Live {
                     Item::Pause => {
                         self.paused.get_or_insert_with(Vec::new);
                     }
-                    Item::Resync if self.paused.is_some() => {
+                    // Also when not paused: a lost `Pause`, or messages the NATS client dropped,
+                    // leave a gap only a catch-up from the last id can fill.
+                    Item::Resync => {
+                        self.paused.get_or_insert_with(Vec::new);
                         self.retry_resync = Some((tokio::time::Instant::now(), RESYNC_TRIES));
                     }
-                    Item::Resync => {}
                 },
                 _ = self.ticks.tick() => return Some((Ok(Bytes::from_static(HEARTBEAT)), self)),
             }

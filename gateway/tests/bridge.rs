@@ -2,9 +2,10 @@
 
 mod common;
 
-use common::{EngineProcess, Setup, Sse};
+use common::{EngineProcess, Setup, Sse, WAIT};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tokio::time::timeout;
 
 async fn post(
     url: &str,
@@ -15,9 +16,15 @@ async fn post(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = req.send().await.unwrap();
+    let resp = timeout(WAIT, req.send())
+        .await
+        .expect("answer in time")
+        .unwrap();
     let (status, headers) = (resp.status(), resp.headers().clone());
-    let body = resp.json().await.unwrap();
+    let body = timeout(WAIT, resp.json())
+        .await
+        .expect("body in time")
+        .unwrap();
     (status, headers, body)
 }
 
@@ -233,11 +240,17 @@ async fn cors_allows_only_the_configured_origins() {
             .header("Access-Control-Request-Method", "POST")
             .send()
     };
-    let allowed = ask("https://play.example").await.unwrap();
+    let allowed = timeout(WAIT, ask("https://play.example"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         allowed.headers()["access-control-allow-origin"],
         "https://play.example"
     );
-    let other = ask("https://evil.example").await.unwrap();
+    let other = timeout(WAIT, ask("https://evil.example"))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!other.headers().contains_key("access-control-allow-origin"));
 }

@@ -76,16 +76,11 @@ impl Nginx {
 impl Drop for Nginx {
     /// SIGTERM, not SIGKILL: a killed master leaves its workers running on the port.
     fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::yield_now();
-        }
-        let _ = self.child.kill();
+        let pid = self.child.id();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        // nginx waits for its workers before it exits.
         let _ = self.child.wait();
     }
 }

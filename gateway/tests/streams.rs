@@ -388,3 +388,28 @@ async fn a_room_stream_ends_after_room_closed_and_a_lower_snapshot_still_resets(
     assert_eq!(sse.next().await.unwrap().event, "room_closed");
     assert!(sse.next().await.is_none(), "nothing follows room_closed");
 }
+
+#[tokio::test]
+async fn public_and_private_events_reach_a_player_in_publication_order() {
+    let s = Setup::new(|c| c.gateway.client_queue = 20_000).await;
+    let code = room();
+    let fake = FakeStream::start(&s, Some(code.clone()), true).await;
+    let ann = PlayerId::parse("ann12345").unwrap();
+    let url = format!(
+        "{}?token={}",
+        s.gateway.url(&format!("/v1/rooms/{code}/events")),
+        token(&code, &ann, 60)
+    );
+    let mut sse = Sse::connect(&url, &[]).await;
+    assert_eq!(sse.next().await.unwrap().id, Some(0));
+    // Two subscriptions (public and private) feed this stream; their merge must keep order.
+    const N: u64 = 10_000;
+    fake.send(Publish::Interleaved { n: N, player: ann });
+    for id in 1..=N {
+        assert_eq!(
+            sse.next().await.unwrap().id,
+            Some(id),
+            "in order, nothing dropped"
+        );
+    }
+}

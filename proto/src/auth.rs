@@ -1,12 +1,9 @@
-//! The player token: a JWT the engine signs at `join` and the gateway verifies.
+//! The player token: a JWT the engine signs at `join` and the gateway verifies, with EdDSA
+//! over Ed25519 (PEM keys: PKCS#8 for the engine's private key, SPKI for the gateway's).
 
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{PlayerId, RoomCode};
-
-/// The signing algorithm, EdDSA over Ed25519. Keys are PEM files: PKCS#8 for the engine's
-/// private key, SPKI for the gateway's public key.
-pub const ALGORITHM: &str = "EdDSA";
 
 /// The token's claims, as PROTOCOL.md names them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -48,18 +48,6 @@ impl Command {
             Command::Chat { .. } => "chat",
         }
     }
-
-    /// The acting player (every command but `join` has one).
-    pub fn player(&self) -> Option<&PlayerId> {
-        match self {
-            Command::Join { .. } => None,
-            Command::Leave { player }
-            | Command::Start { player }
-            | Command::Vote { player, .. }
-            | Command::Skill { player, .. }
-            | Command::Chat { player, .. } => Some(player),
-        }
-    }
 }
 
 /// Decodes a request body, telling apart the ways it can be wrong: too large, not a JSON

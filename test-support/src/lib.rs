@@ -44,10 +44,6 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// Kills the server (an outage), keeping its port for [`NatsServer::restart`].
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -121,11 +121,16 @@ impl Durations {
     /// Longest duration a room may ask for (a day, so no deadline overflows).
     const MAX_MS: u64 = 24 * 60 * 60 * 1000;
 
-    fn resolve(d: &proto::lobby::Durations) -> Result<Self, Rejection> {
+    /// GAME.md's defaults, overridden by the room's own; each within `min..=MAX_MS`.
+    fn resolve(d: &proto::lobby::Durations, min: Duration) -> Result<Self, Rejection> {
+        let min_ms = min.as_millis() as u64;
         let pick = |v: Option<u64>, default_ms: u64, name: &str| match v {
-            Some(ms) if ms > Self::MAX_MS => Err(Rejection::new(
+            Some(ms) if ms > Self::MAX_MS || ms < min_ms => Err(Rejection::new(
                 ErrorCode::InvalidRoom,
-                format!("durations_ms.{name} is at most {}", Self::MAX_MS),
+                format!(
+                    "durations_ms.{name} is between {min_ms} and {} ms",
+                    Self::MAX_MS
+                ),
             )),
             v => Ok(Duration::from_millis(v.unwrap_or(default_ms))),
         };
@@ -171,9 +176,10 @@ pub struct Game {
     ends_at: Option<u64>,
     votes: BTreeMap<PlayerId, Option<PlayerId>>,
     mafia_pick: Option<PlayerId>,
-    protect: Option<PlayerId>,
-    investigated: bool,
-    investigations: Vec<Investigation>,
+    /// Tonight's protection by each doctor (a room may have several).
+    protect: BTreeMap<PlayerId, PlayerId>,
+    /// Every result, with the officer it belongs to; each officer sees only their own.
+    investigations: Vec<(PlayerId, Investigation)>,
     deaths: Vec<Death>,
     chat: VecDeque<(Audience, Chat)>,
     winner: Option<Team>,
@@ -181,8 +187,14 @@ pub struct Game {
 
 impl Game {
     /// Validates the settings of a new room: `3 <= total <= 20`, `mafia >= 1`,
-    /// `total > 2 * mafia`, `mafia + doctor + police <= total`.
-    pub fn new(code: RoomCode, mut settings: CreateRoom, now: Now) -> Result<Self, Rejection> {
+    /// `total > 2 * mafia`, `mafia + doctor + police <= total`, and no phase shorter than
+    /// `min_phase` (so nobody can make a room spin through phases as fast as it can).
+    pub fn new(
+        code: RoomCode,
+        mut settings: CreateRoom,
+        min_phase: Duration,
+        now: Now,
+    ) -> Result<Self, Rejection> {
         let invalid = |m: &str| Err(Rejection::new(ErrorCode::InvalidRoom, m));
         settings.title = settings.title.trim().to_owned();
         let title_chars = settings.title.chars().count();
@@ -211,7 +223,7 @@ impl Game {
         if u16::from(mafia) + u16::from(doctor) + u16::from(police) > u16::from(total) {
             return invalid("there are more roles than players");
         }
-        let durations = Durations::resolve(&settings.durations_ms)?;
+        let durations = Durations::resolve(&settings.durations_ms, min_phase)?;
         Ok(Game {
             code,
             settings,
@@ -224,8 +236,7 @@ impl Game {
             ends_at: None,
             votes: BTreeMap::new(),
             mafia_pick: None,
-            protect: None,
-            investigated: false,
+            protect: BTreeMap::new(),
             investigations: Vec::new(),
             deaths: Vec::new(),
             chat: VecDeque::new(),
@@ -356,7 +367,10 @@ impl Game {
             player.left = true;
             if player.alive && self.phase != Phase::Ended {
                 player.alive = false;
+                // Votes by or for someone who is gone no longer count (clients apply the same
+                // rule on the `death` event, so snapshots and events agree).
                 self.votes.remove(id);
+                self.votes.retain(|_, target| target.as_ref() != Some(id));
                 let death = Death {
                     player_id: id.clone(),
                     cause: DeathCause::Left,
@@ -499,7 +513,7 @@ impl Game {
                 Ok(Ack::Done)
             }
             Some(Role::Doctor) => {
-                self.protect = Some(target.clone());
+                self.protect.insert(id.clone(), target.clone());
                 fx.emit(
                     Audience::Players(vec![id.clone()]),
                     &Protection {
@@ -509,7 +523,12 @@ impl Game {
                 Ok(Ack::Done)
             }
             Some(Role::Police) => {
-                if self.investigated {
+                let tonight = self.round;
+                if self
+                    .investigations
+                    .iter()
+                    .any(|(by, i)| by == id && i.round == tonight)
+                {
                     return Err(reject(
                         ErrorCode::AlreadyInvestigated,
                         "the police investigate once per night",
@@ -518,14 +537,13 @@ impl Game {
                 if target == id {
                     return Err(reject(ErrorCode::InvalidTarget, "investigate someone else"));
                 }
-                self.investigated = true;
                 let result = Investigation {
                     target: target.clone(),
                     mafia: target_is_mafia,
                     round: self.round,
                 };
                 fx.emit(Audience::Players(vec![id.clone()]), &result);
-                self.investigations.push(result);
+                self.investigations.push((id.clone(), result));
                 Ok(Ack::Investigated {
                     mafia: target_is_mafia,
                 })
@@ -651,8 +669,7 @@ impl Game {
             Phase::Day => self.votes.clear(),
             Phase::Night => {
                 self.mafia_pick = None;
-                self.protect = None;
-                self.investigated = false;
+                self.protect.clear();
             }
             _ => {}
         }
@@ -684,10 +701,10 @@ impl Game {
         }
     }
 
-    /// Leaving `night`: the mafia's pick dies unless the doctor protected them.
+    /// Leaving `night`: the mafia's pick dies unless a doctor protected them.
     fn resolve_night(&mut self, fx: &mut Effects) {
         if let Some(target) = self.mafia_pick.take() {
-            if self.protect.as_ref() != Some(&target) {
+            if !self.protect.values().any(|p| p == &target) {
                 self.kill(&target, DeathCause::Mafia, fx);
             }
         }
@@ -782,15 +799,15 @@ impl Game {
                 .mafia_pick
                 .clone()
                 .filter(|_| at_night && i_am(Role::Mafia)),
-            protect: self
-                .protect
-                .clone()
-                .filter(|_| at_night && i_am(Role::Doctor)),
-            investigations: if me.is_some_and(|m| m.role == Some(Role::Police)) {
-                self.investigations.clone()
-            } else {
-                Vec::new()
-            },
+            protect: me
+                .filter(|_| at_night && i_am(Role::Doctor))
+                .and_then(|m| self.protect.get(&m.id).cloned()),
+            investigations: self
+                .investigations
+                .iter()
+                .filter(|(by, _)| me.is_some_and(|m| &m.id == by))
+                .map(|(_, result)| result.clone())
+                .collect(),
             winner: self.winner,
         }
     }

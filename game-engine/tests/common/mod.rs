@@ -42,6 +42,8 @@ impl Harness {
         config.nats.url = nats.url();
         config.engine.admin_listen = "127.0.0.1:0".parse().unwrap();
         config.auth.signing_key_file = Some(signing);
+        // The tests play whole games with millisecond phases.
+        config.engine.min_phase = Duration::ZERO;
         tweak(&mut config);
         let engine = Engine::build(config).await.expect("engine builds");
         let admin = engine.admin_addr();

@@ -279,6 +279,8 @@ pub enum Publish {
     Private(PlayerId),
     /// One public event with this name.
     Named(&'static str),
+    /// `n` events alternating public and private to this player, as fast as possible.
+    Interleaved { n: u64, player: PlayerId },
     /// A message without `Sse-Id`.
     Malformed,
 }
@@ -312,6 +314,15 @@ impl FakeStream {
                             Publish::Public { n, size } => (0..n)
                                 .map(|_| (events.clone(), format!("{{\"pad\":\"{}\"}}", "x".repeat(size))))
                                 .collect(),
+                            Publish::Interleaved { n, player } => {
+                                let code = room.as_ref().expect("private events need a room");
+                                (0..n)
+                                    .map(|i| match i % 2 {
+                                        0 => (events.clone(), "{}".to_owned()),
+                                        _ => (subjects.player_events(code, &player), "{}".to_owned()),
+                                    })
+                                    .collect()
+                            }
                             Publish::Named(name) => vec![(events.clone(), format!("{{\"name\":\"{name}\"}}"))],
                             Publish::Private(player) => {
                                 let code = room.as_ref().expect("private events need a room");
@@ -422,6 +433,8 @@ impl EngineProcess {
             .env("PHASECAST_NATS__URL", nats_url)
             .env("PHASECAST_ENGINE__ADMIN_LISTEN", "127.0.0.1:0")
             .env("PHASECAST_AUTH__SIGNING_KEY_FILE", &keys.signing)
+            // The tests play games with millisecond phases.
+            .env("PHASECAST_ENGINE__MIN_PHASE", "0ms")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
