@@ -10,7 +10,9 @@ use std::sync::Arc;
 use async_nats::{Message, Subscriber};
 use futures::StreamExt;
 use proto::command::decode_request;
-use proto::lobby::{LobbyRoom, LobbyRoomClosed, LobbySnapshot, RoomOpened, RoomUpdated};
+use proto::lobby::{
+    LobbyPhase, LobbyRoom, LobbyRoomClosed, LobbySnapshot, RoomOpened, RoomUpdated,
+};
 use proto::{Reply, RoomCode, SnapReply, SnapRequest};
 use tokio::sync::mpsc;
 
@@ -18,6 +20,9 @@ use crate::history::History;
 use crate::room::game::{Audience, Outgoing};
 use crate::room::send_event;
 use crate::server::Context;
+
+/// Most rooms a lobby snapshot lists (about 100 KiB of JSON).
+pub const MAX_LISTED: usize = 1000;
 
 /// What a room tells the lobby.
 #[derive(Debug)]
@@ -85,8 +90,18 @@ impl Lobby {
         let Some(reply_to) = msg.reply else { return };
         let reply = decode_request::<SnapRequest>(&msg.payload).map(|req| {
             self.history.reply(None, req.since, || {
+                // Open rooms first, and a bounded list: a snapshot must fit in one NATS
+                // message (1 MiB by default), and nobody scrolls past the first thousand.
+                let waiting = self
+                    .rooms
+                    .values()
+                    .filter(|r| r.phase == LobbyPhase::Waiting);
+                let others = self
+                    .rooms
+                    .values()
+                    .filter(|r| r.phase != LobbyPhase::Waiting);
                 let snapshot = LobbySnapshot {
-                    rooms: self.rooms.values().cloned().collect(),
+                    rooms: waiting.chain(others).take(MAX_LISTED).cloned().collect(),
                 };
                 serde_json::to_string(&snapshot).expect("snapshots serialise infallibly")
             })

@@ -24,12 +24,10 @@ fn sigterm_stops_the_engine_cleanly() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Serving once /healthz answers.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(admin_addr).is_err() {
-        assert!(std::time::Instant::now() < deadline, "engine did not start");
-        std::thread::yield_now();
-    }
+    assert!(
+        test_support::wait_until_listening(admin_addr),
+        "engine did not start"
+    );
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

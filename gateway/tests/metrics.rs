@@ -3,23 +3,15 @@
 
 mod common;
 
-use common::{metric, token, FakeStream, Publish, Setup, Sse, WAIT};
+use common::{metric, token, FakeStream, Publish, Setup, Sse};
 use proto::{PlayerId, RoomCode};
-use tokio::time::timeout;
 
 /// Scrapes until `series` has `value`.
 async fn eventually(setup: &Setup, series: &str, value: f64) {
-    timeout(WAIT, async {
-        loop {
-            let scrape = setup.gateway.metrics().await;
-            if metric(&scrape, series) == value {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
+    common::poll_until(&format!("{series} reaching {value}"), || async {
+        metric(&setup.gateway.metrics().await, series) == value
     })
-    .await
-    .unwrap_or_else(|_| panic!("{series} never reached {value}"));
+    .await;
 }
 
 #[tokio::test]

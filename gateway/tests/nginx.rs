@@ -7,8 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, FakeStream, GatewayProcess, Publish, Setup, Sse, WAIT};
-use tokio::time::timeout;
+use common::{free_port, FakeStream, GatewayProcess, Publish, Setup, Sse};
 
 struct Nginx {
     child: Child,
@@ -52,19 +51,8 @@ impl Nginx {
             port,
             _prefix: prefix,
         };
-        let http = reqwest::Client::new();
-        timeout(WAIT, async {
-            loop {
-                if let Ok(r) = http.get(nginx.url("/healthz")).send().await {
-                    if r.status() == 200 {
-                        return;
-                    }
-                }
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("nginx proxies in time");
+        let healthz = nginx.url("/healthz");
+        common::poll_until("nginx proxies", || common::ready(&healthz)).await;
         nginx
     }
 

@@ -205,23 +205,22 @@ async fn nats_down_is_503_with_retry_after_and_readyz_follows() {
     let mut s = Setup::new(|_| {}).await;
     let http = reqwest::Client::new();
     s.nats.stop();
-    let down = timeout(WAIT, async {
-        loop {
-            let r = http.get(s.gateway.url("/readyz")).send().await.unwrap();
-            if r.status() == 503 {
-                return r;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap();
+    let readyz = s.gateway.url("/readyz");
+    common::poll_until("readyz says 503", || common::refused(&readyz)).await;
+    let down = timeout(WAIT, http.get(&readyz).send())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(down.status(), 503);
     assert!(down.headers().contains_key("retry-after"));
     let sse = Sse::connect(&s.gateway.url("/v1/lobby/events"), &[]).await;
     assert_eq!(sse.status, 503);
     assert!(sse.headers.contains_key("retry-after"));
     assert_eq!(sse.error_body().await["error"], "unavailable");
-    let r = http.get(s.gateway.url("/healthz")).send().await.unwrap();
+    let r = timeout(WAIT, http.get(s.gateway.url("/healthz")).send())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r.status(), 200, "still alive, just not ready");
     s.nats.restart();
     s.gateway.wait_ready().await;
@@ -288,7 +287,13 @@ async fn no_client_loses_an_event_when_nats_restarts_mid_stream() {
     }
 
     s.nats.stop();
-    // Published while NATS is down: the gateway cannot see these live.
+    // Once the stand-in engine knows NATS is gone, what it publishes reaches nobody live.
+    let client = s.client.clone();
+    common::poll_until("the stand-in sees the outage", || {
+        let state = client.connection_state();
+        async move { state != async_nats::connection::State::Connected }
+    })
+    .await;
     fake.send(Publish::Public { n: 5, size: 8 });
     fake.send(Publish::Private(ann.clone()));
     s.nats.restart();
@@ -327,17 +332,10 @@ async fn the_connection_limit_answers_503_with_retry_after() {
     assert_eq!(c.error_body().await["error"], "unavailable");
     drop(a);
     // The freed slot is usable again once the gateway has seen the disconnect.
-    timeout(WAIT, async {
-        loop {
-            let d = Sse::connect(&url, &[]).await;
-            if d.status == 200 {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
+    common::poll_until("a slot frees up", || async {
+        Sse::connect(&url, &[]).await.status == 200
     })
-    .await
-    .expect("a slot frees up");
+    .await;
 }
 
 #[tokio::test]

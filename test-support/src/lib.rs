@@ -128,3 +128,15 @@ impl NatsServer {
         self.child.as_ref().map(Child::id)
     }
 }
+
+/// Polls (every 10 ms, up to 10 s) until something listens on `addr`; false if nothing does.
+pub fn wait_until_listening(addr: std::net::SocketAddr) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}

@@ -44,6 +44,25 @@ impl Keys {
     }
 }
 
+/// Polls `check` every 10 ms until it holds, failing after [`WAIT`].
+pub async fn poll_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    timeout(WAIT, async {
+        loop {
+            tick.tick().await;
+            if check().await {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} within {WAIT:?}"));
+}
+
 /// A token as the engine would sign it, valid for `ttl_secs` (negative: already expired).
 pub fn token(room: &RoomCode, player: &PlayerId, ttl_secs: i64) -> String {
     let now = std::time::SystemTime::now()
@@ -97,24 +116,17 @@ impl TestGateway {
     }
 
     pub async fn wait_ready(&self) {
-        let http = reqwest::Client::new();
-        timeout(WAIT, async {
-            loop {
-                if let Ok(r) = http.get(self.url("/readyz")).send().await {
-                    if r.status() == 200 {
-                        return;
-                    }
-                }
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("gateway ready in time");
+        let url = self.url("/readyz");
+        poll_until("gateway ready", || ready(&url)).await;
     }
 
     pub async fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.admin);
-        reqwest::get(url).await.unwrap().text().await.unwrap()
+        let scrape = async { reqwest::get(url).await?.text().await };
+        timeout(WAIT, scrape)
+            .await
+            .expect("scrape in time")
+            .unwrap()
     }
 
     pub async fn stop(mut self) {
@@ -122,6 +134,18 @@ impl TestGateway {
         let task = self.task.take().unwrap();
         timeout(WAIT, task).await.unwrap().unwrap().unwrap();
     }
+}
+
+/// Whether `url` answers 200.
+pub async fn ready(url: &str) -> bool {
+    let asked = timeout(WAIT, reqwest::get(url)).await;
+    matches!(asked, Ok(Ok(r)) if r.status() == 200)
+}
+
+/// Whether `url` answers 503.
+pub async fn refused(url: &str) -> bool {
+    let asked = timeout(WAIT, reqwest::get(url)).await;
+    matches!(asked, Ok(Ok(r)) if r.status() == 503)
 }
 
 /// The value of a metric line `name` (exact series, labels included) in a scrape.
@@ -345,8 +369,11 @@ impl FakeStream {
                                 .and_then(|d| d["name"].as_str().map(str::to_owned))
                                 .unwrap_or_else(|| "tick".to_owned());
                             headers.insert(SSE_EVENT, name.as_str());
-                            // While NATS is down the publish may fail; the log still has it.
-                            let _ = client.publish_with_headers(subject.clone(), headers, data.clone().into()).await;
+                            // Like an engine cut off from NATS: the event is in the history, but
+                            // nobody receives it live; only a resync can recover it.
+                            if client.connection_state() == async_nats::connection::State::Connected {
+                                let _ = client.publish_with_headers(subject.clone(), headers, data.clone().into()).await;
+                            }
                             log.push((id, subject, data));
                         }
                     }
@@ -379,17 +406,13 @@ impl FakeStream {
         // A SUB from one connection may reach the server after a request from another; only an
         // answer to a second connection proves the server routes the snapshot subject to us.
         let probe = async_nats::connect(nats_url).await.unwrap();
-        timeout(WAIT, async {
-            while probe
+        poll_until("the stand-in answers", || async {
+            probe
                 .request(snap_subject.clone(), "{}".into())
                 .await
-                .is_err()
-            {
-                tokio::task::yield_now().await;
-            }
+                .is_ok()
         })
-        .await
-        .expect("the stand-in answers in time");
+        .await;
         FakeStream {
             published,
             task,
@@ -445,18 +468,11 @@ impl EngineProcess {
 
     /// Waits until the engine answers on NATS.
     pub async fn ready(&self, client: &Client) {
-        let subjects = Subjects::default();
-        timeout(WAIT, async {
-            loop {
-                let asked = client.request(subjects.lobby_snap(), "{}".into()).await;
-                if asked.is_ok() {
-                    return;
-                }
-                tokio::task::yield_now().await;
-            }
+        let subject = Subjects::default().lobby_snap();
+        poll_until("engine answers", || async {
+            client.request(subject.clone(), "{}".into()).await.is_ok()
         })
-        .await
-        .expect("engine answers in time");
+        .await;
     }
 }
 
@@ -523,20 +539,8 @@ impl GatewayProcess {
             .spawn()
             .unwrap();
         let gw = GatewayProcess { child, addr, admin };
-        let http = reqwest::Client::new();
-        let ready = format!("http://{addr}/readyz");
-        timeout(WAIT, async {
-            loop {
-                if let Ok(r) = http.get(&ready).send().await {
-                    if r.status() == 200 {
-                        return;
-                    }
-                }
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("gateway process ready in time");
+        let url = format!("http://{addr}/readyz");
+        poll_until("gateway process ready", || ready(&url)).await;
         gw
     }
 
@@ -555,11 +559,11 @@ impl GatewayProcess {
 
     /// Open SSE connections, from this process's own metrics.
     pub async fn connections(&self, stream: &str) -> f64 {
-        let scrape = reqwest::get(format!("http://{}/metrics", self.admin))
+        let url = format!("http://{}/metrics", self.admin);
+        let scrape = async { reqwest::get(url).await?.text().await };
+        let scrape = timeout(WAIT, scrape)
             .await
-            .unwrap()
-            .text()
-            .await
+            .expect("scrape in time")
             .unwrap();
         metric(
             &scrape,
