@@ -81,7 +81,7 @@ def main(argv):
 
     step("lobby stream", lambda: read_events(base, "/v1/lobby/events", lambda e: len(e) >= 1, 3))
 
-    durations = {k: 100 for k in ("day_intro", "notice", "day_per_player", "vote",
+    durations = {k: 250 for k in ("day_intro", "notice", "day_per_player", "vote",
                                   "vote_result", "night_intro", "night", "ended")}
     created = step("create room", lambda: request(base, "POST", "/v1/rooms", {
         "title": "metrics check", "total": 3, "mafia": 1, "doctor": 0, "police": 0,

@@ -67,6 +67,7 @@ fn describe() {
     }
     gauge!(PLAYERS).increment(0.0);
     metrics::counter!(EVENTS_PUBLISHED).absolute(0);
+    metrics::counter!(COMMANDS, "type" => "join", "result" => "ok").absolute(0);
     // Registering the histograms makes them render (empty) before their first sample.
     let _ = histogram!(SCHEDULER_LATENESS);
     let _ = histogram!(COMMAND_SECONDS, "type" => "join");
