@@ -119,3 +119,48 @@ async fn a_room_nobody_joins_closes_after_five_minutes() {
     assert!(fx.closed);
     assert_eq!(fx.events.last().unwrap().name, "room_closed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_game_closes_instead_of_cycling_for_ever() {
+    let settings: CreateRoom =
+        serde_json::from_value(serde_json::json!({"title": "t", "total": 3, "mafia": 1})).unwrap();
+    let mut game = Game::new(
+        RoomCode::parse("Ab12Cd34").unwrap(),
+        settings,
+        Duration::ZERO,
+        now(),
+    )
+    .unwrap();
+    let mut fx = Effects::default();
+    let mut host = None;
+    for name in ["a", "b", "c"] {
+        let ack = game.handle(
+            Command::Join { name: name.into() },
+            now(),
+            &mut rand::rng(),
+            &mut fx,
+        );
+        if let Ok(game_engine::room::game::Ack::Joined(id)) = ack {
+            host.get_or_insert(id);
+        }
+    }
+    let start = Command::Start {
+        player: host.unwrap(),
+    };
+    game.handle(start, now(), &mut rand::rng(), &mut fx)
+        .unwrap();
+    let mut days = 0;
+    while !fx.closed {
+        if game.phase() == Phase::DayIntro {
+            days += 1;
+            assert!(days <= 10, "the game never closed");
+        }
+        game.on_deadline(now(), &mut fx);
+    }
+    assert_eq!(
+        days,
+        1 + game_engine::room::game::IDLE_ROUNDS,
+        "closed after the idle rounds"
+    );
+    assert_eq!(fx.events.last().unwrap().name, "room_closed");
+}

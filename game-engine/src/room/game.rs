@@ -25,6 +25,9 @@ pub const WAITING_IDLE: Duration = Duration::from_secs(12 * 60 * 60);
 /// A room nobody has joined (or everyone left... which closes it at once) is empty: it closes
 /// after this long rather than sitting in the lobby for 12 hours.
 pub const EMPTY_GRACE: Duration = Duration::from_secs(5 * 60);
+/// A game in which nobody has done anything for this many rounds is abandoned: it closes
+/// instead of cycling through its phases for ever.
+pub const IDLE_ROUNDS: u32 = 3;
 /// How many chat lines a snapshot carries.
 const SNAPSHOT_CHAT_LINES: usize = 50;
 /// Chat lines kept for snapshots (more than a snapshot shows, since each viewer sees a subset).
@@ -183,6 +186,8 @@ pub struct Game {
     deaths: Vec<Death>,
     chat: VecDeque<(Audience, Chat)>,
     winner: Option<Team>,
+    /// The round of the last accepted command.
+    active_round: u32,
 }
 
 impl Game {
@@ -241,6 +246,7 @@ impl Game {
             deaths: Vec::new(),
             chat: VecDeque::new(),
             winner: None,
+            active_round: 0,
         })
     }
 
@@ -293,14 +299,16 @@ impl Game {
         rng: &mut impl Rng,
         fx: &mut Effects,
     ) -> Result<Ack, Rejection> {
-        match cmd {
+        let ack = match cmd {
             Command::Join { name } => self.join(&name, now, rng, fx),
             Command::Leave { player } => self.leave(&player, now, fx),
             Command::Start { player } => self.start(&player, now, rng, fx),
             Command::Vote { player, target } => self.vote(&player, target, now, fx),
             Command::Skill { player, target } => self.skill(&player, &target, fx),
             Command::Chat { player, text } => self.say(&player, &text, now, fx),
-        }
+        }?;
+        self.active_round = self.round;
+        Ok(ack)
     }
 
     fn join(
@@ -619,7 +627,11 @@ impl Game {
             Phase::Night => {
                 self.resolve_night(fx);
                 self.round += 1;
-                self.enter(Phase::DayIntro, now, fx);
+                if self.round - self.active_round > IDLE_ROUNDS {
+                    self.close(fx);
+                } else {
+                    self.enter(Phase::DayIntro, now, fx);
+                }
             }
         }
     }
