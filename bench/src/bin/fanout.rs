@@ -194,7 +194,10 @@ async fn main() -> anyhow::Result<()> {
         100.0 * (cpu_seconds(std::process::id()) - me0) / span
     );
     drop(ready);
-    let _ = gateway.kill();
+    // SIGTERM: the gateway's own clean shutdown (and profilers wrapping it get to write out).
+    let _ = Command::new("kill")
+        .args(["-TERM", &gw_pid.to_string()])
+        .status();
     let _ = gateway.wait();
     Ok(())
 }
