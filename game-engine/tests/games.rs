@@ -173,7 +173,7 @@ async fn mafia_wins_when_it_equals_the_living() {
 
 #[tokio::test]
 async fn every_rule_is_enforced() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     let code = h.room(fast_room(5, 1, 1, 1)).await;
     let ann = h.join(&code, "Ann").await;
     let bob = h.join(&code, "Bob").await;

@@ -148,7 +148,7 @@ async fn an_empty_waiting_room_closes_and_the_host_moves_on() {
 
 #[tokio::test]
 async fn shutting_down_closes_every_room_and_empties_the_lobby() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     let code = h.room(fast_room(3, 1, 0, 0)).await;
     let mut lobby = h.watch_lobby().await;
     let mut public = h.watch(&code, None).await;
@@ -164,7 +164,7 @@ async fn shutting_down_closes_every_room_and_empties_the_lobby() {
 
 #[tokio::test]
 async fn metrics_and_health_are_served_and_shutdown_is_clean() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     let code = h.room(fast_room(3, 1, 0, 0)).await;
     h.join(&code, "Ann").await;
     let text = h.metrics().await;

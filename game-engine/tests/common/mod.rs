@@ -64,9 +64,9 @@ impl Harness {
         harness
     }
 
-    /// Stops the engine as SIGTERM would and waits for it; the NATS server stops with the
-    /// harness, so only what was already received can be checked afterwards.
-    pub async fn shutdown(mut self) {
+    /// Stops the engine as SIGTERM would and waits for it. The NATS server keeps running
+    /// until the harness is dropped, so what the engine published last can still arrive.
+    pub async fn shutdown(&mut self) {
         self.stop.cancel();
         let engine = self.engine.take().unwrap();
         timeout(WAIT, engine).await.unwrap().unwrap().unwrap();
