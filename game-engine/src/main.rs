@@ -21,6 +21,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let shutdown = shutdown_signal()?;
     let config = Config::load(args.config.as_deref())?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -30,14 +31,19 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Text => logs.init(),
     }
     let engine = Engine::build(config).await?;
-    engine.run_until(shutdown_signal()).await
+    engine.run_until(shutdown).await
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or Ctrl-C. The handler is installed at once, before anything is bound, so a
+/// signal during startup is a clean stop too rather than the default kill.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
