@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use game_engine::room::game::{Effects, Game, Now};
+use game_engine::room::game::{Ack, Effects, Game, Now, IDLE_ROUNDS};
 use proto::event::Phase;
 use proto::lobby::CreateRoom;
 use proto::{Command, PlayerId, RoomCode};
@@ -16,47 +16,38 @@ fn now() -> Now {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn phases_fire_exactly_at_their_deadlines() {
-    let settings: CreateRoom = serde_json::from_value(serde_json::json!({
-        "title": "t", "total": 3, "mafia": 1,
-        "durations_ms": {"day_intro": 1000, "notice": 2000, "day_per_player": 300,
-            "vote": 4000, "vote_result": 500, "night_intro": 600, "night": 7000}
-    }))
-    .unwrap();
-    let mut game = Game::new(
-        RoomCode::parse("Ab12Cd34").unwrap(),
-        settings,
-        Duration::ZERO,
-        now(),
-    )
-    .unwrap();
-    let mut rng = rand::rng();
+/// A room of three with these settings, everyone seated; started when `start` is true.
+fn seated(settings: serde_json::Value, start: bool) -> (Game, Effects) {
+    let settings: CreateRoom = serde_json::from_value(settings).unwrap();
+    let code = RoomCode::parse("Ab12Cd34").unwrap();
+    let mut game = Game::new(code, settings, Duration::ZERO, now()).unwrap();
     let mut fx = Effects::default();
-    let mut players: Vec<PlayerId> = Vec::new();
+    let mut host: Option<PlayerId> = None;
     for name in ["a", "b", "c"] {
-        let ack = game
-            .handle(
-                Command::Join { name: name.into() },
-                now(),
-                &mut rng,
-                &mut fx,
-            )
-            .unwrap();
-        if let game_engine::room::game::Ack::Joined(id) = ack {
-            players.push(id);
+        let join = Command::Join { name: name.into() };
+        if let Ok(Ack::Joined(id)) = game.handle(join, now(), &mut rand::rng(), &mut fx) {
+            host.get_or_insert(id);
         }
     }
+    if start {
+        let start = Command::Start {
+            player: host.unwrap(),
+        };
+        game.handle(start, now(), &mut rand::rng(), &mut fx)
+            .unwrap();
+    }
+    (game, fx)
+}
+
+#[tokio::test(start_paused = true)]
+async fn phases_fire_exactly_at_their_deadlines() {
     let start = Instant::now();
-    game.handle(
-        Command::Start {
-            player: players[0].clone(),
-        },
-        now(),
-        &mut rng,
-        &mut fx,
-    )
-    .unwrap();
+    let (mut game, mut fx) = seated(
+        serde_json::json!({"title": "t", "total": 3, "mafia": 1,
+            "durations_ms": {"day_intro": 1000, "notice": 2000, "day_per_player": 300,
+                "vote": 4000, "vote_result": 500, "night_intro": 600, "night": 7000}}),
+        true,
+    );
 
     // (phase entered, ms after the start): day is 300 ms per living player.
     let expected = [
@@ -122,33 +113,10 @@ async fn a_room_nobody_joins_closes_after_five_minutes() {
 
 #[tokio::test(start_paused = true)]
 async fn an_abandoned_game_closes_instead_of_cycling_for_ever() {
-    let settings: CreateRoom =
-        serde_json::from_value(serde_json::json!({"title": "t", "total": 3, "mafia": 1})).unwrap();
-    let mut game = Game::new(
-        RoomCode::parse("Ab12Cd34").unwrap(),
-        settings,
-        Duration::ZERO,
-        now(),
-    )
-    .unwrap();
-    let mut fx = Effects::default();
-    let mut host = None;
-    for name in ["a", "b", "c"] {
-        let ack = game.handle(
-            Command::Join { name: name.into() },
-            now(),
-            &mut rand::rng(),
-            &mut fx,
-        );
-        if let Ok(game_engine::room::game::Ack::Joined(id)) = ack {
-            host.get_or_insert(id);
-        }
-    }
-    let start = Command::Start {
-        player: host.unwrap(),
-    };
-    game.handle(start, now(), &mut rand::rng(), &mut fx)
-        .unwrap();
+    let (mut game, mut fx) = seated(
+        serde_json::json!({"title": "t", "total": 3, "mafia": 1}),
+        true,
+    );
     let mut days = 0;
     while !fx.closed {
         if game.phase() == Phase::DayIntro {
@@ -157,10 +125,6 @@ async fn an_abandoned_game_closes_instead_of_cycling_for_ever() {
         }
         game.on_deadline(now(), &mut fx);
     }
-    assert_eq!(
-        days,
-        1 + game_engine::room::game::IDLE_ROUNDS,
-        "closed after the idle rounds"
-    );
+    assert_eq!(days, 1 + IDLE_ROUNDS, "closed after the idle rounds");
     assert_eq!(fx.events.last().unwrap().name, "room_closed");
 }
