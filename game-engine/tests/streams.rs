@@ -167,7 +167,10 @@ async fn metrics_and_health_are_served_and_shutdown_is_clean() {
     let mut h = Harness::start().await;
     let code = h.room(fast_room(3, 1, 0, 0)).await;
     h.join(&code, "Ann").await;
-    let text = h.metrics().await;
+    let health = h.admin_get("/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let text = h.admin_get("/metrics").await;
+    assert!(text.starts_with("HTTP/1.1 200"));
     for name in [
         "phasecast_engine_rooms{phase=\"waiting\"}",
         "phasecast_engine_players",

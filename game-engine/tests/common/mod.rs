@@ -170,19 +170,21 @@ impl Harness {
         }
     }
 
-    pub async fn metrics(&self) -> String {
+    /// `GET path` on the admin listener: the whole HTTP response, status line included.
+    pub async fn admin_get(&self, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(self.admin).await.unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut body = String::new();
-        timeout(WAIT, stream.read_to_string(&mut body))
+        let mut stream = timeout(WAIT, tokio::net::TcpStream::connect(self.admin))
             .await
             .unwrap()
             .unwrap();
-        body
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        timeout(WAIT, stream.read_to_string(&mut response))
+            .await
+            .unwrap()
+            .unwrap();
+        response
     }
 }
 
