@@ -112,8 +112,20 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// `label: p50 … p99 … p99.9 … max …` of a set of durations in seconds, in milliseconds.
+pub fn latency_line(label: &str, mut seconds: Vec<f64>) -> String {
+    seconds.sort_by(f64::total_cmp);
+    format!(
+        "{label}: p50 {}  p99 {}  p99.9 {}  max {}",
+        ms(quantile(&seconds, 0.5)),
+        ms(quantile(&seconds, 0.99)),
+        ms(quantile(&seconds, 0.999)),
+        ms(seconds.last().copied().unwrap_or(f64::NAN)),
+    )
+}
+
 /// The value at quantile `q` of `sorted`.
-pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -121,6 +133,6 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Seconds as milliseconds, for printing.
-pub fn ms(seconds: f64) -> String {
+fn ms(seconds: f64) -> String {
     format!("{:.3} ms", seconds * 1000.0)
 }

@@ -54,6 +54,26 @@ struct Member {
     tx: mpsc::Sender<Item>,
 }
 
+/// What offering an item to a member came to.
+enum Offer {
+    Queued,
+    /// Its queue is full: it is dropped as a slow consumer.
+    Slow,
+    /// Its connection is gone.
+    Gone,
+}
+
+impl Member {
+    /// Queues `item` without waiting: a connection that cannot keep up never slows the rest.
+    fn offer(&self, item: Item) -> Offer {
+        match self.tx.try_send(item) {
+            Ok(()) => Offer::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => Offer::Slow,
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
+        }
+    }
+}
+
 struct Topic {
     members: Mutex<Vec<Member>>,
     /// `None` while subscribing, then whether it worked.
@@ -126,13 +146,13 @@ impl Hub {
             .collect();
         for topic in topics {
             let mut members = topic.members.lock().expect("topic lock");
-            members.retain(|m| match m.tx.try_send(item()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+            members.retain(|member| match member.offer(item()) {
+                Offer::Queued => true,
+                Offer::Slow => {
                     counter!(m::SLOW_CONSUMERS).increment(1);
                     false
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Offer::Gone => false,
             });
         }
     }
@@ -213,16 +233,16 @@ fn fan_out(subjects: &Subjects, topic: &Topic, msg: &Message) {
                 return true;
             }
         }
-        match member.tx.try_send(Item::Frame(frame.clone())) {
-            Ok(()) => {
+        match member.offer(Item::Frame(frame.clone())) {
+            Offer::Queued => {
                 delivered += 1;
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Offer::Slow => {
                 slow += 1;
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Offer::Gone => false,
         }
     });
     drop(members);

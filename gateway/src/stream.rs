@@ -54,29 +54,28 @@ pub async fn open(
     let frames = catch_up(&state, &key, viewer.as_ref(), since).await?;
     histogram!(m::SNAPSHOT_SECONDS).record(started.elapsed().as_secs_f64());
 
-    let mut first = BytesMut::new();
-    first.extend_from_slice(format!("retry: {}\n\n", state.config.retry.as_millis()).as_bytes());
-    let mut last = since;
-    let finished = append_newer(&mut first, &mut last, frames);
     counter!(m::CONNECTIONS_OPENED, "stream" => key.kind()).increment(1);
 
     let heartbeat = state.config.heartbeat;
     let mut ticks = interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let finished = finished && matches!(key, StreamKey::Room(_));
-    let live = Live {
+    let mut first = BytesMut::new();
+    first.extend_from_slice(format!("retry: {}\n\n", state.config.retry.as_millis()).as_bytes());
+    let mut live = Live {
         state,
         key,
         viewer,
         membership,
-        last,
+        last: since,
         paused: None,
         retry_resync: None,
         ticks,
-        first: Some(first.freeze()),
-        finished,
+        first: None,
+        finished: false,
         _slot: slot,
     };
+    live.admit_all(&mut first, frames);
+    live.first = Some(first.freeze());
     let body = Body::from_stream(futures::stream::unfold(live, Live::next_chunk));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -136,23 +135,6 @@ struct SnapAnswer {
     events: Vec<SnapEvent>,
     error: Option<ErrorCode>,
     message: Option<String>,
-}
-
-/// Appends the frames newer than `last`, moving `last` up; true if one closed a room.
-fn append_newer(
-    out: &mut BytesMut,
-    last: &mut Option<u64>,
-    frames: impl IntoIterator<Item = Frame>,
-) -> bool {
-    let mut closed = false;
-    for frame in frames {
-        if is_newer(&frame, *last) {
-            *last = Some(frame.id);
-            out.extend_from_slice(&frame.bytes);
-            closed |= frame.closes_room;
-        }
-    }
-    closed
 }
 
 /// A connection's place in the open-connection count; freeing it is dropping it.
@@ -225,6 +207,26 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 }
 
 impl Live {
+    /// Whether `frame` goes to the client next (see [`is_newer`]); if so it counts as sent,
+    /// and a room's `room_closed` ends the stream after it (a lobby's is only news).
+    fn admit(&mut self, frame: &Frame) -> bool {
+        if !is_newer(frame, self.last) {
+            return false;
+        }
+        self.last = Some(frame.id);
+        self.finished |= frame.closes_room && matches!(self.key, StreamKey::Room(_));
+        true
+    }
+
+    /// Appends to `out` every frame of `frames` that [`Live::admit`] lets through.
+    fn admit_all(&mut self, out: &mut BytesMut, frames: impl IntoIterator<Item = Frame>) {
+        for frame in frames {
+            if self.admit(&frame) {
+                out.extend_from_slice(&frame.bytes);
+            }
+        }
+    }
+
     /// Fetches what was published while NATS was away and releases the held frames after it.
     /// `Ok(None)`: nothing new to send; `None`: give up and end the stream.
     async fn resync(&mut self) -> Option<Option<Bytes>> {
@@ -233,8 +235,7 @@ impl Live {
             Ok(missed) => {
                 let held = self.paused.take().unwrap_or_default();
                 let mut out = BytesMut::new();
-                let closed = append_newer(&mut out, &mut self.last, missed.into_iter().chain(held));
-                self.finished |= closed && matches!(self.key, StreamKey::Room(_));
+                self.admit_all(&mut out, missed.into_iter().chain(held));
                 Some((!out.is_empty()).then(|| out.freeze()))
             }
             Err(e) if tries > 1 => {
@@ -277,9 +278,7 @@ impl Live {
                                 return None;
                             }
                             held.push(frame);
-                        } else if is_newer(&frame, self.last) {
-                            self.last = Some(frame.id);
-                            self.finished = frame.closes_room && matches!(self.key, StreamKey::Room(_));
+                        } else if self.admit(&frame) {
                             return Some((Ok(frame.bytes), self));
                         }
                     }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench::{cpu_seconds, ms, quantile, Stack};
+use bench::{cpu_seconds, latency_line, Stack};
 use clap::Parser;
 use futures::StreamExt;
 use serde_json::json;
@@ -104,7 +104,6 @@ async fn main() -> anyhow::Result<()> {
         errors += e;
     }
     let span = began.elapsed().as_secs_f64();
-    latencies.sort_by(f64::total_cmp);
     println!(
         "{} commands in {:.1} s: {:.0}/s, {} errors; {} connections, {} in flight",
         latencies.len(),
@@ -114,13 +113,7 @@ async fn main() -> anyhow::Result<()> {
         args.clients,
         args.concurrency
     );
-    println!(
-        "latency: p50 {}  p99 {}  p99.9 {}  max {}",
-        ms(quantile(&latencies, 0.5)),
-        ms(quantile(&latencies, 0.99)),
-        ms(quantile(&latencies, 0.999)),
-        ms(latencies.last().copied().unwrap_or(f64::NAN)),
-    );
+    println!("{}", latency_line("latency", latencies));
     println!(
         "CPU: engine + load generator {:.0} % of a core, nats-server {:.0} %",
         100.0 * (cpu_seconds(std::process::id()) - self0) / span,

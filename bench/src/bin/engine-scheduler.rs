@@ -11,7 +11,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bench::{cpu_seconds, quantile, Stack};
+use bench::{cpu_seconds, latency_line, Stack};
 use clap::Parser;
 use futures::StreamExt;
 use metrics::{
@@ -136,8 +136,7 @@ async fn main() -> anyhow::Result<()> {
         cpu_seconds(engine_pid) - engine0,
         cpu_seconds(nats_pid) - nats0,
     );
-    let mut lateness = samples.0.lock().expect("samples lock").clone();
-    lateness.sort_by(f64::total_cmp);
+    let lateness = samples.0.lock().expect("samples lock").clone();
     println!(
         "{} phase changes in {:.1} s ({:.0}/s) across {} rooms",
         lateness.len(),
@@ -145,13 +144,7 @@ async fn main() -> anyhow::Result<()> {
         lateness.len() as f64 / span,
         rooms.len()
     );
-    println!(
-        "lateness: p50 {}  p99 {}  p99.9 {}  max {}",
-        bench::ms(quantile(&lateness, 0.5)),
-        bench::ms(quantile(&lateness, 0.99)),
-        bench::ms(quantile(&lateness, 0.999)),
-        bench::ms(lateness.last().copied().unwrap_or(f64::NAN)),
-    );
+    println!("{}", latency_line("lateness", lateness));
     println!(
         "CPU while changing phases (engine and this load in one process): {:.0} % of a core, nats-server {:.0} %",
         100.0 * engine_cpu / span,

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
-use bench::{cpu_seconds, ms, quantile};
+use bench::{cpu_seconds, latency_line};
 use clap::Parser;
 use futures::StreamExt;
 use proto::headers::{SSE_EVENT, SSE_ID};
@@ -167,8 +167,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let span = started.elapsed().as_secs_f64();
     let delivered = tally.delivered.load(Ordering::Relaxed);
-    let mut latencies = std::mem::take(&mut *tally.latencies.lock().expect("lock"));
-    latencies.sort_by(f64::total_cmp);
+    let latencies = std::mem::take(&mut *tally.latencies.lock().expect("lock"));
     println!(
         "{} events × {} connections: {} of {} delivered in {:.1} s ({:.0} deliveries/s); gaps {}, duplicates {}",
         total,
@@ -180,13 +179,7 @@ async fn main() -> anyhow::Result<()> {
         tally.gaps.load(Ordering::Relaxed),
         tally.duplicates.load(Ordering::Relaxed)
     );
-    println!(
-        "publish→receive: p50 {}  p99 {}  p99.9 {}  max {}",
-        ms(quantile(&latencies, 0.5)),
-        ms(quantile(&latencies, 0.99)),
-        ms(quantile(&latencies, 0.999)),
-        ms(latencies.last().copied().unwrap_or(f64::NAN)),
-    );
+    println!("{}", latency_line("publish→receive", latencies));
     println!(
         "CPU: gateway {:.0} %, nats-server {:.0} %, load tool {:.0} % of a core",
         100.0 * (cpu_seconds(gw_pid) - gw0) / span,
