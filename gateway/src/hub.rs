@@ -4,18 +4,24 @@
 //! subject, or a room's public subject plus the wildcard over its players' private subjects.
 //! The first connection to a stream creates its [`Topic`]; the last one to leave drops it and
 //! its subscriptions. Each NATS message becomes one [`Frame`], whose bytes are shared by every
-//! connection it goes to; a connection whose queue is full is dropped as a slow consumer
-//! rather than slowing the rest.
+//! connection it goes to.
+//!
+//! The fan-out is a ring (`tokio::sync::broadcast`) per topic rather than a queue per
+//! connection: publishing an event is one write into the ring and one wake per waiting
+//! connection, and a connection costs the ring nothing but its read position. A connection
+//! that falls a whole ring behind is dropped as a slow consumer rather than slowing the rest;
+//! its browser resumes with `Last-Event-ID`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_nats::{Client, Message, Subscriber};
 use futures::{FutureExt, StreamExt};
 use metrics::{counter, gauge};
 use proto::{PlayerId, RoomCode, Subjects};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, watch};
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::frame::{event_id, Frame};
@@ -38,44 +44,23 @@ impl StreamKey {
     }
 }
 
-/// What a connection's queue carries.
-#[derive(Debug)]
+/// What a topic's ring carries to its connections.
+#[derive(Clone, Debug)]
 pub enum Item {
-    Frame(Frame),
+    /// An event, for everyone on the stream or (`to`) for one player only.
+    Frame { frame: Frame, to: Option<Arc<str>> },
+    /// Time for the `: ping` comment that keeps idle streams open through proxies.
+    Heartbeat,
     /// NATS went away: events may be missed until [`Item::Resync`].
     Pause,
     /// NATS is back (or dropped messages): fetch what was missed.
     Resync,
 }
 
-struct Member {
-    id: u64,
-    player: Option<PlayerId>,
-    tx: mpsc::Sender<Item>,
-}
-
-/// What offering an item to a member came to.
-enum Offer {
-    Queued,
-    /// Its queue is full: it is dropped as a slow consumer.
-    Slow,
-    /// Its connection is gone.
-    Gone,
-}
-
-impl Member {
-    /// Queues `item` without waiting: a connection that cannot keep up never slows the rest.
-    fn offer(&self, item: Item) -> Offer {
-        match self.tx.try_send(item) {
-            Ok(()) => Offer::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => Offer::Slow,
-            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
-        }
-    }
-}
-
 struct Topic {
-    members: Mutex<Vec<Member>>,
+    /// The ring's only strong sender belongs to the topic's task: when the task ends (its
+    /// subscription died) the ring closes and every member's stream ends with it.
+    ring: broadcast::WeakSender<Item>,
     /// `None` while subscribing, then whether it worked.
     ready: watch::Receiver<Option<bool>>,
     stop: CancellationToken,
@@ -84,9 +69,9 @@ struct Topic {
 struct Inner {
     client: Client,
     subjects: Subjects,
-    queue: usize,
+    ring: usize,
+    heartbeat: Duration,
     topics: Mutex<HashMap<StreamKey, Arc<Topic>>>,
-    next_member: AtomicU64,
 }
 
 /// The registry of watched streams.
@@ -96,76 +81,61 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// `queue` is how many events a connection may have waiting before it is dropped.
-    pub fn new(client: Client, subjects: Subjects, queue: usize) -> Self {
+    /// `ring` is how many items a connection may fall behind before it is dropped;
+    /// `heartbeat` how often every stream gets a `: ping`.
+    pub fn new(client: Client, subjects: Subjects, ring: usize, heartbeat: Duration) -> Self {
         Hub {
             inner: Arc::new(Inner {
                 client,
                 subjects,
-                queue: queue.max(1),
+                ring: ring.max(1),
+                heartbeat,
                 topics: Mutex::new(HashMap::new()),
-                next_member: AtomicU64::new(0),
             }),
         }
     }
 
-    /// Adds a connection to a stream, subscribing the stream if it is new. Events start
-    /// queueing for it at once; call [`Membership::ready`] before asking for a snapshot.
-    pub fn join(&self, key: StreamKey, player: Option<PlayerId>) -> Membership {
-        let (tx, rx) = mpsc::channel(self.inner.queue);
-        let id = self.inner.next_member.fetch_add(1, Ordering::Relaxed);
+    /// Adds a connection to a stream, subscribing the stream if it is new. Items start
+    /// arriving for it at once; call [`Membership::ready`] before asking for a snapshot.
+    pub fn join(&self, key: StreamKey) -> Membership {
         let mut topics = self.inner.topics.lock().expect("hub lock");
-        let topic = topics
-            .entry(key.clone())
-            .or_insert_with(|| self.open(key.clone()))
-            .clone();
-        topic
-            .members
-            .lock()
-            .expect("topic lock")
-            .push(Member { id, player, tx });
+        let live = topics
+            .get(&key)
+            .and_then(|topic| Some((topic.clone(), topic.ring.upgrade()?.subscribe())));
+        let (topic, rx) = live.unwrap_or_else(|| {
+            let (topic, rx) = self.open(key.clone());
+            topics.insert(key.clone(), topic.clone());
+            (topic, rx)
+        });
         drop(topics);
         Membership {
             hub: self.inner.clone(),
             key,
             topic,
-            id,
             rx,
         }
     }
 
-    /// Queues `item()` for every connection (NATS outage and recovery).
+    /// Sends `item()` to every connection (NATS outage and recovery).
     pub fn broadcast(&self, item: impl Fn() -> Item) {
-        let topics: Vec<Arc<Topic>> = self
-            .inner
-            .topics
-            .lock()
-            .expect("hub lock")
-            .values()
-            .cloned()
-            .collect();
-        for topic in topics {
-            let mut members = topic.members.lock().expect("topic lock");
-            members.retain(|member| match member.offer(item()) {
-                Offer::Queued => true,
-                Offer::Slow => {
-                    counter!(m::SLOW_CONSUMERS).increment(1);
-                    false
-                }
-                Offer::Gone => false,
-            });
+        let topics = self.inner.topics.lock().expect("hub lock");
+        for ring in topics.values().filter_map(|topic| topic.ring.upgrade()) {
+            let _ = ring.send(item());
         }
     }
 
-    fn open(&self, key: StreamKey) -> Arc<Topic> {
+    /// Starts a stream's topic, with its first member's receiver.
+    fn open(&self, key: StreamKey) -> (Arc<Topic>, broadcast::Receiver<Item>) {
         let (ready_tx, ready) = watch::channel(None);
+        let (ring, rx) = broadcast::channel(self.inner.ring);
         let topic = Arc::new(Topic {
-            members: Mutex::new(Vec::new()),
+            ring: ring.downgrade(),
             ready,
             stop: CancellationToken::new(),
         });
-        tokio::spawn(run_topic(self.inner.clone(), key, topic.clone(), ready_tx));
-        topic
+        let task = run_topic(self.inner.clone(), key, topic.clone(), ring, ready_tx);
+        tokio::spawn(task);
+        (topic, rx)
     }
 }
 
@@ -174,9 +144,44 @@ async fn run_topic(
     hub: Arc<Inner>,
     key: StreamKey,
     topic: Arc<Topic>,
+    ring: broadcast::Sender<Item>,
     ready: watch::Sender<Option<bool>>,
 ) {
-    let subjects = match &key {
+    let subscribed = subscribe(&hub, &key).await;
+    let _ = ready.send(Some(subscribed.is_some()));
+    if let Some(subs) = subscribed {
+        let count = subs.len() as f64;
+        gauge!(m::NATS_SUBSCRIPTIONS).increment(count);
+        let mut events = Ordered::new(subs);
+        let mut heartbeats = tokio::time::interval(hub.heartbeat);
+        heartbeats.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        heartbeats.reset();
+        loop {
+            tokio::select! {
+                () = topic.stop.cancelled() => break,
+                _ = heartbeats.tick() => {
+                    let _ = ring.send(Item::Heartbeat);
+                }
+                msg = events.next() => match msg {
+                    Some(msg) => publish(&hub.subjects, &ring, &msg),
+                    None => break,
+                },
+            }
+        }
+        gauge!(m::NATS_SUBSCRIPTIONS).decrement(count);
+    }
+    // A topic that failed or whose subscription ended must not take new members; dropping
+    // `ring` then closes it, which ends the members' streams, and browsers reconnect.
+    let mut topics = hub.topics.lock().expect("hub lock");
+    if topics.get(&key).is_some_and(|t| Arc::ptr_eq(t, &topic)) {
+        topics.remove(&key);
+    }
+}
+
+/// The stream's subscriptions, flushed: the SUBs must reach the server before the snapshot
+/// request does.
+async fn subscribe(hub: &Inner, key: &StreamKey) -> Option<Vec<Subscriber>> {
+    let subjects = match key {
         StreamKey::Lobby => vec![hub.subjects.lobby_events()],
         StreamKey::Room(code) => vec![
             hub.subjects.room_events(code),
@@ -189,67 +194,23 @@ async fn run_topic(
             Ok(sub) => subs.push(sub),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot subscribe a stream");
-                let _ = ready.send(Some(false));
-                return;
+                return None;
             }
         }
     }
-    // The SUBs must reach the server before the snapshot request does.
-    let flushed = hub.client.flush().await.is_ok();
-    let count = subs.len() as f64;
-    gauge!(m::NATS_SUBSCRIPTIONS).increment(count);
-    let _ = ready.send(Some(flushed));
-    let mut events = Ordered::new(subs);
-    loop {
-        tokio::select! {
-            () = topic.stop.cancelled() => break,
-            msg = events.next() => match msg {
-                Some(msg) => fan_out(&hub.subjects, &topic, &msg),
-                None => break,
-            },
-        }
-    }
-    gauge!(m::NATS_SUBSCRIPTIONS).decrement(count);
-    // If the subscription ended by itself, new connections must not join this dead topic.
-    let mut topics = hub.topics.lock().expect("hub lock");
-    if topics.get(&key).is_some_and(|t| Arc::ptr_eq(t, &topic)) {
-        topics.remove(&key);
-    }
-    // Ending the members' queues ends their streams; browsers reconnect.
-    topic.members.lock().expect("topic lock").clear();
+    hub.client.flush().await.ok()?;
+    Some(subs)
 }
 
-fn fan_out(subjects: &Subjects, topic: &Topic, msg: &Message) {
+/// Puts one NATS message into the topic's ring, addressed to one player if it came on a
+/// private subject.
+fn publish(subjects: &Subjects, ring: &broadcast::Sender<Item>, msg: &Message) {
     let Some(frame) = Frame::from_message(msg) else {
         counter!(m::EVENTS_MALFORMED).increment(1);
         return;
     };
-    let private_to = subjects.player_of(&msg.subject);
-    let (mut delivered, mut slow) = (0u64, 0u64);
-    let mut members = topic.members.lock().expect("topic lock");
-    members.retain(|member| {
-        if let Some(player) = private_to {
-            if member.player.as_ref().map(PlayerId::as_str) != Some(player) {
-                return true;
-            }
-        }
-        match member.offer(Item::Frame(frame.clone())) {
-            Offer::Queued => {
-                delivered += 1;
-                true
-            }
-            Offer::Slow => {
-                slow += 1;
-                false
-            }
-            Offer::Gone => false,
-        }
-    });
-    drop(members);
-    counter!(m::EVENTS_DELIVERED).increment(delivered);
-    if slow > 0 {
-        counter!(m::SLOW_CONSUMERS).increment(slow);
-    }
+    let to = subjects.player_of(&msg.subject).map(Arc::from);
+    let _ = ring.send(Item::Frame { frame, to });
 }
 
 /// One connection's place in a stream; leaving the stream is dropping it.
@@ -257,8 +218,7 @@ pub struct Membership {
     hub: Arc<Inner>,
     key: StreamKey,
     topic: Arc<Topic>,
-    id: u64,
-    pub rx: mpsc::Receiver<Item>,
+    pub rx: broadcast::Receiver<Item>,
 }
 
 impl Membership {
@@ -273,14 +233,20 @@ impl Membership {
     }
 }
 
+/// Whether an item addressed `to` is for `viewer` (a room's player, or `None` on the lobby).
+pub fn is_for(to: Option<&str>, viewer: Option<&PlayerId>) -> bool {
+    to.is_none_or(|to| viewer.map(PlayerId::as_str) == Some(to))
+}
+
 impl Drop for Membership {
     fn drop(&mut self) {
+        // Joining happens under the same lock, so "only our receiver is left" cannot race
+        // with a new member.
         let mut topics = self.hub.topics.lock().expect("hub lock");
-        let mut members = self.topic.members.lock().expect("topic lock");
-        members.retain(|m| m.id != self.id);
-        let empty = members.is_empty();
-        drop(members);
-        if empty {
+        let Some(ring) = self.topic.ring.upgrade() else {
+            return; // the topic's task has ended and removed it
+        };
+        if ring.receiver_count() == 1 {
             if let Some(current) = topics.get(&self.key) {
                 if Arc::ptr_eq(current, &self.topic) {
                     topics.remove(&self.key);

@@ -2,11 +2,13 @@
 //!
 //! It keeps no game state. [`server::Gateway`] is the whole process; [`hub`] shares one NATS
 //! subscription per watched stream and fans frames out, [`stream`] runs one browser's stream
-//! (snapshot, resume, heartbeats), [`bridge`] forwards commands, [`auth`] checks tokens.
+//! (snapshot, resume, heartbeats), [`connection`] serves each accepted connection (streams by
+//! hand, the rest through axum), [`bridge`] forwards commands, [`auth`] checks tokens.
 
 pub mod auth;
 pub mod bridge;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod frame;
 pub mod hub;

@@ -55,7 +55,10 @@ fn describe() {
     describe_gauge!(CONNECTIONS, "Open SSE connections by stream kind");
     describe_counter!(CONNECTIONS_OPENED, "SSE connections opened by stream kind");
     describe_gauge!(CONNECTION_LIMIT, "gateway.max_connections");
-    describe_counter!(EVENTS_DELIVERED, "Events queued to connections");
+    describe_counter!(
+        EVENTS_DELIVERED,
+        "Events passed to connections, snapshots and catch-ups included"
+    );
     describe_counter!(
         EVENTS_MALFORMED,
         "NATS messages dropped for lacking a valid Sse-Id"

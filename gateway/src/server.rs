@@ -24,13 +24,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::auth::{token_of, Verifier};
+use crate::auth::Verifier;
 use crate::bridge;
 use crate::config::{Config, GatewayConfig};
+use crate::connection;
 use crate::error::ApiError;
-use crate::hub::{Hub, Item, StreamKey};
+use crate::hub::{Hub, Item};
 use crate::metrics as m;
-use crate::stream;
+use crate::stream::{self, Route};
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -118,8 +119,8 @@ pub fn app(state: AppState) -> Router {
             .allow_credentials(true)
     });
     let router = Router::new()
-        .route("/v1/lobby/events", get(lobby_events))
-        .route("/v1/rooms/{code}/events", get(room_events))
+        .route(Route::LOBBY, get(lobby_events))
+        .route(Route::ROOM, get(room_events))
         .route("/v1/rooms", post(bridge::create))
         .route("/v1/rooms/{code}/join", post(bridge::join))
         .route("/v1/rooms/{code}/commands", post(bridge::command))
@@ -144,8 +145,8 @@ async fn lobby_events(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let since = stream::last_event_id(&headers);
-    stream::open(state, StreamKey::Lobby, None, since).await
+    let opened = stream::open_request(state, Route::Lobby, None, &headers).await?;
+    Ok(opened.into_response())
 }
 
 async fn room_events(
@@ -154,12 +155,9 @@ async fn room_events(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let code = room_code(&code)?;
-    let claims = state
-        .verifier
-        .authorize(token_of(&headers, query.as_deref()).as_deref(), &code)?;
-    let since = stream::last_event_id(&headers);
-    stream::open(state, StreamKey::Room(code), Some(claims.sub), since).await
+    let route = Route::Room(&code);
+    let opened = stream::open_request(state, route, query.as_deref(), &headers).await?;
+    Ok(opened.into_response())
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -222,6 +220,7 @@ impl Gateway {
             client.clone(),
             subjects.clone(),
             config.gateway.client_queue,
+            config.gateway.heartbeat,
         );
         let state = AppState(Arc::new(Inner {
             client,
@@ -266,17 +265,18 @@ impl Gateway {
         tokio::spawn(m::serve_admin(admin, metrics, state.shutdown.clone()));
         tokio::spawn(follow_nats(state.clone(), nats_events));
         let token = state.shutdown.clone();
-        let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
+        tokio::spawn(async move {
             shutdown.await;
             token.cancel();
         });
+        let server = connection::serve(listener, state.clone(), app(state.clone()));
         let grace = state.config.shutdown_grace;
         let late = async {
             state.shutdown.cancelled().await;
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
-            served = server => served?,
+            () = server => {}
             () = late => tracing::warn!("requests still open after gateway.shutdown_grace"),
         }
         state.client.drain().await?;

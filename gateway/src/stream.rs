@@ -11,18 +11,20 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use metrics::{counter, gauge, histogram};
+use futures::StreamExt;
+use metrics::{counter, gauge, histogram, Counter};
 use proto::{ErrorCode, PlayerId, SnapEvent, SnapRequest};
-use tokio::time::{interval_at, Interval, MissedTickBehavior};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
+use crate::auth::token_of;
 use crate::error::ApiError;
 use crate::frame::Frame;
-use crate::hub::{Item, Membership, StreamKey};
+use crate::hub::{is_for, Item, Membership, StreamKey};
 use crate::metrics as m;
-use crate::server::{nats_request, AppState};
+use crate::server::{nats_request, room_code, AppState};
 
 const HEARTBEAT: &[u8] = b": ping\n\n";
 
@@ -34,15 +36,91 @@ pub fn last_event_id(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// A stream route, as its path names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `/v1/lobby/events`
+    Lobby,
+    /// `/v1/rooms/{code}/events`, with the code as written.
+    Room(&'a str),
+}
+
+impl<'a> Route<'a> {
+    pub const LOBBY: &'static str = "/v1/lobby/events";
+    pub const ROOM: &'static str = "/v1/rooms/{code}/events";
+
+    /// The stream route `path` names, if any.
+    pub fn of(path: &'a str) -> Option<Self> {
+        if path == Self::LOBBY {
+            return Some(Route::Lobby);
+        }
+        let code = path.strip_prefix("/v1/rooms/")?.strip_suffix("/events")?;
+        (!code.is_empty() && !code.contains('/')).then_some(Route::Room(code))
+    }
+}
+
+/// The response headers of every stream.
+pub const RESPONSE_HEADERS: [(&str, &str); 3] = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    // Tells nginx not to buffer, whatever its config says.
+    ("x-accel-buffering", "no"),
+];
+
+/// Checks a stream request (room code, token) and opens the stream it asks for.
+pub async fn open_request(
+    state: AppState,
+    route: Route<'_>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Opened, ApiError> {
+    let since = last_event_id(headers);
+    match route {
+        Route::Lobby => open(state, StreamKey::Lobby, None, since).await,
+        Route::Room(code) => {
+            let code = room_code(code)?;
+            let token = token_of(headers, query);
+            let claims = state.verifier.authorize(token.as_deref(), &code)?;
+            open(state, StreamKey::Room(code), Some(claims.sub), since).await
+        }
+    }
+}
+
+/// An open stream: what to send first (the `retry:` advice and the snapshot or the missed
+/// events), then what [`Live::next_chunk`] yields.
+pub struct Opened {
+    pub first: Bytes,
+    pub live: Live,
+}
+
+impl Opened {
+    /// The stream as an axum response, for connections that hyper serves.
+    pub fn into_response(self) -> Response {
+        let Opened { first, live } = self;
+        let rest = futures::stream::unfold(live, |mut live| async move {
+            let chunk = live.next_chunk().await?;
+            Some((Ok::<_, Infallible>(chunk), live))
+        });
+        let chunks = futures::stream::once(async { Ok(first) }).chain(rest);
+        let mut response = Response::new(Body::from_stream(chunks));
+        for (name, value) in RESPONSE_HEADERS {
+            response
+                .headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
+        response
+    }
+}
+
 /// Opens a stream for `viewer` (a room's player) or for everyone (the lobby).
-pub async fn open(
+async fn open(
     state: AppState,
     key: StreamKey,
     viewer: Option<PlayerId>,
     since: Option<u64>,
-) -> Result<Response, ApiError> {
+) -> Result<Opened, ApiError> {
     let slot = Slot::acquire(&state, key.kind())?;
-    let membership = state.hub.join(key.clone(), viewer.clone());
+    let membership = state.hub.join(key.clone());
     let subscribed = tokio::time::timeout(state.config.request_timeout, membership.ready()).await;
     if subscribed != Ok(true) {
         return Err(ApiError::unavailable(
@@ -56,9 +134,6 @@ pub async fn open(
 
     counter!(m::CONNECTIONS_OPENED, "stream" => key.kind()).increment(1);
 
-    let heartbeat = state.config.heartbeat;
-    let mut ticks = interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut first = BytesMut::new();
     first.extend_from_slice(format!("retry: {}\n\n", state.config.retry.as_millis()).as_bytes());
     let mut live = Live {
@@ -69,23 +144,15 @@ pub async fn open(
         last: since,
         paused: None,
         retry_resync: None,
-        ticks,
-        first: None,
         finished: false,
+        delivered: counter!(m::EVENTS_DELIVERED),
         _slot: slot,
     };
     live.admit_all(&mut first, frames);
-    live.first = Some(first.freeze());
-    let body = Body::from_stream(futures::stream::unfold(live, Live::next_chunk));
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    Ok(Opened {
+        first: first.freeze(),
+        live,
+    })
 }
 
 /// A snapshot (`since` = None) or the events after `since`, as frames.
@@ -175,7 +242,7 @@ impl Drop for Slot {
 }
 
 /// The state of an open stream between chunks.
-struct Live {
+pub struct Live {
     state: AppState,
     key: StreamKey,
     viewer: Option<PlayerId>,
@@ -187,10 +254,10 @@ struct Live {
     /// When to try the resync again after the engine did not answer (it may reconnect to
     /// NATS later than we do), and how many tries are left.
     retry_resync: Option<(tokio::time::Instant, u32)>,
-    ticks: Interval,
-    first: Option<Bytes>,
-    /// The room closed: end the stream once what is queued for the client is sent.
+    /// End the stream once what is in hand is sent: the room closed, the client fell behind,
+    /// or the stream's topic ended.
     finished: bool,
+    delivered: Counter,
     _slot: Slot,
 }
 
@@ -198,6 +265,9 @@ struct Live {
 /// then reconnects with `Last-Event-ID`, which recovers too).
 const RESYNC_TRIES: u32 = 20;
 const RESYNC_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The most a chunk gathers from a ring that has several items ready.
+const MAX_CHUNK: usize = 64 * 1024;
 
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
@@ -215,6 +285,7 @@ impl Live {
         }
         self.last = Some(frame.id);
         self.finished |= frame.closes_room && matches!(self.key, StreamKey::Room(_));
+        self.delivered.increment(1);
         true
     }
 
@@ -225,6 +296,69 @@ impl Live {
                 out.extend_from_slice(&frame.bytes);
             }
         }
+    }
+
+    /// What one item from the ring means for this client: bytes to send, or nothing (not
+    /// for this viewer, already sent, held during an outage, or the stream is ending).
+    fn take(&mut self, item: Result<Item, RecvError>) -> Option<Bytes> {
+        match item {
+            Ok(Item::Frame { frame, to }) => {
+                if !is_for(to.as_deref(), self.viewer.as_ref()) {
+                    return None;
+                }
+                if let Some(held) = &mut self.paused {
+                    if held.len() >= self.state.config.client_queue {
+                        counter!(m::SLOW_CONSUMERS).increment(1);
+                        self.finished = true;
+                    } else {
+                        held.push(frame);
+                    }
+                    return None;
+                }
+                self.admit(&frame).then_some(frame.bytes)
+            }
+            Ok(Item::Heartbeat) => Some(Bytes::from_static(HEARTBEAT)),
+            Ok(Item::Pause) => {
+                self.paused.get_or_insert_with(Vec::new);
+                None
+            }
+            // Also when not paused: a lost `Pause`, or messages the NATS client dropped,
+            // leave a gap only a catch-up from the last id can fill.
+            Ok(Item::Resync) => {
+                self.paused.get_or_insert_with(Vec::new);
+                self.retry_resync = Some((tokio::time::Instant::now(), RESYNC_TRIES));
+                None
+            }
+            Err(RecvError::Lagged(_)) => {
+                counter!(m::SLOW_CONSUMERS).increment(1);
+                self.finished = true;
+                None
+            }
+            Err(RecvError::Closed) => {
+                self.finished = true;
+                None
+            }
+        }
+    }
+
+    /// `first` and whatever else the ring already holds for this client, as one chunk: a
+    /// busy stream costs one write per wake rather than one per event.
+    fn gather(&mut self, first: Bytes) -> Bytes {
+        let mut chunk: Option<BytesMut> = None;
+        while !self.finished && chunk.as_ref().is_none_or(|c| c.len() < MAX_CHUNK) {
+            let item = match self.membership.rx.try_recv() {
+                Ok(item) => Ok(item),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            };
+            if let Some(more) = self.take(item) {
+                chunk
+                    .get_or_insert_with(|| BytesMut::from(&first[..]))
+                    .extend_from_slice(&more);
+            }
+        }
+        chunk.map_or(first, BytesMut::freeze)
     }
 
     /// Fetches what was published while NATS was away and releases the held frames after it.
@@ -250,50 +384,28 @@ impl Live {
         }
     }
 
-    /// The next bytes to write, or `None` to end the stream (shutdown, slow consumer, or a
-    /// resync that failed); the browser then reconnects with `Last-Event-ID`.
-    async fn next_chunk(mut self) -> Option<(Result<Bytes, Infallible>, Live)> {
-        if let Some(first) = self.first.take() {
-            return Some((Ok(first), self));
-        }
-        if self.finished {
-            return None;
-        }
+    /// The next bytes to write, or `None` to end the stream (room closed, shutdown, slow
+    /// consumer, or a resync that failed); the browser then reconnects with `Last-Event-ID`.
+    /// Cancel-safe: dropping it loses nothing but the stream's place in a resync backoff.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
         let shutdown = self.state.shutdown.clone();
-        loop {
+        while !self.finished {
             let retry_at = self.retry_resync.map(|(at, _)| at);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return None,
                 () = sleep_until_some(retry_at) => {
                     if let Some(chunk) = self.resync().await? {
-                        return Some((Ok(chunk), self));
+                        return Some(chunk);
                     }
                 }
-                item = self.membership.rx.recv() => match item? {
-                    Item::Frame(frame) => {
-                        if let Some(held) = &mut self.paused {
-                            if held.len() >= self.state.config.client_queue {
-                                counter!(m::SLOW_CONSUMERS).increment(1);
-                                return None;
-                            }
-                            held.push(frame);
-                        } else if self.admit(&frame) {
-                            return Some((Ok(frame.bytes), self));
-                        }
+                item = self.membership.rx.recv() => {
+                    if let Some(first) = self.take(item) {
+                        return Some(self.gather(first));
                     }
-                    Item::Pause => {
-                        self.paused.get_or_insert_with(Vec::new);
-                    }
-                    // Also when not paused: a lost `Pause`, or messages the NATS client dropped,
-                    // leave a gap only a catch-up from the last id can fill.
-                    Item::Resync => {
-                        self.paused.get_or_insert_with(Vec::new);
-                        self.retry_resync = Some((tokio::time::Instant::now(), RESYNC_TRIES));
-                    }
-                },
-                _ = self.ticks.tick() => return Some((Ok(Bytes::from_static(HEARTBEAT)), self)),
+                }
             }
         }
+        None
     }
 }

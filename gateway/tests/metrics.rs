@@ -55,9 +55,10 @@ async fn metrics_follow_connections_subscriptions_and_failures() {
         }
     }
     let scrape = s.gateway.metrics().await;
+    // Three live events and one snapshot each.
     assert_eq!(
         metric(&scrape, "phasecast_gateway_events_delivered_total"),
-        150.0
+        200.0
     );
     assert_eq!(
         metric(&scrape, "phasecast_gateway_events_malformed_total"),

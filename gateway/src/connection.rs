@@ -1,0 +1,325 @@
+//! The public listener: stream connections are served straight off the socket, everything
+//! else by hyper and the axum router.
+//!
+//! An SSE stream is a response that never ends, so whatever an HTTP server keeps per
+//! connection is kept for the stream's whole life: with hyper that is a read buffer, a write
+//! buffer and a dispatcher, over 20 KiB, idle between events. So the first request of each
+//! connection is read here. A plain stream request (a `GET` of a stream route over HTTP/1.1,
+//! with no body, and no `Origin`, whose CORS answer is the router's business) gets its response
+//! head and then each chunk written to the socket, and costs the gateway little more than its
+//! task and its place in the topic's ring. Any other request is handed to hyper with the bytes
+//! already read, and from then on that connection is the router's, streams included.
+//!
+//! A stream's response says `Connection: close`: the connection is never reused, so nothing
+//! after the stream needs a parser.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+
+use crate::server::AppState;
+use crate::stream::{self, Opened, Route, RESPONSE_HEADERS};
+
+/// The longest request head read here; a longer one is left to hyper.
+const MAX_HEAD: usize = 16 * 1024;
+/// Headers parsed at most; more is left to hyper.
+const MAX_HEADERS: usize = 32;
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stream's write may wait on a client that reads nothing before it is dropped.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// Accepts connections until `shutdown` is cancelled, then waits for those still open to end.
+pub async fn serve(listener: TcpListener, state: AppState, router: Router) {
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = state.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((socket, _)) => {
+                connections.spawn(connection(socket, state.clone(), router.clone()));
+            }
+            // Out of descriptors, mostly: refusing by not accepting for a moment is all a
+            // server can do (what axum::serve does too).
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+/// Serves one connection: a stream by hand, anything else through hyper.
+async fn connection(mut socket: TcpStream, state: AppState, router: Router) {
+    let _ = socket.set_nodelay(true);
+    let mut head = BytesMut::with_capacity(1024);
+    let request = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket, &mut head)).await
+    {
+        Ok(Ok(request)) => request,
+        Ok(Err(_)) | Err(_) => return,
+    };
+    match request {
+        Some(request) if request.len == head.len() => {
+            if let Some(route) = request.path.as_deref().and_then(Route::of) {
+                drop(head);
+                let query = request.query.as_deref();
+                let opened = stream::open_request(state, route, query, &request.headers).await;
+                return match opened {
+                    Ok(opened) => write_stream(socket, opened).await,
+                    Err(e) => write_response(socket, e.into_response()).await,
+                };
+            }
+            serve_http(socket, head.freeze(), state, router).await
+        }
+        _ => serve_http(socket, head.freeze(), state, router).await,
+    }
+}
+
+/// The parts of a request head this module decides on.
+struct Head {
+    /// Bytes the head took.
+    len: usize,
+    /// The path, when the request is one a stream could be: `GET`, HTTP/1.1, no body, no
+    /// `Origin`, no `Upgrade`.
+    path: Option<String>,
+    query: Option<String>,
+    headers: HeaderMap,
+}
+
+/// Reads until a whole request head is in `buf`. `None`: not one to parse here (too long,
+/// too many headers, malformed); hyper answers it from the same bytes.
+async fn read_head(socket: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<Head>> {
+    loop {
+        if socket.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => return Ok(Some(Head::of(&request, len))),
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+            _ => return Ok(None),
+        }
+    }
+}
+
+impl Head {
+    fn of(request: &httparse::Request<'_, '_>, len: usize) -> Head {
+        let mut headers = HeaderMap::with_capacity(request.headers.len());
+        for h in request.headers.iter() {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(h.name.as_bytes()),
+                HeaderValue::from_bytes(h.value),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        let plain = request.method == Some("GET")
+            && request.version == Some(1)
+            && !["origin", "upgrade", "content-length", "transfer-encoding"]
+                .iter()
+                .any(|name| headers.contains_key(*name));
+        let (path, query) = match request.path.filter(|_| plain) {
+            Some(target) => match target.split_once('?') {
+                Some((path, query)) => (Some(path.to_owned()), Some(query.to_owned())),
+                None => (Some(target.to_owned()), None),
+            },
+            None => (None, None),
+        };
+        Head {
+            len,
+            path,
+            query,
+            headers,
+        }
+    }
+}
+
+/// Writes a stream's head and chunks until it ends or the client goes away.
+async fn write_stream(mut socket: TcpStream, opened: Opened) {
+    let Opened { first, mut live } = opened;
+    let mut head = String::from("HTTP/1.1 200 OK\r\n");
+    for (name, value) in RESPONSE_HEADERS {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
+    if write_chunk(&mut socket, head.as_bytes(), &first)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let chunk = tokio::select! {
+            chunk = live.next_chunk() => chunk,
+            () = closed(&socket) => return,
+        };
+        let Some(chunk) = chunk else { break };
+        if write_chunk(&mut socket, b"", &chunk).await.is_err() {
+            return;
+        }
+    }
+    // The last chunk, so that the client sees the stream end rather than break off.
+    let _ = tokio::time::timeout(WRITE_STALL, socket.write_all(b"0\r\n\r\n")).await;
+}
+
+/// Writes `prefix` and then `data` as one HTTP/1.1 chunk, in one vectored write when the
+/// socket takes it all.
+async fn write_chunk(socket: &mut TcpStream, prefix: &[u8], data: &[u8]) -> io::Result<()> {
+    let mut size = [0u8; 18];
+    let size_len = {
+        use std::io::Write;
+        let mut cursor = io::Cursor::new(&mut size[..]);
+        write!(cursor, "{:x}\r\n", data.len())?;
+        cursor.position() as usize
+    };
+    let mut parts = [
+        IoSlice::new(prefix),
+        IoSlice::new(&size[..size_len]),
+        IoSlice::new(data),
+        IoSlice::new(b"\r\n"),
+    ];
+    let write = async {
+        let mut parts = &mut parts[..];
+        IoSlice::advance_slices(&mut parts, 0);
+        while !parts.is_empty() {
+            let n = socket.write_vectored(parts).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut parts, n);
+        }
+        Ok(())
+    };
+    tokio::time::timeout(WRITE_STALL, write)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// Resolves when the client has closed its end (or reset it). A stream's client sends
+/// nothing after its request, so anything it does send is read and ignored.
+async fn closed(socket: &TcpStream) {
+    let mut sink = [0u8; 64];
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        match socket.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Writes a whole (small) response, such as a stream's refusal, and closes.
+async fn write_response(mut socket: TcpStream, response: Response) {
+    let (parts, body) = response.into_parts();
+    let body = match body.collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let mut head = format!("HTTP/1.1 {}\r\n", parts.status);
+    for (name, value) in &parts.headers {
+        if let Ok(value) = value.to_str() {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    let write = async {
+        socket.write_all(head.as_bytes()).await?;
+        socket.write_all(&body).await?;
+        socket.shutdown().await
+    };
+    let _ = tokio::time::timeout(WRITE_STALL, write).await;
+}
+
+/// Hands the connection to hyper and the router, replaying the bytes already read; ends it
+/// gracefully (the response in flight finishes) on shutdown.
+async fn serve_http(socket: TcpStream, read: Bytes, state: AppState, router: Router) {
+    let io = TokioIo::new(Rewind { read, socket });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT);
+    let conn = http.serve_connection(io, TowerToHyperService::new(router));
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = state.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// A socket whose first reads return bytes that were already read from it.
+struct Rewind {
+    read: Bytes,
+    socket: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.read.has_remaining() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.socket).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.socket).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.socket).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.socket).poll_shutdown(cx)
+    }
+}
