@@ -51,7 +51,8 @@ pub async fn serve(listener: TcpListener, state: AppState, router: Router) {
         };
         match accepted {
             Ok((socket, _)) => {
-                connections.spawn(connection(socket, state.clone(), router.clone()));
+                let tracker = connections.clone();
+                connections.spawn(connection(socket, state.clone(), router.clone(), tracker));
             }
             // Out of descriptors, mostly: refusing by not accepting for a moment is all a
             // server can do (what axum::serve does too).
@@ -66,7 +67,12 @@ pub async fn serve(listener: TcpListener, state: AppState, router: Router) {
 }
 
 /// Serves one connection: a stream by hand, anything else through hyper.
-async fn connection(mut socket: TcpStream, state: AppState, router: Router) {
+async fn connection(
+    mut socket: TcpStream,
+    state: AppState,
+    router: Router,
+    connections: TaskTracker,
+) {
     let _ = socket.set_nodelay(true);
     let mut head = BytesMut::with_capacity(1024);
     let request = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket, &mut head)).await
@@ -80,10 +86,16 @@ async fn connection(mut socket: TcpStream, state: AppState, router: Router) {
                 drop(head);
                 let query = request.query.as_deref();
                 let opened = stream::open_request(state, route, query, &request.headers).await;
-                return match opened {
-                    Ok(opened) => write_stream(socket, opened).await,
+                match opened {
+                    // A task of its own, sized for streaming alone: a task is as big as its
+                    // largest state for as long as it lives, and this one's opening and
+                    // hyper's states are several times a stream's.
+                    Ok(opened) => {
+                        connections.spawn(write_stream(socket, opened));
+                    }
                     Err(e) => write_response(socket, e.into_response()).await,
-                };
+                }
+                return;
             }
             serve_http(socket, head.freeze(), state, router).await
         }
@@ -215,11 +227,11 @@ async fn write_chunk(socket: &mut TcpStream, prefix: &[u8], data: &[u8]) -> io::
 /// Resolves when the client has closed its end (or reset it). A stream's client sends
 /// nothing after its request, so anything it does send is read and ignored.
 async fn closed(socket: &TcpStream) {
-    let mut sink = [0u8; 64];
     loop {
         if socket.readable().await.is_err() {
             return;
         }
+        let mut sink = [0u8; 64];
         match socket.try_read(&mut sink) {
             Ok(0) => return,
             Ok(_) => {}

@@ -271,7 +271,8 @@ const MAX_CHUNK: usize = 64 * 1024;
 
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+        // Boxed: only a stream retrying a resync needs a timer, so the others don't carry one.
+        Some(at) => Box::pin(tokio::time::sleep_until(at)).await,
         None => std::future::pending().await,
     }
 }
@@ -395,7 +396,9 @@ impl Live {
                 biased;
                 () = shutdown.cancelled() => return None,
                 () = sleep_until_some(retry_at) => {
-                    if let Some(chunk) = self.resync().await? {
+                    // Boxed: a resync is rare, and its state would otherwise sit in every
+                    // stream's task for good.
+                    if let Some(chunk) = Box::pin(self.resync()).await? {
                         return Some(chunk);
                     }
                 }
