@@ -14,6 +14,7 @@
 //! after the stream needs a parser.
 
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,7 +27,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::task::TaskTracker;
 
 use crate::server::AppState;
@@ -40,6 +41,22 @@ const MAX_HEADERS: usize = 32;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stream's write may wait on a client that reads nothing before it is dropped.
 const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// Connections the kernel may hold for us before we accept them; it caps this at
+/// `net.core.somaxconn`. When ten thousand browsers reconnect at once, a short queue drops
+/// their SYNs and each retries only after a second.
+const BACKLOG: u32 = 65_535;
+
+/// Binds the public listener with a backlog fit for reconnect storms.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Accepts connections until `shutdown` is cancelled, then waits for those still open to end.
 pub async fn serve(listener: TcpListener, state: AppState, router: Router) {

@@ -204,8 +204,7 @@ impl Gateway {
             .connect(&config.nats.url)
             .await
             .with_context(|| format!("nats.url: {} is not a NATS address", config.nats.url))?;
-        let listener = TcpListener::bind(config.gateway.listen)
-            .await
+        let listener = connection::listen(config.gateway.listen)
             .with_context(|| format!("gateway.listen: cannot bind {}", config.gateway.listen))?;
         let admin = TcpListener::bind(config.gateway.admin_listen)
             .await
