@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+pub mod browser;
+pub mod http;
+pub mod processes;
+
 use game_engine::{Config, Engine};
 use proto::{PlayerId, RoomCode, Subjects};
 use serde_json::{json, Value};
@@ -136,3 +140,10 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 fn ms(seconds: f64) -> String {
     format!("{:.3} ms", seconds * 1000.0)
 }
+
+pub mod fleet;
+pub mod histogram;
+pub mod lobby;
+pub mod report;
+pub mod rig;
+pub mod sse;

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Plots the gateway benchmarks' CSV results as PNG, with gnuplot (installed from the
+# distribution's packages if missing, as deploy/ does for its tools):
+#   PLOTS_DIR/latency-cdf.png  publish→receive latency CDF of every fan-out run and rate
+#                              (RESULTS_DIR/fanout-cdf-<connections>-<rate>.csv, from `fanout`)
+#   PLOTS_DIR/memory.png       gateway memory against idle connections
+#                              (RESULTS_DIR/idle-memory.csv, from `idle-memory`)
+# usage: bench/plot.sh [RESULTS_DIR] [PLOTS_DIR]
+#   defaults: target/bench-results (where the benchmarks write) and docs/plots
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. deploy/lib.sh
+results=${1:-target/bench-results} plots=${2:-docs/plots}
+ensure_commands gnuplot:gnuplot-nox
+mkdir -p "$plots"
+made=0
+
+common='set terminal pngcairo size 1000,650 font ",11"
+set datafile separator ","
+set grid
+set key left top'
+
+# One curve per fan-out run and rate, ordered by connections then rate.
+mapfile -t cdfs < <(find "$results" -maxdepth 1 -name 'fanout-cdf-*-*.csv' 2>/dev/null |
+    sed -E 's/.*fanout-cdf-([0-9]+)-([0-9.]+)\.csv$/\1 \2 &/' | sort -k1,1n -k2,2g |
+    cut -d' ' -f3-)
+if [ ${#cdfs[@]} -gt 0 ]; then
+    curves=()
+    for f in "${cdfs[@]}"; do
+        name=${f##*/fanout-cdf-}
+        name=${name%.csv}
+        curves+=("'$f' skip 1 using 1:2 with lines lw 2 title '${name%%-*} connections, ${name#*-} events/s'")
+    done
+    gnuplot <<EOF
+$common
+set output '$plots/latency-cdf.png'
+set title 'Gateway fan-out on one stream: publish → receive latency'
+set logscale x
+set xlabel 'latency (ms, log scale)'
+set ylabel 'fraction of deliveries at or below'
+set yrange [0:1]
+set key right bottom
+plot $(IFS=,; echo "${curves[*]}")
+EOF
+    say "wrote $plots/latency-cdf.png (${#cdfs[@]} curves)"
+    made=$((made + 1))
+else
+    warn "no $results/fanout-cdf-*.csv: run target/release/fanout first"
+fi
+
+memory=$results/idle-memory.csv
+if [ -s "$memory" ]; then
+    gnuplot <<EOF
+$common
+set output '$plots/memory.png'
+set title 'Gateway memory against idle SSE connections'
+set key right bottom
+set xlabel 'idle connections held'
+set ylabel 'gateway RSS (MiB)'
+set y2label 'KiB per connection'
+set ytics nomirror
+set y2tics
+set yrange [0:*]
+set y2range [0:*]
+set xrange [0:*]
+plot '$memory' skip 1 using 2:(\$3/1024) with linespoints lw 2 pt 7 title 'gateway RSS', \
+     '$memory' skip 1 using 2:4 axes x1y2 with linespoints lw 2 pt 5 title 'growth over baseline per connection (right axis)', \
+     4 axes x1y2 with lines dt 2 lc 'gray' title 'target: 4 KiB per connection at 19,000 (right axis)'
+EOF
+    say "wrote $plots/memory.png"
+    made=$((made + 1))
+else
+    warn "no $memory: run target/release/idle-memory first"
+fi
+[ "$made" -gt 0 ] || die "nothing to plot in $results"

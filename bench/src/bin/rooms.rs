@@ -1,0 +1,842 @@
+//! Many rooms: thousands of real Mafia games at once, every player a browser-like client of
+//! the real gateway. Prints how long after a phase's deadline each player's SSE connection
+//! receives the next `phase` event, the commands per second through the gateway's bridge and
+//! their latency, gaps and duplicates per stream, and the CPU of every process.
+//!
+//! Why: the target is "deadline → client p99 under 10 ms with 2,000 rooms in play".
+//! That figure only means something end to end: the engine's scheduler firing, NATS, the
+//! gateway's fan-out and the client's socket, with games really being played in every room.
+//!
+//! What runs: a nats-server (random port), `target/release/game-engine` and
+//! `target/release/gateway`, configured through `PHASECAST_*` variables (`engine.min_phase`
+//! lowered so rooms may ask for phases of a few seconds; `gateway.max_connections` raised).
+//! Every room is created, joined, started and played over HTTP as the web page does:
+//! `POST /v1/rooms`, `POST /v1/rooms/<code>/join`, `POST /v1/rooms/<code>/commands` with the
+//! token, and one `GET /v1/rooms/<code>/events` SSE stream per player (from 127.0.0.x source
+//! addresses). Players' commands share a pool of keep-alive connections, as they would behind
+//! nginx; the streams are one socket each.
+//!
+//! How players play (docs/protocol.md, section 9): by day everyone votes for the living player
+//! with the lowest id (that player votes for the next one), so each vote kills someone; most
+//! vote during `day` (`--day-vote-share`), the rest only in `vote`, so some days end early
+//! because everyone voted and others at their deadline. At night the mafia pick a random
+//! living non-mafia, the doctor protects a random living player, the police investigate one.
+//! Each action is sent at a random moment in the first 10–60 % of the time left in its phase.
+//! Games end in a win after a few rounds; the room then closes and its players start a new
+//! room, so rooms stay in play for the whole measurement.
+//!
+//! Deadline → client: a `phase` event carries `ends_at`, the new phase's deadline in unix ms
+//! (PROTOCOL.md, "Game messages"). The deadline of the phase that just ended is the `ends_at`
+//! of the previous `phase` event on the same stream. The latency of one delivery is the wall
+//! clock when the client read the frame minus that `ends_at` (one machine, one clock). Only
+//! phase changes caused by a deadline count: the only phase that ends early is `day` (every
+//! living player voted; nobody leaves here), recognised because the new `vote` phase is timed
+//! from the last vote rather than from the day's deadline (its `ends_at` minus its duration
+//! is before the day's `ends_at`). `ends_at` is whole milliseconds computed by the engine from
+//! the system clock, so single figures are good to about ±1 ms.
+//!
+//! Gaps and duplicates: ids on a stream must go up (a repeat or step back is a duplicate).
+//! A player legitimately sees gaps (other players' private events), so at `game_over` each
+//! player asks the engine over NATS for the events after its snapshot that it is in the
+//! audience of (`game.room.<code>.snap` with `since`), and compares them with the ids its SSE
+//! connection delivered up to `game_over`: an id missing from the stream is a gap. That is one
+//! history read from the engine per checked stream and game; `--check-ids` samples fewer.
+//!
+//! Commands per second count every `POST …/commands` answered while measuring (refusals
+//! included, and listed); their latency runs from the player deciding to act to the response,
+//! including any wait for one of the `--command-connections` pooled connections.
+//!
+//! Full scale (on a quiet machine; 16,000 SSE connections, each process under 20,000 fds):
+//!
+//! `cargo build --release -p game-engine -p gateway -p bench &&
+//!  target/release/rooms --rooms 2000 --players 8 --seconds 60`
+//!
+//! Smoke test: `target/release/rooms --rooms 50 --seconds 10 --stagger 2`
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bench::browser::{self, RoomStream, Seat};
+use bench::http::{source_address, unix_ns, HttpPool, SseItem};
+use bench::latency_line;
+use bench::processes::{metric, rss_kib, CpuMeter, Processes, StackOptions};
+use clap::Parser;
+use proto::event::{Death, GameOver, PhaseChanged, RoleDealt, RoomSnapshot};
+use proto::event::{Phase, Role, Team};
+use proto::{PlayerId, RoomCode, Subjects};
+use rand::seq::IndexedRandom;
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+
+#[derive(Parser)]
+struct Args {
+    /// Rooms in play at once.
+    #[arg(long, default_value_t = 2000)]
+    rooms: usize,
+    /// Players per room: a quarter of them mafia, one doctor, one police, the rest citizens.
+    #[arg(long, default_value_t = 8)]
+    players: u8,
+    /// Length of the measurement, which starts once every room has started its first game.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// The first games start spread evenly over this many seconds, as real rooms would.
+    #[arg(long, default_value_t = 10)]
+    stagger: u64,
+    /// Phase durations in ms as a JSON object over the defaults of this benchmark, e.g.
+    /// '{"night": 5000}'. Keys as in `durations_ms` (docs/protocol.md, section 5.1).
+    #[arg(long, default_value = "{}")]
+    durations: String,
+    /// `engine.min_phase`: must not exceed the shortest duration.
+    #[arg(long, default_value = "100ms")]
+    min_phase: String,
+    /// Share of living players who vote during `day`; the others vote in `vote`. A day ends
+    /// early only if every living player voted in it.
+    #[arg(long, default_value_t = 0.9)]
+    day_vote_share: f64,
+    /// Share of streams whose ids are checked against the engine's history at game over
+    /// (one history read from the engine per checked stream; 0.125 is one player per room).
+    #[arg(long, default_value_t = 1.0)]
+    check_ids: f64,
+    /// Keep-alive connections all players' commands share.
+    #[arg(long, default_value_t = 64)]
+    command_connections: usize,
+    /// Rooms being created, joined and connected at once.
+    #[arg(long, default_value_t = 32)]
+    setup_concurrency: usize,
+    #[arg(long, default_value = "target/release/game-engine")]
+    engine: PathBuf,
+    #[arg(long, default_value = "target/release/gateway")]
+    gateway: PathBuf,
+}
+
+/// Phase durations, ms: a round of about 13 s for 8 players.
+const DEFAULT_DURATIONS: [(&str, u64); 8] = [
+    ("day_intro", 1000),
+    ("notice", 1000),
+    ("day_per_player", 500),
+    ("vote", 2000),
+    ("vote_result", 1000),
+    ("night_intro", 1000),
+    ("night", 3000),
+    ("ended", 2000),
+];
+
+/// Bounds every HTTP exchange and stream opening.
+const HTTP_LIMIT: Duration = Duration::from_secs(10);
+/// Tolerance when comparing `ends_at` values: each is whole ms from the system clock.
+const SLACK_MS: i64 = 2;
+
+#[derive(Clone, Debug)]
+struct Durations(BTreeMap<String, u64>);
+
+impl Durations {
+    fn parse(overrides: &str) -> anyhow::Result<Durations> {
+        let mut all: BTreeMap<String, u64> = DEFAULT_DURATIONS
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        let given: BTreeMap<String, u64> =
+            serde_json::from_str(overrides).context("--durations: a JSON object of ms")?;
+        for (key, ms) in given {
+            anyhow::ensure!(all.contains_key(&key), "--durations: unknown phase {key:?}");
+            all.insert(key, ms);
+        }
+        Ok(Durations(all))
+    }
+
+    /// How long `phase` lasts when entered with `living` players alive.
+    fn of(&self, phase: Phase, living: usize) -> u64 {
+        let ms = |key: &str| self.0.get(key).copied().unwrap_or(0);
+        match phase {
+            Phase::Day => ms("day_per_player") * living as u64,
+            other => ms(other.as_str()),
+        }
+    }
+}
+
+/// Figures gathered while measuring.
+#[derive(Default)]
+struct Stats {
+    measuring: AtomicBool,
+    /// Deadline → client, seconds, by the phase that ended.
+    phase_latency: Mutex<BTreeMap<&'static str, Vec<f64>>>,
+    early_phase_changes: AtomicU64,
+    /// Deadline-caused changes whose `ends_at` is not the previous one plus the duration.
+    timing_anomalies: AtomicU64,
+    commands_ok: AtomicU64,
+    commands_refused: Mutex<BTreeMap<String, u64>>,
+    command_errors: AtomicU64,
+    command_latency: Mutex<Vec<f64>>,
+    duplicates: AtomicU64,
+    gaps: AtomicU64,
+    extra_ids: AtomicU64,
+    streams_verified: AtomicU64,
+    streams_unverifiable: AtomicU64,
+    games_won: Mutex<BTreeMap<&'static str, u64>>,
+    rooms_playing: AtomicI64,
+    errors: AtomicU64,
+    first_errors: Mutex<Vec<String>>,
+}
+
+impl Stats {
+    fn measuring(&self) -> bool {
+        self.measuring.load(Ordering::Relaxed)
+    }
+
+    fn error(&self, error: anyhow::Error) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_errors.lock().expect("lock");
+        if first.len() < 5 {
+            first.push(format!("{error:#}"));
+        }
+    }
+}
+
+/// Everything the tables and players share.
+struct Ctx {
+    http: HttpPool,
+    gateway: SocketAddr,
+    nats: async_nats::Client,
+    subjects: Subjects,
+    settings: Value,
+    durations: Durations,
+    day_vote_share: f64,
+    check_ids: f64,
+    setup: Semaphore,
+    next_source: AtomicUsize,
+    stopping: AtomicBool,
+    stats: Stats,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.players >= 3, "--players: at least 3");
+    let durations = Durations::parse(&args.durations)?;
+    let n = args.players;
+    let settings = json!({
+        "title": "bench", "total": n, "mafia": (n / 4).max(1),
+        "doctor": u8::from(n >= 4), "police": u8::from(n >= 5),
+        "durations_ms": durations.0,
+    });
+    let connections = args.rooms * args.players as usize;
+    let procs = Processes::start(&StackOptions {
+        engine_bin: args.engine.clone(),
+        gateway_bin: args.gateway.clone(),
+        min_phase: args.min_phase.clone(),
+        max_connections: connections + 1000,
+        heartbeat: None,
+    })
+    .await?;
+    println!(
+        "nats-server, game-engine (pid {}) and gateway (pid {}, {}) running; logs in {}",
+        procs.engine.pid(),
+        procs.gateway.pid(),
+        procs.gateway_addr,
+        procs.dir.path().display()
+    );
+    println!(
+        "{} rooms × {} players = {} SSE connections; durations (ms) {}",
+        args.rooms,
+        args.players,
+        connections,
+        serde_json::to_string(&durations.0)?
+    );
+
+    let ctx = Arc::new(Ctx {
+        http: HttpPool::new(procs.gateway_addr, args.command_connections, HTTP_LIMIT),
+        gateway: procs.gateway_addr,
+        nats: procs.client.clone(),
+        subjects: procs.subjects.clone(),
+        settings,
+        durations,
+        day_vote_share: args.day_vote_share,
+        check_ids: args.check_ids.clamp(0.0, 1.0),
+        setup: Semaphore::new(args.setup_concurrency),
+        next_source: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
+        stats: Stats::default(),
+    });
+
+    // Seat every room, then start the first games spread over --stagger seconds.
+    let seating = Instant::now();
+    let (seated_tx, mut seated) = mpsc::channel(args.rooms);
+    let (go, go_rx) = watch::channel(None);
+    let mut tables = JoinSet::new();
+    for i in 0..args.rooms {
+        let offset = Duration::from_secs_f64(args.stagger as f64 * i as f64 / args.rooms as f64);
+        tables.spawn(table(ctx.clone(), seated_tx.clone(), go_rx.clone(), offset));
+    }
+    for done in 0..args.rooms {
+        let report = timeout(Duration::from_secs(60), seated.recv())
+            .await
+            .with_context(|| format!("seating stalled: {done} of {} rooms in 60 s", args.rooms))?
+            .context("every table stopped")?;
+        report.with_context(|| format!("seating room {}", done + 1))?;
+    }
+    println!(
+        "seated {} rooms with their streams open in {:.1} s; starting their games over {} s",
+        args.rooms,
+        seating.elapsed().as_secs_f64(),
+        args.stagger
+    );
+    let t0 = Instant::now();
+    go.send_replace(Some(t0));
+    tokio::time::sleep_until((t0 + Duration::from_secs(args.stagger)).into()).await;
+
+    // Measure.
+    let mut pids = procs.pids();
+    pids.push(("load tool", std::process::id()));
+    let cpu = CpuMeter::start(&pids);
+    ctx.stats.measuring.store(true, Ordering::Relaxed);
+    let mut in_play = Vec::new();
+    let end = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while tokio::time::Instant::now() < end {
+        tokio::select! {
+            _ = tick.tick() => in_play.push(ctx.stats.rooms_playing.load(Ordering::Relaxed)),
+            () = tokio::time::sleep_until(end) => {}
+        }
+    }
+    ctx.stats.measuring.store(false, Ordering::Relaxed);
+    let span = cpu.elapsed();
+    let cpu_line = cpu.line();
+    let gateway_rss = rss_kib(procs.gateway.pid());
+    let open_streams = metric(procs.gateway_admin, "phasecast_gateway_connections").await;
+    let slow = metric(
+        procs.gateway_admin,
+        "phasecast_gateway_slow_consumer_disconnects_total",
+    )
+    .await;
+
+    ctx.stopping.store(true, Ordering::Relaxed);
+    tables.abort_all();
+    report(&ctx.stats, span, &in_play, args.rooms);
+    println!(
+        "gateway: {} streams open at the end, {} slow-consumer disconnects, RSS {:.0} MiB",
+        open_streams.map_or("?".into(), |v| format!("{v:.0}")),
+        slow.map_or("?".into(), |v| format!("{v:.0}")),
+        gateway_rss as f64 / 1024.0
+    );
+    println!("{cpu_line}");
+    let errors = ctx.stats.errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        println!("errors: {errors}; the first:");
+        for e in ctx.stats.first_errors.lock().expect("lock").iter() {
+            println!("  {e}");
+        }
+    }
+    while tables.join_next().await.is_some() {}
+    procs.stop().await;
+    Ok(())
+}
+
+fn report(stats: &Stats, span: f64, in_play: &[i64], rooms: usize) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let min = in_play.iter().min().copied().unwrap_or(0);
+    let mean = in_play.iter().sum::<i64>() as f64 / in_play.len().max(1) as f64;
+    let won = stats.games_won.lock().expect("lock").clone();
+    println!(
+        "measured {span:.1} s: rooms in play min {min}, mean {mean:.0} of {rooms}; games won {}",
+        won.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let by_phase = stats.phase_latency.lock().expect("lock").clone();
+    let all: Vec<f64> = by_phase.values().flatten().copied().collect();
+    println!(
+        "phase changes by deadline: {} deliveries ({:.0}/s); ended early by votes, not counted: {}; timing anomalies: {}",
+        all.len(),
+        all.len() as f64 / span,
+        load(&stats.early_phase_changes),
+        load(&stats.timing_anomalies)
+    );
+    println!("{}", latency_line("deadline → client", all));
+    for (phase, latencies) in by_phase {
+        println!("{}", latency_line(&format!("  after {phase}"), latencies));
+    }
+    let latencies = std::mem::take(&mut *stats.command_latency.lock().expect("lock"));
+    let refused = stats.commands_refused.lock().expect("lock").clone();
+    println!(
+        "commands through the bridge: {} in {span:.1} s ({:.0}/s), refused {} {:?}, failed {}",
+        latencies.len(),
+        latencies.len() as f64 / span,
+        refused.values().sum::<u64>(),
+        refused,
+        load(&stats.command_errors)
+    );
+    println!("{}", latency_line("command latency", latencies));
+    println!(
+        "SSE ids: duplicates {}, gaps {} ({} streams checked against the engine's history at game over, {} uncheckable, {} ids the history lacks)",
+        load(&stats.duplicates),
+        load(&stats.gaps),
+        load(&stats.streams_verified),
+        load(&stats.streams_unverifiable),
+        load(&stats.extra_ids)
+    );
+}
+
+/// One table of players: seats a room, plays it to the end, and again, until stopped. The
+/// first time it reports being seated and waits for its start time.
+async fn table(
+    ctx: Arc<Ctx>,
+    seated: mpsc::Sender<anyhow::Result<()>>,
+    mut go: watch::Receiver<Option<Instant>>,
+    offset: Duration,
+) {
+    let mut first = true;
+    while !ctx.stopping.load(Ordering::Relaxed) {
+        let room = {
+            let _turn = ctx.setup.acquire().await;
+            seat(&ctx).await
+        };
+        if first {
+            first = false;
+            let failed = room.as_ref().err().map(|e| anyhow::anyhow!("{e:#}"));
+            let _ = seated.send(failed.map_or(Ok(()), Err)).await;
+            let Ok(t0) = go.wait_for(Option::is_some).await.map(|t| t.expect("set")) else {
+                return;
+            };
+            tokio::time::sleep_until((t0 + offset).into()).await;
+        }
+        match room {
+            Ok(room) => {
+                if let Err(e) = play(&ctx, room).await {
+                    ctx.stats.error(e);
+                }
+            }
+            Err(e) => {
+                ctx.stats.error(e);
+                // Pacing after a failure, so that a broken stack is not hammered.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// A room with every player joined and their streams open.
+struct Room {
+    code: RoomCode,
+    players: Vec<(Seat, RoomStream)>,
+}
+
+async fn seat(ctx: &Ctx) -> anyhow::Result<Room> {
+    let (code, seats) = browser::seat_room(&ctx.http, &ctx.settings).await?;
+    let streams = futures::future::try_join_all(seats.iter().map(|seat| {
+        let source = source_address(ctx.next_source.fetch_add(1, Ordering::Relaxed));
+        browser::room_events(ctx.gateway, source, &code, &seat.token, HTTP_LIMIT)
+    }))
+    .await?;
+    Ok(Room {
+        code,
+        players: seats.into_iter().zip(streams).collect(),
+    })
+}
+
+/// The host starts the game; every player plays until the room closes.
+async fn play(ctx: &Arc<Ctx>, room: Room) -> anyhow::Result<()> {
+    let host = &room.players[0].0;
+    let started = send_command(ctx, &room.code, &host.token, json!({"type": "start"})).await?;
+    anyhow::ensure!(
+        started.status == 200,
+        "start refused: HTTP {} {}",
+        started.status,
+        String::from_utf8_lossy(&started.body)
+    );
+    ctx.stats.rooms_playing.fetch_add(1, Ordering::Relaxed);
+    let mut players = JoinSet::new();
+    for (i, (seat, stream)) in room.players.into_iter().enumerate() {
+        let player = Player::new(ctx.clone(), room.code.clone(), seat, stream, i == 0);
+        players.spawn(player.play());
+    }
+    let mut result = Ok(());
+    while let Some(done) = players.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(e) => result = Err(e.into()),
+        }
+    }
+    ctx.stats.rooms_playing.fetch_sub(1, Ordering::Relaxed);
+    result
+}
+
+/// `POST …/commands`, counted while measuring.
+async fn send_command(
+    ctx: &Ctx,
+    code: &RoomCode,
+    token: &str,
+    body: Value,
+) -> anyhow::Result<bench::http::Response> {
+    let sent = Instant::now();
+    let result = browser::command(&ctx.http, code, token, &body).await;
+    let stats = &ctx.stats;
+    if stats.measuring() {
+        match &result {
+            Ok(response) => {
+                let latency = sent.elapsed().as_secs_f64();
+                stats.command_latency.lock().expect("lock").push(latency);
+                if response.status == 200 {
+                    stats.commands_ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    *stats
+                        .commands_refused
+                        .lock()
+                        .expect("lock")
+                        .entry(response.error_code())
+                        .or_default() += 1;
+                }
+            }
+            Err(_) => {
+                stats.command_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    result
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Vote,
+    Skill,
+}
+
+/// One player: reads their stream as the page would and acts on what it shows.
+struct Player {
+    ctx: Arc<Ctx>,
+    code: RoomCode,
+    me: PlayerId,
+    token: Arc<str>,
+    /// The one player of the table who counts the game's result.
+    counts_result: bool,
+    stream: RoomStream,
+    role: Option<Role>,
+    mafia: BTreeSet<PlayerId>,
+    /// Players in join order, with whether they are alive.
+    players: Vec<(PlayerId, bool)>,
+    phase: Phase,
+    ends_at: Option<u64>,
+    last_id: u64,
+    /// Ids delivered after the snapshot, for the check at game over.
+    delivered: Vec<u64>,
+    vote_later: bool,
+    pending: Option<(tokio::time::Instant, Action)>,
+}
+
+/// What woke the player up.
+enum Wake {
+    Frame(anyhow::Result<Option<SseItem>>),
+    Act(Action),
+}
+
+impl Player {
+    fn new(ctx: Arc<Ctx>, code: RoomCode, seat: Seat, stream: RoomStream, counts: bool) -> Self {
+        let snapshot: &RoomSnapshot = &stream.snapshot;
+        let role = snapshot
+            .players
+            .iter()
+            .find(|p| p.player_id == seat.player_id)
+            .and_then(|p| p.role);
+        Player {
+            players: snapshot
+                .players
+                .iter()
+                .map(|p| (p.player_id.clone(), p.alive))
+                .collect(),
+            phase: snapshot.phase,
+            ends_at: snapshot.ends_at,
+            last_id: stream.snapshot_id,
+            ctx,
+            code,
+            me: seat.player_id,
+            token: seat.token.into(),
+            counts_result: counts,
+            role,
+            mafia: BTreeSet::new(),
+            stream,
+            delivered: Vec::new(),
+            vote_later: false,
+            pending: None,
+        }
+    }
+
+    /// Plays until `room_closed`.
+    async fn play(mut self) -> anyhow::Result<()> {
+        // Phases are seconds long and heartbeats come every 15 s: a minute of silence is a
+        // broken stream.
+        let quiet_limit = Duration::from_secs(60);
+        loop {
+            let wake = {
+                let at = self.pending.map(|(at, _)| at);
+                let act = async move {
+                    match at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    frame = timeout(quiet_limit, self.stream.sse.next()) => Wake::Frame(
+                        frame.unwrap_or_else(|_| Err(anyhow::anyhow!("no frame for {quiet_limit:?}")))
+                    ),
+                    () = act => Wake::Act(self.pending.take().expect("pending").1),
+                }
+            };
+            match wake {
+                Wake::Act(action) => self.act(action),
+                Wake::Frame(frame) => match frame.with_context(|| format!("room {}", self.code))? {
+                    None => bail!("room {}: stream ended before room_closed", self.code),
+                    Some(SseItem::Comment { .. }) => {}
+                    Some(SseItem::Event {
+                        id,
+                        event,
+                        data,
+                        received_ns,
+                    }) => {
+                        self.count_id(id);
+                        if event == "room_closed" {
+                            return Ok(());
+                        }
+                        self.on_event(&event, &data, received_ns, id)
+                            .with_context(|| format!("room {}: {event} {data}", self.code))?;
+                    }
+                },
+            }
+        }
+    }
+
+    fn count_id(&mut self, id: Option<u64>) {
+        let Some(id) = id else { return };
+        if id <= self.last_id {
+            self.ctx.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.last_id = id;
+        }
+        self.delivered.push(id);
+    }
+
+    fn on_event(
+        &mut self,
+        event: &str,
+        data: &str,
+        received_ns: u64,
+        id: Option<u64>,
+    ) -> anyhow::Result<()> {
+        match event {
+            "role" => {
+                let dealt: RoleDealt = serde_json::from_str(data)?;
+                self.role = Some(dealt.role);
+                self.mafia = dealt.mafia.into_iter().collect();
+                if dealt.role == Role::Mafia {
+                    self.mafia.insert(self.me.clone());
+                }
+            }
+            "death" => {
+                let death: Death = serde_json::from_str(data)?;
+                for (player, alive) in &mut self.players {
+                    if *player == death.player_id {
+                        *alive = false;
+                    }
+                }
+            }
+            "phase" => self.on_phase(serde_json::from_str(data)?, received_ns),
+            "game_over" => {
+                let over: GameOver = serde_json::from_str(data)?;
+                if self.counts_result {
+                    let side = match over.winner {
+                        Team::Citizens => "citizens",
+                        Team::Mafia => "mafia",
+                    };
+                    *self
+                        .ctx
+                        .stats
+                        .games_won
+                        .lock()
+                        .expect("lock")
+                        .entry(side)
+                        .or_default() += 1;
+                }
+                let upto = id.context("game_over without an id")?;
+                let delivered = std::mem::take(&mut self.delivered);
+                if !rand::rng().random_bool(self.ctx.check_ids) {
+                    return Ok(());
+                }
+                tokio::spawn(check_ids(
+                    self.ctx.clone(),
+                    self.code.clone(),
+                    self.me.clone(),
+                    self.stream.snapshot_id,
+                    delivered,
+                    upto,
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn living(&self) -> impl Iterator<Item = &PlayerId> {
+        self.players
+            .iter()
+            .filter(|(_, alive)| *alive)
+            .map(|(p, _)| p)
+    }
+
+    fn alive(&self) -> bool {
+        self.living().any(|p| *p == self.me)
+    }
+
+    fn on_phase(&mut self, change: PhaseChanged, received_ns: u64) {
+        let stats = &self.ctx.stats;
+        if let (Some(ended_at), Some(ends_at), true) = (
+            self.ends_at,
+            change.ends_at,
+            self.phase != Phase::Waiting && stats.measuring(),
+        ) {
+            // When the new phase began, by the engine's own account.
+            let duration = self.ctx.durations.of(change.phase, self.living().count());
+            let began = ends_at as i64 - duration as i64;
+            if self.phase == Phase::Day && began + SLACK_MS < ended_at as i64 {
+                stats.early_phase_changes.fetch_add(1, Ordering::Relaxed);
+            } else {
+                if (began - ended_at as i64).abs() > SLACK_MS {
+                    stats.timing_anomalies.fetch_add(1, Ordering::Relaxed);
+                }
+                let latency = received_ns as f64 / 1e9 - ended_at as f64 / 1e3;
+                stats
+                    .phase_latency
+                    .lock()
+                    .expect("lock")
+                    .entry(self.phase.as_str())
+                    .or_default()
+                    .push(latency);
+            }
+        }
+        self.phase = change.phase;
+        self.ends_at = change.ends_at;
+        self.pending = None;
+        if change.phase == Phase::Day {
+            self.vote_later = false;
+        }
+        if !self.alive() {
+            return;
+        }
+        let mut rng = rand::rng();
+        let action = match change.phase {
+            Phase::Day if rng.random_bool(self.ctx.day_vote_share.clamp(0.0, 1.0)) => {
+                Some(Action::Vote)
+            }
+            Phase::Day => {
+                self.vote_later = true;
+                None
+            }
+            Phase::Vote if self.vote_later => {
+                self.vote_later = false;
+                Some(Action::Vote)
+            }
+            Phase::Night if self.role.is_some_and(|r| r != Role::Citizen) => Some(Action::Skill),
+            _ => None,
+        };
+        if let (Some(action), Some(ends_at)) = (action, change.ends_at) {
+            let left_ms = (ends_at as f64 - unix_ns() as f64 / 1e6).max(0.0);
+            let delay = Duration::from_secs_f64(left_ms * rng.random_range(0.1..0.6) / 1e3);
+            self.pending = Some((tokio::time::Instant::now() + delay, action));
+        }
+    }
+
+    /// Sends the action's command in the background, so the stream keeps being read.
+    fn act(&mut self, action: Action) {
+        let mut rng = rand::rng();
+        let living: Vec<&PlayerId> = self.living().collect();
+        let target = match (action, self.role) {
+            (Action::Vote, _) => {
+                // Everyone agrees on the living player with the lowest id; they pick the next.
+                let mut sorted = living.clone();
+                sorted.sort();
+                sorted.into_iter().find(|p| **p != self.me)
+            }
+            (Action::Skill, Some(Role::Mafia)) => {
+                let others: Vec<&PlayerId> = living
+                    .into_iter()
+                    .filter(|p| !self.mafia.contains(*p))
+                    .collect();
+                others.choose(&mut rng).copied()
+            }
+            (Action::Skill, Some(Role::Doctor)) => living.choose(&mut rng).copied(),
+            (Action::Skill, Some(Role::Police)) => {
+                let others: Vec<&PlayerId> =
+                    living.into_iter().filter(|p| **p != self.me).collect();
+                others.choose(&mut rng).copied()
+            }
+            (Action::Skill, _) => None,
+        };
+        let Some(target) = target.cloned() else {
+            return;
+        };
+        let body = match action {
+            Action::Vote => json!({"type": "vote", "target": target}),
+            Action::Skill => json!({"type": "skill", "target": target}),
+        };
+        let (ctx, code, token) = (self.ctx.clone(), self.code.clone(), self.token.clone());
+        tokio::spawn(async move {
+            if let Err(e) = send_command(&ctx, &code, &token, body).await {
+                if ctx.stats.measuring() {
+                    ctx.stats.error(e);
+                }
+            }
+        });
+    }
+}
+
+/// Compares the ids a stream delivered after its snapshot, up to `upto`, with the events the
+/// engine's history says this viewer is in the audience of.
+async fn check_ids(
+    ctx: Arc<Ctx>,
+    code: RoomCode,
+    viewer: PlayerId,
+    snapshot_id: u64,
+    delivered: Vec<u64>,
+    upto: u64,
+) {
+    let stats = &ctx.stats;
+    let request = json!({"viewer": viewer, "since": snapshot_id}).to_string();
+    let reply = timeout(
+        Duration::from_secs(5),
+        ctx.nats
+            .request(ctx.subjects.room_snap(&code), request.into()),
+    )
+    .await;
+    let reply: Value = match reply {
+        Ok(Ok(message)) => serde_json::from_slice(&message.payload).unwrap_or(Value::Null),
+        Ok(Err(e)) => return stats.error(anyhow::anyhow!("room {code}: history request: {e}")),
+        Err(_) => return stats.error(anyhow::anyhow!("room {code}: history request timed out")),
+    };
+    let Some(events) = reply["events"].as_array() else {
+        return stats.error(anyhow::anyhow!("room {code}: history reply {reply}"));
+    };
+    if events.iter().any(|e| e["event"] == "snapshot") {
+        stats.streams_unverifiable.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let expected: BTreeSet<u64> = events
+        .iter()
+        .filter_map(|e| e["id"].as_u64())
+        .filter(|id| *id <= upto)
+        .collect();
+    let got: BTreeSet<u64> = delivered.into_iter().filter(|id| *id <= upto).collect();
+    stats
+        .gaps
+        .fetch_add(expected.difference(&got).count() as u64, Ordering::Relaxed);
+    stats
+        .extra_ids
+        .fetch_add(got.difference(&expected).count() as u64, Ordering::Relaxed);
+    stats.streams_verified.fetch_add(1, Ordering::Relaxed);
+}
