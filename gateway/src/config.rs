@@ -33,7 +33,8 @@ pub struct GatewayConfig {
     pub retry: Duration,
     /// Open SSE streams at most; beyond it, 503 with `Retry-After`.
     pub max_connections: usize,
-    /// Events buffered per stream before its client is dropped as a slow consumer.
+    /// Events a client may fall behind its stream (the size of each stream's shared ring)
+    /// before it is dropped as a slow consumer.
     pub client_queue: usize,
     /// Largest request body of the command bridge.
     pub max_body_bytes: usize,

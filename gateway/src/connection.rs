@@ -188,14 +188,16 @@ async fn write_stream(mut socket: TcpStream, opened: Opened) {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
-    if write_chunk(&mut socket, head.as_bytes(), &first)
-        .await
-        .is_err()
-    {
+    let sent = write_chunk(&mut socket, head.as_bytes(), &first).await;
+    // Both would otherwise live as long as the stream (the snapshot can be kilobytes).
+    drop((head, first));
+    if sent.is_err() {
         return;
     }
     loop {
         let chunk = tokio::select! {
+            // Fixed order: no random draw per event, and a stream's own bytes come first.
+            biased;
             chunk = live.next_chunk() => chunk,
             () = closed(&socket) => return,
         };

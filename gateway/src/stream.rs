@@ -1,7 +1,7 @@
 //! One browser's SSE stream: snapshot first, then live events, resumable, with heartbeats.
 //!
 //! The order is the one PROTOCOL.md sets: join the stream's shared subscription (events start
-//! queueing), ask the engine for a snapshot or for the events after `Last-Event-ID`, send those,
+//! collecting in its ring), ask the engine for a snapshot or for the events after `Last-Event-ID`, send those,
 //! then send queued and live events whose id is above the last one sent. The client therefore
 //! sees no gap, no repeat, and ids only going up. After a NATS outage the same request with
 //! `since` = the last id sent fills in what was published meanwhile.
