@@ -13,7 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::ControlFlow;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,8 +28,9 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, watch};
 
 use crate::histogram::{Latencies, Recorder};
-use crate::http::unix_ns;
-use crate::sse::{self, source_address, Frame, Request, Sequence, Step};
+use crate::http::source_address;
+use crate::sse::{self, Frame, Request, Sequence, Step};
+use crate::unix_ns;
 
 /// The entry point of every benchmark binary that uses a [`Fleet`]: runs this process as a
 /// worker when it was started as one (`<binary> worker ...`), else runs the benchmark with
@@ -433,7 +435,7 @@ impl Counters {
         if delivered {
             add(&self.delivered);
             if let Some(sent) = frame.stamp() {
-                self.latency.record(unix_ns().saturating_sub(sent));
+                self.latency.record(frame.received_ns.saturating_sub(sent));
             }
         }
     }
@@ -482,15 +484,12 @@ impl WorkerArgs {
                 }
                 Order::Open { issued_ns } => {
                     ensure!(live == 0, "a worker opens its connections once");
+                    let path: Arc<str> = self.path.as_str().into();
                     for n in 0..self.connections {
-                        let request = Request {
+                        let connection = Connection {
                             target: self.target,
                             source: source_address(self.first + n),
-                            path: self.path.clone(),
-                            last_event_id: None,
-                        };
-                        let connection = Connection {
-                            request,
+                            path: path.clone(),
                             counters: counters.clone(),
                             goal: goal.clone(),
                             noted: noted.clone(),
@@ -569,7 +568,10 @@ async fn settle_notes(
 
 /// One client connection of a worker.
 struct Connection {
-    request: Request,
+    target: SocketAddr,
+    source: Ipv4Addr,
+    /// Shared by the worker's connections.
+    path: Arc<str>,
     counters: Arc<Counters>,
     goal: watch::Receiver<Goal>,
     noted: mpsc::UnboundedSender<Note>,
@@ -582,15 +584,19 @@ impl Connection {
         let mut sequence = Sequence::default();
         let mut reached = None;
         let mut goal = *self.goal.borrow_and_update();
-        let mut stream = match self.open().await {
+        let mut stream = match self.open(None).await {
             Ok(stream) => Some(stream),
             Err(reason) => return self.end(reason, reached),
         };
         loop {
             if let Some(open) = &mut stream {
-                match open.read_frames(|frame| self.counters.count(&mut sequence, &frame)) {
-                    Ok(true) => {}
-                    Ok(false) => return self.end("closed by the server".into(), reached),
+                let count = |frame: Frame<'_>| {
+                    self.counters.count(&mut sequence, &frame);
+                    ControlFlow::Continue(())
+                };
+                match open.read_frames(count) {
+                    Ok(received) if received.open => {}
+                    Ok(_) => return self.end("closed by the server".into(), reached),
                     Err(e) => return self.end(format!("{e:#}"), reached),
                 }
             }
@@ -621,8 +627,7 @@ impl Connection {
                         Action::Follow => {}
                         Action::Close => stream = None,
                         Action::Resume => {
-                            self.request.last_event_id = sequence.last();
-                            stream = match self.open().await {
+                            stream = match self.open(sequence.last()).await {
                                 Ok(stream) => Some(stream),
                                 Err(reason) => return self.end(reason, reached),
                             };
@@ -633,8 +638,17 @@ impl Connection {
         }
     }
 
-    async fn open(&self) -> Result<sse::Stream, String> {
-        match tokio::time::timeout(self.timeout, sse::Stream::open(&self.request)).await {
+    /// Opens the stream, resuming after `last_event_id` when given; the error is the reason
+    /// the worker reports.
+    async fn open(&self, last_event_id: Option<u64>) -> Result<sse::Stream, String> {
+        let request = Request {
+            target: self.target,
+            source: self.source,
+            path: &self.path,
+            token: None,
+            last_event_id,
+        };
+        match tokio::time::timeout(self.timeout, sse::Stream::open(&request)).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(e)) => Err(format!("{e:#}")),
             Err(_) => Err(format!("no response within {:?}", self.timeout)),

@@ -1,52 +1,40 @@
 //! A small HTTP/1.1 client for load tools: keep-alive connections from chosen 127.0.0.x source
-//! addresses, a pool of them for requests, and a raw SSE reader.
+//! addresses, a pool of them for requests, and the wire pieces the SSE client
+//! ([`crate::sse`]) shares with it: the connect, the request, the response head and chunked
+//! bodies.
 //!
 //! It does only what a benchmark needs and costs little per request: one buffer per connection,
 //! `httparse` for response heads, `Content-Length` and chunked bodies. Source addresses matter
 //! because tens of thousands of sockets to one port from one address would run a single
-//! address out of ephemeral ports; [`source_address`] spreads them over 127.0.0.1–250.
-//!
-//! [`SseStream`] reads `text/event-stream` frames as a browser's `EventSource` would
-//! (`id:`, `event:`, `data:`, comments, `retry:`; lines end in `\n`, a trailing `\r` is
-//! dropped) and stamps each frame with the wall-clock time its last byte was read.
+//! address out of ephemeral ports; [`source_address`] spreads them over many.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
-/// Wall-clock time in unix nanoseconds (both ends of a one-machine benchmark share the clock).
-pub fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+/// The `n`th of the loopback source addresses client sockets are spread over, 127.0.0.2 to
+/// 127.0.0.251, so that ephemeral ports never run out. 127.0.0.1 is left out: at 100,000
+/// streams nginx's own connections to the gateways (from 127.0.0.1) take nearly every port of
+/// that address.
+pub fn source_address(n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 2 + (n % 250) as u8)
 }
 
-/// The `i`-th of 250 loopback source addresses, 127.0.0.1 to 127.0.0.250.
-pub fn source_address(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, 1 + (i % 250) as u8)
-}
-
-/// Opens a TCP connection to `addr` from `source` (port chosen by the kernel), within `limit`.
-pub async fn connect_from(
-    addr: SocketAddr,
-    source: Ipv4Addr,
-    limit: Duration,
-) -> anyhow::Result<TcpStream> {
+/// Opens a TCP connection to `addr` from `source` (port chosen by the kernel). No timeout
+/// here: callers bound it. The errors name no address, so that the failures of thousands of
+/// connections group by their cause.
+pub(crate) async fn connect_from(addr: SocketAddr, source: Ipv4Addr) -> anyhow::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     socket
         .bind((source, 0).into())
-        .with_context(|| format!("bind {source}:0"))?;
-    let stream = timeout(limit, socket.connect(addr))
-        .await
-        .with_context(|| format!("connect to {addr} from {source}: timed out"))?
-        .with_context(|| format!("connect to {addr} from {source}"))?;
+        .with_context(|| format!("bind {source}"))?;
+    let stream = socket.connect(addr).await.context("connect")?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
@@ -97,22 +85,23 @@ impl Response {
 }
 
 /// The parsed head of a response.
-struct Head {
-    status: u16,
-    len: usize,
-    body: BodyKind,
+pub(crate) struct Head {
+    pub(crate) status: u16,
+    /// Bytes of the head, its blank line included: the body starts here.
+    pub(crate) len: usize,
+    pub(crate) body: BodyKind,
     keep_alive: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum BodyKind {
+pub(crate) enum BodyKind {
     Length(usize),
     Chunked,
     UntilClose,
 }
 
 /// Parses a response head at the start of `buf`, if it is complete.
-fn parse_head(buf: &[u8]) -> anyhow::Result<Option<Head>> {
+pub(crate) fn parse_head(buf: &[u8]) -> anyhow::Result<Option<Head>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     let len = match response
@@ -151,64 +140,101 @@ fn parse_head(buf: &[u8]) -> anyhow::Result<Option<Head>> {
     }))
 }
 
-/// Incremental chunked-transfer decoding: moves payload bytes from `raw` to `out`.
+/// `Transfer-Encoding: chunked`, decoded as the bytes arrive, however they are split. The
+/// payload goes straight to the caller's buffer and only an unfinished size line, chunk end
+/// or trailer line is kept here, so an SSE stream that reads into a stack buffer holds no
+/// read buffer of its own between reads.
 #[derive(Default)]
-struct Dechunker {
-    /// Payload bytes left in the current chunk, then its CRLF.
-    left: usize,
-    in_data: bool,
-    done: bool,
+pub(crate) struct Dechunker {
+    state: Chunk,
+    /// The start of a line that has not fully arrived.
+    partial: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Default)]
+enum Chunk {
+    /// Expecting `<hex size>[;ext]\r\n`.
+    #[default]
+    Size,
+    /// This many bytes of chunk data to go.
+    Data(usize),
+    /// Expecting the `\r\n` after a chunk's data.
+    DataEnd,
+    /// Past the last (empty) chunk: trailer lines until an empty one.
+    Trailer,
+    /// The body has ended.
+    Done,
 }
 
 impl Dechunker {
-    /// Consumes what it can of `raw`; returns an error on malformed framing.
-    fn feed(&mut self, raw: &mut Vec<u8>, out: &mut Vec<u8>) -> anyhow::Result<()> {
-        let mut at = 0;
-        while !self.done {
-            if self.in_data {
-                if self.left > 0 {
-                    let take = self.left.min(raw.len() - at);
-                    if take == 0 {
+    /// Appends the payload in `wire` to `out` and returns how many bytes of `wire` belonged to
+    /// the body: all of them, until the body ends.
+    pub(crate) fn decode(&mut self, wire: &[u8], out: &mut Vec<u8>) -> anyhow::Result<usize> {
+        let joined;
+        let mut input: &[u8] = if self.partial.is_empty() {
+            wire
+        } else {
+            self.partial.extend_from_slice(wire);
+            joined = std::mem::take(&mut self.partial);
+            &joined
+        };
+        loop {
+            match self.state {
+                Chunk::Done => break,
+                Chunk::Data(_) if input.is_empty() => break,
+                Chunk::Data(left) => {
+                    let n = left.min(input.len());
+                    out.extend_from_slice(&input[..n]);
+                    input = &input[n..];
+                    self.state = match left - n {
+                        0 => Chunk::DataEnd,
+                        left => Chunk::Data(left),
+                    };
+                }
+                Chunk::Size | Chunk::DataEnd | Chunk::Trailer => {
+                    let Some(end) = find(input, b"\r\n") else {
+                        ensure!(input.len() < 1024, "chunk framing line over 1 KiB");
+                        self.partial.extend_from_slice(input);
+                        input = &[];
                         break;
-                    }
-                    out.extend_from_slice(&raw[at..at + take]);
-                    at += take;
-                    self.left -= take;
-                    continue;
-                }
-                if raw.len() - at < 2 {
-                    break;
-                }
-                ensure!(&raw[at..at + 2] == b"\r\n", "chunk not followed by CRLF");
-                at += 2;
-                self.in_data = false;
-            } else {
-                let Some(end) = find(&raw[at..], b"\r\n") else {
-                    break;
-                };
-                let line = std::str::from_utf8(&raw[at..at + end]).context("chunk size")?;
-                let hex = line.split(';').next().unwrap_or("").trim();
-                let size = usize::from_str_radix(hex, 16)
-                    .with_context(|| format!("bad chunk size {line:?}"))?;
-                at += end + 2;
-                if size == 0 {
-                    // Trailers are not used by anyone here; the final CRLF is left unread.
-                    self.done = true;
-                } else {
-                    self.left = size;
-                    self.in_data = true;
+                    };
+                    let line = &input[..end];
+                    input = &input[end + 2..];
+                    self.state = match self.state {
+                        Chunk::DataEnd => {
+                            ensure!(line.is_empty(), "chunk data not followed by CRLF");
+                            Chunk::Size
+                        }
+                        Chunk::Trailer if line.is_empty() => Chunk::Done,
+                        Chunk::Trailer => Chunk::Trailer,
+                        _ => match chunk_size(line)? {
+                            0 => Chunk::Trailer,
+                            size => Chunk::Data(size),
+                        },
+                    };
                 }
             }
         }
-        raw.drain(..at);
-        Ok(())
+        // What is left can only follow the body's end, so it lies within `wire`.
+        Ok(wire.len().saturating_sub(input.len()))
     }
+
+    pub(crate) fn done(&self) -> bool {
+        matches!(self.state, Chunk::Done)
+    }
+}
+
+/// The size of a `<hex size>[;ext]` line.
+fn chunk_size(line: &[u8]) -> anyhow::Result<usize> {
+    let line = std::str::from_utf8(line).context("chunk size line")?;
+    let hex = line.split(';').next().unwrap_or_default().trim();
+    usize::from_str_radix(hex, 16).with_context(|| format!("bad chunk size line {line:?}"))
 }
 
 /// Reads what the socket has (0 at its end) and appends it to `buf`. The scratch buffer lives
 /// only between the wake-up and the copy, so an idle connection's task holds no 8 KiB array
 /// across its wait: that matters at tens of thousands of connections. Cancel-safe.
-async fn read_into(stream: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+pub(crate) async fn read_into(stream: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     loop {
         stream.readable().await?;
         let mut chunk = [0u8; 8192];
@@ -224,7 +250,7 @@ async fn read_into(stream: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usi
 }
 
 /// The first position of `needle` in `hay`.
-pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
@@ -237,13 +263,18 @@ pub struct HttpConn {
 }
 
 impl HttpConn {
+    /// Connects within `limit`.
     pub async fn connect(
         addr: SocketAddr,
         source: Ipv4Addr,
         limit: Duration,
     ) -> anyhow::Result<Self> {
+        let stream = timeout(limit, connect_from(addr, source))
+            .await
+            .with_context(|| format!("connect to {addr} from {source}: timed out"))?
+            .with_context(|| format!("{addr} from {source}"))?;
         Ok(HttpConn {
-            stream: connect_from(addr, source, limit).await?,
+            stream,
             buf: Vec::new(),
             bytes_read: 0,
         })
@@ -268,21 +299,15 @@ impl HttpConn {
                 self.buf.drain(..n).collect()
             }
             BodyKind::Chunked => {
-                let mut body = Vec::new();
-                let mut chunks = Dechunker::default();
+                let (mut body, mut chunks) = (Vec::new(), Dechunker::default());
                 loop {
-                    chunks.feed(&mut self.buf, &mut body)?;
-                    if chunks.done {
-                        break;
+                    let used = chunks.decode(&self.buf, &mut body)?;
+                    self.buf.drain(..used);
+                    if chunks.done() {
+                        break body;
                     }
                     self.fill().await?;
                 }
-                // The CRLF after the last chunk (no trailers expected).
-                while self.buf.len() < 2 {
-                    self.fill().await?;
-                }
-                self.buf.drain(..2);
-                body
             }
             BodyKind::UntilClose => {
                 while self.read_some().await? > 0 {}
@@ -374,235 +399,40 @@ impl HttpPool {
     }
 }
 
-/// One SSE frame (or comment) off the wire.
-#[derive(Debug)]
-pub enum SseItem {
-    /// An event. `received_ns` is when its last byte was read (unix ns).
-    Event {
-        id: Option<u64>,
-        event: String,
-        data: String,
-        received_ns: u64,
-    },
-    /// A comment-only frame such as the `: ping` heartbeat.
-    Comment { received_ns: u64 },
-}
-
-/// A `text/event-stream` response being read frame by frame.
-pub struct SseStream {
-    stream: TcpStream,
-    /// Bytes as read (still chunk-encoded, when the response is chunked).
-    raw: Vec<u8>,
-    chunks: Option<Dechunker>,
-    /// Decoded stream text not yet parsed into frames.
-    text: Vec<u8>,
-    /// Where to resume looking for the end of a frame in `text`.
-    scanned: usize,
-    received_ns: u64,
-    /// Bytes read off the socket, headers included.
-    pub bytes: u64,
-}
-
-impl SseStream {
-    /// `GET path` from `source`; succeeds once a 200 `text/event-stream` head arrived, all
-    /// within `limit`. Any other status is an error quoting the body.
-    pub async fn open(
-        addr: SocketAddr,
-        source: Ipv4Addr,
-        path: &str,
-        headers: &[(&str, &str)],
-        limit: Duration,
-    ) -> anyhow::Result<SseStream> {
-        timeout(limit, Self::open_inner(addr, source, path, headers, limit))
-            .await
-            .with_context(|| format!("GET {path}: no response head within {limit:?}"))?
-            .with_context(|| format!("GET {path}"))
-    }
-
-    async fn open_inner(
-        addr: SocketAddr,
-        source: Ipv4Addr,
-        path: &str,
-        headers: &[(&str, &str)],
-        limit: Duration,
-    ) -> anyhow::Result<SseStream> {
-        let mut all = vec![("Accept", "text/event-stream")];
-        all.extend_from_slice(headers);
-        let mut stream = connect_from(addr, source, limit).await?;
-        stream
-            .write_all(&request_bytes("GET", path, &all, b""))
-            .await?;
-        let mut sse = SseStream {
-            stream,
-            raw: Vec::new(),
-            chunks: None,
-            text: Vec::new(),
-            scanned: 0,
-            received_ns: 0,
-            bytes: 0,
-        };
-        let head = loop {
-            if let Some(head) = parse_head(&sse.raw)? {
-                break head;
-            }
-            ensure!(
-                sse.read_some().await? > 0,
-                "closed before the response head"
-            );
-        };
-        sse.raw.drain(..head.len);
-        if head.status != 200 {
-            // Read what body there is for the message, briefly.
-            let _ = timeout(Duration::from_millis(200), sse.read_some()).await;
-            bail!(
-                "HTTP {}: {}",
-                head.status,
-                String::from_utf8_lossy(&sse.raw).trim()
-            );
-        }
-        if head.body == BodyKind::Chunked {
-            sse.chunks = Some(Dechunker::default());
-        }
-        Ok(sse)
-    }
-
-    async fn read_some(&mut self) -> anyhow::Result<usize> {
-        let n = read_into(&self.stream, &mut self.raw).await?;
-        self.received_ns = unix_ns();
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    /// The next frame; `None` once the server ended the stream. Cancel-safe: a cancelled call
-    /// loses nothing, so it can sit in a `select!`. No timeout here: callers wrap it.
-    pub async fn next(&mut self) -> anyhow::Result<Option<SseItem>> {
-        loop {
-            // Move newly read bytes into the decoded text.
-            match &mut self.chunks {
-                Some(chunks) => {
-                    chunks.feed(&mut self.raw, &mut self.text)?;
-                }
-                None => self.text.append(&mut self.raw),
-            }
-            while let Some(end) = find(&self.text[self.scanned..], b"\n\n") {
-                let end = self.scanned + end;
-                let item = parse_frame(&self.text[..end], self.received_ns);
-                self.text.drain(..end + 2);
-                self.scanned = 0;
-                if let Some(item) = item {
-                    return Ok(Some(item));
-                }
-            }
-            self.scanned = self.text.len().saturating_sub(1);
-            if self.chunks.as_ref().is_some_and(|c| c.done) {
-                return Ok(None);
-            }
-            if self.read_some().await? == 0 {
-                return Ok(None);
-            }
-        }
-    }
-
-    /// Reads frames until the first event named `name`, within `limit`; earlier events are
-    /// returned with it, in order.
-    pub async fn until_event(
-        &mut self,
-        name: &str,
-        limit: Duration,
-    ) -> anyhow::Result<Vec<SseItem>> {
-        let mut items = Vec::new();
-        timeout(limit, async {
-            loop {
-                match self.next().await? {
-                    None => bail!("stream ended before its {name} event"),
-                    Some(item) => {
-                        let found = matches!(&item, SseItem::Event { event, .. } if event == name);
-                        items.push(item);
-                        if found {
-                            return Ok(());
-                        }
-                    }
-                }
-            }
-        })
-        .await
-        .with_context(|| format!("no {name} event within {limit:?}"))??;
-        Ok(items)
-    }
-}
-
-/// One frame's text (without its blank line) as an item; `None` for a frame with only `retry:`.
-fn parse_frame(frame: &[u8], received_ns: u64) -> Option<SseItem> {
-    let text = String::from_utf8_lossy(frame);
-    let (mut id, mut event, mut data) = (None, None::<String>, None::<String>);
-    let mut comment = false;
-    for line in text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.starts_with(':') {
-            comment = true;
-            continue;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        match field {
-            "id" => id = value.parse().ok(),
-            "event" => event = Some(value.to_owned()),
-            "data" => match &mut data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(value);
-                }
-                None => data = Some(value.to_owned()),
-            },
-            _ => {}
-        }
-    }
-    match (event, data) {
-        (None, None) if comment => Some(SseItem::Comment { received_ns }),
-        (None, None) => None,
-        (event, data) => Some(SseItem::Event {
-            id,
-            event: event.unwrap_or_else(|| "message".into()),
-            data: data.unwrap_or_default(),
-            received_ns,
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn dechunks_across_reads() {
-        let mut chunks = Dechunker::default();
-        let mut out = Vec::new();
-        let mut raw = b"5\r\nhel".to_vec();
-        chunks.feed(&mut raw, &mut out).unwrap();
-        raw.extend_from_slice(b"lo\r\n3;x=1\r\n wo\r\n0\r\n");
-        chunks.feed(&mut raw, &mut out).unwrap();
-        assert_eq!(out, b"hello wo");
-        assert!(chunks.done);
+    /// Feeds `wire` in the given pieces; the payload, and the bytes after the body's end.
+    fn dechunk(pieces: &[&[u8]]) -> (Vec<u8>, Vec<u8>, bool) {
+        let (mut chunks, mut out, mut after) = (Dechunker::default(), Vec::new(), Vec::new());
+        for piece in pieces {
+            let used = chunks.decode(piece, &mut out).unwrap();
+            after.extend_from_slice(&piece[used..]);
+        }
+        (out, after, chunks.done())
     }
 
     #[test]
-    fn parses_frames_and_heartbeats() {
-        let Some(SseItem::Event {
-            id, event, data, ..
-        }) = parse_frame(b"id: 7\nevent: phase\ndata: {\"a\":1}\ndata: x", 1)
-        else {
-            panic!("not an event");
-        };
-        assert_eq!(
-            (id, event.as_str(), data.as_str()),
-            (Some(7), "phase", "{\"a\":1}\nx")
+    fn dechunks_split_anywhere_up_to_the_end_of_the_trailers() {
+        let wire = b"5\r\nhello\r\n3;x=1\r\n wo\r\n0\r\nX-Trailer: 1\r\n\r\nHTTP/1.1";
+        for cut in 0..wire.len() {
+            for second in cut..wire.len() {
+                let pieces: [&[u8]; 3] = [&wire[..cut], &wire[cut..second], &wire[second..]];
+                let (out, after, done) = dechunk(&pieces);
+                assert_eq!(out, b"hello wo", "cut at {cut}, {second}");
+                assert_eq!(after, b"HTTP/1.1", "cut at {cut}, {second}");
+                assert!(done);
+            }
+        }
+        let (out, _, done) = dechunk(&[b"5\r\nhello\r\n0\r\n"]);
+        assert_eq!(out, b"hello");
+        assert!(
+            !done,
+            "the body ends with the blank line after the last chunk"
         );
-        assert!(matches!(
-            parse_frame(b": ping", 1),
-            Some(SseItem::Comment { .. })
-        ));
-        assert!(parse_frame(b"retry: 2000", 1).is_none());
+        assert!(Dechunker::default()
+            .decode(b"5\r\nhelloXX\r\n", &mut Vec::new())
+            .is_err());
     }
 }

@@ -1,17 +1,22 @@
-//! Shared pieces of the benchmarks: an engine on a real nats-server, rooms full of players,
-//! CPU time from /proc, and percentiles.
+//! Shared pieces of the benchmarks: an engine on a real nats-server with rooms full of
+//! players, the wall clock events are stamped with, and the modules below.
 
-use std::time::Duration;
-
-pub mod browser;
-pub mod http;
-pub mod processes;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use game_engine::{Config, Engine};
 use proto::{PlayerId, RoomCode, Subjects};
 use serde_json::{json, Value};
 use test_support::NatsServer;
 use tokio::sync::oneshot;
+
+pub mod browser;
+pub mod fleet;
+pub mod histogram;
+pub mod http;
+pub mod lobby;
+pub mod report;
+pub mod rig;
+pub mod sse;
 
 /// A nats-server and an in-process engine on it; the engine stops when this is dropped.
 pub struct Stack {
@@ -98,52 +103,11 @@ impl Stack {
     }
 }
 
-/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name may hold spaces; the fields after it start past the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime, fields 14 and 15 of the line (11 and 12 after the name); 100 ticks/s.
-    (ticks(11) + ticks(12)) / 100.0
+/// Wall-clock time in unix nanoseconds: events are stamped with it when published and when
+/// received, which works because both ends of a benchmark share this machine's clock.
+pub fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
-
-/// `label: p50 … p99 … p99.9 … max …` of a set of durations in seconds, in milliseconds.
-pub fn latency_line(label: &str, mut seconds: Vec<f64>) -> String {
-    seconds.sort_by(f64::total_cmp);
-    format!(
-        "{label}: p50 {}  p99 {}  p99.9 {}  max {}",
-        ms(quantile(&seconds, 0.5)),
-        ms(quantile(&seconds, 0.99)),
-        ms(quantile(&seconds, 0.999)),
-        ms(seconds.last().copied().unwrap_or(f64::NAN)),
-    )
-}
-
-/// The value at quantile `q` of `sorted`.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-/// Seconds as milliseconds, for printing.
-fn ms(seconds: f64) -> String {
-    format!("{:.3} ms", seconds * 1000.0)
-}
-
-pub mod fleet;
-pub mod histogram;
-pub mod lobby;
-pub mod report;
-pub mod rig;
-pub mod sse;

@@ -20,7 +20,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::http::unix_ns;
+use crate::unix_ns;
 
 /// The running publisher; it stops when dropped.
 pub struct Lobby {

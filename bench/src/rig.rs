@@ -1,23 +1,38 @@
-//! The processes of a gateway benchmark, started the way they run in production: a real
-//! nats-server on a random port, the [`Lobby`] stand-in for the engine, real `gateway`
-//! binaries, and optionally real nginx with the project's config (`deploy/nginx/render`) in
-//! front of them; each process labelled with its role, for memory and CPU per role.
+//! The processes of a benchmark, started the way they run in production, and what they cost.
 //!
-//! Unlike [`crate::processes`], which runs one engine and one gateway for benchmarks through
-//! the real game, this runs no engine and as many gateways as asked.
+//! Two sets of them, each process configured only through its `PHASECAST_*` environment:
+//! - [`Rig`], for gateway benchmarks: a real nats-server on a random port, the [`Lobby`]
+//!   stand-in for the engine (so that they measure the gateway and not the game), as many real
+//!   `gateway` binaries as asked, and optionally real nginx with the project's config
+//!   (`deploy/nginx/render`) in front of them.
+//! - [`GameRig`], for benchmarks through the real game: nats-server, the `game-engine` binary
+//!   and one `gateway`.
+//!
+//! Every process is a [`Service`]: its output goes to a log file, quoted when it fails to
+//! start; it counts as started once it answers; and it gets SIGTERM when dropped, so that it
+//! stops cleanly however the benchmark ends. Processes are labelled with their role, and CPU
+//! ([`CpuMeter`]) and memory ([`rss_kib`]) are read from `/proc` and summed per role.
 
+use std::fmt;
+use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+use proto::Subjects;
 use test_support::NatsServer;
 
 use crate::fleet::{Fleet, Settled, Tally};
-use crate::http::unix_ns;
+use crate::http::{request_bytes, HttpConn};
 use crate::lobby::Lobby;
-use crate::processes::{free_port, get, metric, CpuMeter};
+use crate::unix_ns;
+
+/// How long a process may take to start answering.
+const START_WITHIN: Duration = Duration::from_secs(15);
+
+// ---- gateway benchmarks --------------------------------------------------------------------
 
 /// Options every gateway benchmark takes.
 #[derive(clap::Args, Debug)]
@@ -38,32 +53,29 @@ pub struct RigArgs {
 }
 
 impl RigArgs {
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout)
+    /// Client connections (none open yet) on the lobby stream of `rig`.
+    pub fn fleet(&self, rig: &Rig) -> Fleet {
+        let timeout = Duration::from_secs(self.timeout);
+        Fleet::new(rig.target(), "/v1/lobby/events", self.per_worker, timeout)
     }
 
     fn gateway_binary(&self) -> anyhow::Result<PathBuf> {
-        let binary = match &self.gateway {
-            Some(path) => path.clone(),
-            None => std::env::current_exe()?.with_file_name("gateway"),
-        };
-        ensure!(
-            binary.is_file(),
-            "no gateway binary at {}: build it with `cargo build --release -p gateway`",
-            binary.display()
-        );
-        Ok(binary)
+        match &self.gateway {
+            Some(path) => Ok(path.clone()),
+            None => Ok(std::env::current_exe()?.with_file_name("gateway")),
+        }
     }
 }
 
 /// nats-server, the lobby stand-in and the gateways (and nginx); stopped when dropped, nginx
 /// first and nats-server last.
 pub struct Rig {
-    pub nginx: Option<Nginx>,
-    pub gateways: Vec<GatewayProcess>,
+    nginx: Option<Nginx>,
+    pub gateways: Vec<Gateway>,
     pub lobby: Lobby,
-    pub nats: NatsServer,
-    _keys: tempfile::TempDir,
+    nats: NatsServer,
+    /// Keys and logs.
+    _dir: tempfile::TempDir,
 }
 
 impl Rig {
@@ -79,17 +91,26 @@ impl Rig {
     ) -> anyhow::Result<Rig> {
         let binary = args.gateway_binary()?;
         let nats = NatsServer::start();
-        let keys = tempfile::tempdir()?;
-        let (_, verify) = test_support::write_test_keys(keys.path());
+        let dir = tempfile::tempdir()?;
+        let (_, verify) = test_support::write_test_keys(dir.path());
         let client = async_nats::connect(nats.url()).await?;
         let lobby = Lobby::start(client, history).await?;
-        let mut started = Vec::new();
-        for _ in 0..gateways {
-            started
-                .push(GatewayProcess::start(&binary, &nats.url(), &verify, max_connections).await?);
+        let (url, mut started) = (nats.url(), Vec::new());
+        for n in 1..=gateways {
+            let name = format!("gateway-{n}");
+            let gateway = Gateway::start(
+                &name,
+                &binary,
+                &url,
+                &verify,
+                max_connections,
+                None,
+                dir.path(),
+            );
+            started.push(gateway.await?);
         }
         let nginx = match nginx_workers {
-            Some(workers) => Some(Nginx::start(&started, workers).await?),
+            Some(workers) => Some(Nginx::start(&started, workers, dir.path()).await?),
             None => None,
         };
         Ok(Rig {
@@ -97,7 +118,7 @@ impl Rig {
             gateways: started,
             lobby,
             nats,
-            _keys: keys,
+            _dir: dir,
         })
     }
 
@@ -111,8 +132,11 @@ impl Rig {
 
     /// Every process to account for, labelled with its role (several per role).
     pub fn processes(&self, fleet: &Fleet) -> Vec<(&'static str, u32)> {
-        let nginx = self.nginx.iter().flat_map(|n| with_children(n.child.id()));
-        let gateways = self.gateways.iter().map(GatewayProcess::pid);
+        let nginx = self
+            .nginx
+            .iter()
+            .flat_map(|n| with_children(n.service.pid()));
+        let gateways = self.gateways.iter().map(Gateway::pid);
         (nginx.map(|pid| ("nginx", pid)))
             .chain(gateways.map(|pid| ("gateways", pid)))
             .chain(self.nats.pid().map(|pid| ("nats-server", pid)))
@@ -146,7 +170,7 @@ impl Rig {
         let started_ns = unix_ns();
         let last_id = self.lobby.publish_for(rate, duration).await?;
         let drained = fleet.reach(last_id).await?;
-        let cpu = by_role(cpu.percents());
+        let cpu = cpu.percents();
         let tally = fleet.tally().await?;
         let end_ns = match drained.lagging {
             0 => drained.last_ns.max(started_ns + 1),
@@ -176,83 +200,10 @@ pub struct Published {
     pub cpu: Vec<(&'static str, f64)>,
 }
 
-/// A `gateway` process on its own ports; stopped with SIGTERM when dropped.
-pub struct GatewayProcess {
-    child: Child,
-    pub addr: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl GatewayProcess {
-    async fn start(
-        binary: &Path,
-        nats_url: &str,
-        verify_key: &Path,
-        max_connections: usize,
-    ) -> anyhow::Result<GatewayProcess> {
-        let (addr, admin) = (loopback(free_port()?), loopback(free_port()?));
-        let child = Command::new(binary)
-            .env("PHASECAST_NATS__URL", nats_url)
-            .env("PHASECAST_GATEWAY__LISTEN", addr.to_string())
-            .env("PHASECAST_GATEWAY__ADMIN_LISTEN", admin.to_string())
-            .env(
-                "PHASECAST_GATEWAY__MAX_CONNECTIONS",
-                max_connections.to_string(),
-            )
-            .env("PHASECAST_GATEWAY__SHUTDOWN_GRACE", "1s")
-            .env("PHASECAST_AUTH__VERIFY_KEY_FILE", verify_key)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("start {}", binary.display()))?;
-        let mut gateway = GatewayProcess { child, addr, admin };
-        gateway.wait_ready().await?;
-        Ok(gateway)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Open streams as the gateway counts them (`phasecast_gateway_connections`, all streams).
-    pub async fn connections(&self) -> anyhow::Result<u64> {
-        Ok(metric(self.admin, "phasecast_gateway_connections").await? as u64)
-    }
-
-    /// Polls `/readyz` (NATS connected) until it answers 200.
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("the gateway exited while starting ({status})");
-            }
-            if matches!(get(self.addr, "/readyz").await, Ok((200, _))) {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "gateway {} not ready in 10 s",
-                self.addr
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        terminate(&mut self.child);
-    }
-}
-
 /// nginx running `deploy/nginx/nginx.conf.template` as `deploy/nginx/render` renders it.
-pub struct Nginx {
-    child: Child,
-    pub addr: SocketAddr,
-    _prefix: tempfile::TempDir,
+struct Nginx {
+    service: Service,
+    addr: SocketAddr,
 }
 
 impl Nginx {
@@ -261,15 +212,15 @@ impl Nginx {
     /// The listener gets `reuseport`, so the kernel spreads new connections evenly over the
     /// workers; without it one busy worker takes most of a connection storm and runs out of
     /// descriptors.
-    async fn start(gateways: &[GatewayProcess], workers: usize) -> anyhow::Result<Nginx> {
-        let prefix = tempfile::tempdir()?;
+    async fn start(gateways: &[Gateway], workers: usize, dir: &Path) -> anyhow::Result<Nginx> {
+        let prefix = dir.join("nginx");
         let addr = loopback(free_port()?);
         let render = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nginx/render");
         let rendered = Command::new(render)
             .env("WORKER_PROCESSES", workers.to_string())
-            .arg(prefix.path())
+            .arg(&prefix)
             .arg(format!("{addr} reuseport"))
-            .arg(prefix.path())
+            .arg(&prefix)
             // Longer than the gateway's heartbeat (15 s), as deploy/up has it.
             .arg("60s")
             .args(gateways.iter().map(|g| g.addr.to_string()))
@@ -280,85 +231,420 @@ impl Nginx {
             "deploy/nginx/render failed: {}",
             String::from_utf8_lossy(&rendered.stderr)
         );
-        let conf = prefix.path().join("nginx.conf");
+        let conf = prefix.join("nginx.conf");
         std::fs::write(&conf, &rendered.stdout)?;
-        let child = Command::new("nginx")
+        let mut nginx = Command::new("nginx");
+        nginx
             .arg("-p")
-            .arg(prefix.path())
+            .arg(&prefix)
             .arg("-c")
             .arg(&conf)
             .arg("-e")
-            .arg(prefix.path().join("error.log"))
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("start nginx (apt-get install nginx)")?;
-        let mut nginx = Nginx {
-            child,
-            addr,
-            _prefix: prefix,
+            .arg(prefix.join("error.log"))
+            .args(["-g", "daemon off;"]);
+        let mut service = Service::spawn("nginx", &mut nginx, dir)
+            .context("starting nginx (apt-get install nginx)")?;
+        service
+            .wait_ready(async || ready(addr, "/healthz").await)
+            .await?;
+        Ok(Nginx { service, addr })
+    }
+}
+
+// ---- benchmarks through the real game ------------------------------------------------------
+
+/// Options every benchmark through the real game takes.
+#[derive(clap::Args, Debug)]
+pub struct GameRigArgs {
+    /// The engine binary (built with `cargo build --release -p game-engine`).
+    #[arg(long, default_value = "target/release/game-engine")]
+    pub engine: PathBuf,
+    /// The gateway binary (built with `cargo build --release -p gateway`).
+    #[arg(long, default_value = "target/release/gateway")]
+    pub gateway: PathBuf,
+}
+
+/// nats-server, game-engine and gateway, running; stopped when dropped, gateway first.
+pub struct GameRig {
+    pub gateway: Gateway,
+    engine: Service,
+    /// A NATS connection for the benchmark's own checks.
+    pub client: async_nats::Client,
+    pub subjects: Subjects,
+    pub nats: NatsServer,
+    /// Keys and logs.
+    pub dir: tempfile::TempDir,
+}
+
+impl GameRig {
+    /// Starts nats-server, then the engine (started once it answers `game.lobby.snap`) with
+    /// `engine.min_phase` (e.g. `"100ms"`, so that rooms may ask for short phases), then the
+    /// gateway with `gateway.max_connections` and, when given, `gateway.heartbeat`.
+    pub async fn start(
+        args: &GameRigArgs,
+        min_phase: &str,
+        max_connections: usize,
+        heartbeat: Option<&str>,
+    ) -> anyhow::Result<GameRig> {
+        check_built(&args.engine, "game-engine")?;
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir()?;
+        let (signing, verify) = test_support::write_test_keys(dir.path());
+        let mut engine = Command::new(&args.engine);
+        engine
+            .env("PHASECAST_NATS__URL", nats.url())
+            .env(
+                "PHASECAST_ENGINE__ADMIN_LISTEN",
+                loopback(free_port()?).to_string(),
+            )
+            .env("PHASECAST_ENGINE__MIN_PHASE", min_phase)
+            .env("PHASECAST_ENGINE__SHUTDOWN_GRACE", "2s")
+            .env("PHASECAST_AUTH__SIGNING_KEY_FILE", &signing);
+        let mut engine = Service::spawn("game-engine", &mut engine, dir.path())?;
+        let client = async_nats::ConnectOptions::new()
+            .request_timeout(Some(Duration::from_secs(5)))
+            .connect(nats.url())
+            .await
+            .context("connecting the benchmark to nats-server")?;
+        let subjects = Subjects::default();
+        let snap = r#"{"viewer":null,"since":null}"#;
+        let answers = async || {
+            let probe = client.request(subjects.lobby_snap(), snap.into());
+            probe.await.is_ok()
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !matches!(get(addr, "/healthz").await, Ok((200, _))) {
-            if let Some(status) = nginx.child.try_wait()? {
-                bail!("nginx exited while starting ({status})");
+        engine.wait_ready(answers).await?;
+        let gateway = Gateway::start(
+            "gateway",
+            &args.gateway,
+            &nats.url(),
+            &verify,
+            max_connections,
+            heartbeat,
+            dir.path(),
+        )
+        .await?;
+        Ok(GameRig {
+            gateway,
+            engine,
+            client,
+            subjects,
+            nats,
+            dir,
+        })
+    }
+
+    /// The engine, gateway, nats-server and this load tool, for a [`CpuMeter`].
+    pub fn processes(&self) -> Vec<(&'static str, u32)> {
+        vec![
+            ("game-engine", self.engine.pid()),
+            ("gateway", self.gateway.pid()),
+            ("nats-server", self.nats.pid().unwrap_or(0)),
+            ("load tool", std::process::id()),
+        ]
+    }
+}
+
+impl fmt::Display for GameRig {
+    /// Which processes run where, and where their logs are.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "nats-server, game-engine (pid {}) and gateway (pid {}, {}) running; logs in {}",
+            self.engine.pid(),
+            self.gateway.pid(),
+            self.gateway.addr,
+            self.dir.path().display()
+        )
+    }
+}
+
+// ---- processes -----------------------------------------------------------------------------
+
+/// A child process whose output goes to `<dir>/<name>.log`; SIGTERM when dropped.
+pub struct Service {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    /// Starts `command` with its output going to `<dir>/<name>.log`; `RUST_LOG` is passed on,
+    /// `warn` when unset.
+    pub fn spawn(name: &str, command: &mut Command, dir: &Path) -> anyhow::Result<Service> {
+        let log = dir.join(format!("{name}.log"));
+        let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
+        let program = Path::new(command.get_program()).display().to_string();
+        let child = command
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("start {program}"))?;
+        Ok(Service {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until `answers` says the process serves; fails, quoting the end of its log, if it
+    /// exits first or takes longer than 15 s.
+    pub async fn wait_ready(
+        &mut self,
+        mut answers: impl AsyncFnMut() -> bool,
+    ) -> anyhow::Result<()> {
+        let began = Instant::now();
+        while !answers().await {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited while starting ({status}); {}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             ensure!(
-                Instant::now() < deadline,
-                "nginx on {addr} not proxying in 10 s"
+                began.elapsed() < START_WITHIN,
+                "{} did not answer within {START_WITHIN:?}; {}",
+                self.name,
+                self.log_tail()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(nginx)
+        Ok(())
+    }
+
+    /// The last lines of the process's log, for error messages.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        format!("last lines of {}:\n{tail}", self.log.display())
     }
 }
 
-impl Drop for Nginx {
-    /// SIGTERM: nginx stops its workers and then exits (a killed master would leave them).
+impl Drop for Service {
+    /// SIGTERM, so that the process stops cleanly (nginx's master stops its workers, which a
+    /// SIGKILL would leave behind); SIGKILL if it has not exited within 10 s.
     fn drop(&mut self) {
-        terminate(&mut self.child);
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-/// SIGTERM to a child we started, then up to 10 s for it to exit, then SIGKILL.
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+/// A `gateway` process on its own ports.
+pub struct Gateway {
+    service: Service,
+    /// The public listener (`/v1/…`).
+    pub addr: SocketAddr,
+    /// The admin listener (`/metrics`).
+    admin: SocketAddr,
+}
+
+impl Gateway {
+    /// Starts `binary` on `nats_url` with `gateway.max_connections` and, when given,
+    /// `gateway.heartbeat`; started once `/readyz` (NATS connected) answers 200.
+    async fn start(
+        name: &str,
+        binary: &Path,
+        nats_url: &str,
+        verify_key: &Path,
+        max_connections: usize,
+        heartbeat: Option<&str>,
+        dir: &Path,
+    ) -> anyhow::Result<Gateway> {
+        check_built(binary, "gateway")?;
+        let (addr, admin) = (loopback(free_port()?), loopback(free_port()?));
+        let mut command = Command::new(binary);
+        command
+            .env("PHASECAST_NATS__URL", nats_url)
+            .env("PHASECAST_GATEWAY__LISTEN", addr.to_string())
+            .env("PHASECAST_GATEWAY__ADMIN_LISTEN", admin.to_string())
+            .env(
+                "PHASECAST_GATEWAY__MAX_CONNECTIONS",
+                max_connections.to_string(),
+            )
+            .env("PHASECAST_GATEWAY__SHUTDOWN_GRACE", "1s")
+            .env("PHASECAST_AUTH__VERIFY_KEY_FILE", verify_key);
+        if let Some(heartbeat) = heartbeat {
+            command.env("PHASECAST_GATEWAY__HEARTBEAT", heartbeat);
+        }
+        let mut service = Service::spawn(name, &mut command, dir)?;
+        service
+            .wait_ready(async || ready(addr, "/readyz").await)
+            .await?;
+        Ok(Gateway {
+            service,
+            addr,
+            admin,
+        })
     }
-    let _ = child.kill();
-    let _ = child.wait();
+
+    pub fn pid(&self) -> u32 {
+        self.service.pid()
+    }
+
+    /// Open streams as the gateway counts them (`phasecast_gateway_connections`, all streams).
+    pub async fn connections(&self) -> anyhow::Result<u64> {
+        Ok(self.metric("phasecast_gateway_connections").await? as u64)
+    }
+
+    /// The sum of every sample of metric `name` on the gateway's `/metrics` page.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let (status, page) = get(self.admin, "/metrics").await?;
+        ensure!(
+            status == 200,
+            "GET /metrics on {}: HTTP {status}",
+            self.admin
+        );
+        Ok(page
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+}
+
+/// Fails clearly when a binary the benchmark runs has not been built.
+fn check_built(binary: &Path, package: &str) -> anyhow::Result<()> {
+    ensure!(
+        binary.is_file(),
+        "no {package} binary at {}: build it with `cargo build --release -p {package}` (or \
+         pass its path)",
+        binary.display()
+    );
+    Ok(())
+}
+
+/// A port nothing listens on right now (the kernel's pick; it may be taken again before use).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn loopback(port: u16) -> SocketAddr {
     (Ipv4Addr::LOCALHOST, port).into()
 }
 
+/// `GET path` answered 200 (`/readyz`, `/healthz`).
+pub async fn ready(addr: SocketAddr, path: &str) -> bool {
+    get(addr, path).await.is_ok_and(|(status, _)| status == 200)
+}
+
+/// `GET path` on a fresh connection, within 5 s: (status, body).
+async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let limit = Duration::from_secs(5);
+    tokio::time::timeout(limit, async {
+        let mut conn = HttpConn::connect(addr, Ipv4Addr::LOCALHOST, limit).await?;
+        let response = conn
+            .send(&request_bytes("GET", path, &[("Connection", "close")], b""))
+            .await?;
+        Ok((
+            response.status,
+            String::from_utf8_lossy(&response.body).into_owned(),
+        ))
+    })
+    .await
+    .with_context(|| format!("GET {path} on {addr}: timed out"))?
+}
+
+// ---- what processes cost, from /proc -------------------------------------------------------
+
+/// The fields of `/proc/<pid>/stat` after the command name (which may hold spaces, so the
+/// fields start past the last `)`): state, parent, …; empty once the process is gone.
+fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let fields = stat_fields(pid);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime, fields 14 and 15 of the line (11 and 12 after the name); 100 ticks/s.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// `pid` and its children (nginx's master and workers).
 fn with_children(pid: u32) -> Vec<u32> {
     let mut pids = vec![pid];
-    let parent = |stat: String| -> Option<u32> {
-        // Fields after the command name (which may hold spaces): state, then the parent.
-        stat.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
         };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        if parent(stat) == Some(pid) {
+        if stat_fields(child).get(1).and_then(|p| p.parse().ok()) == Some(pid) {
             pids.push(child);
         }
     }
     pids
+}
+
+/// Resident memory of a process in KiB, from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU used by labelled processes from a starting point on, as a share of one core.
+pub struct CpuMeter {
+    began: Instant,
+    start: Vec<(&'static str, u32, f64)>,
+}
+
+impl CpuMeter {
+    pub fn start(processes: &[(&'static str, u32)]) -> CpuMeter {
+        CpuMeter {
+            began: Instant::now(),
+            start: processes
+                .iter()
+                .map(|&(role, pid)| (role, pid, cpu_seconds(pid)))
+                .collect(),
+        }
+    }
+
+    /// Seconds since the start.
+    pub fn elapsed(&self) -> f64 {
+        self.began.elapsed().as_secs_f64()
+    }
+
+    /// (role, % of one core) since the start, summed over the processes of each role.
+    pub fn percents(&self) -> Vec<(&'static str, f64)> {
+        let span = self.elapsed();
+        by_role(
+            self.start
+                .iter()
+                .map(|&(role, pid, cpu0)| (role, 100.0 * (cpu_seconds(pid) - cpu0) / span)),
+        )
+    }
 }
 
 /// Sums values per role, roles in order of first appearance:
@@ -384,11 +670,11 @@ pub fn kib_line(kib: &[(&'static str, u64)]) -> String {
         .join(", ")
 }
 
-/// `gateways 103 %, nats-server 12 %, ...`.
+/// `gateways 103.2 %, nats-server 12.0 %, ...`, each a share of one core.
 pub fn cpu_line(percent: &[(&'static str, f64)]) -> String {
     percent
         .iter()
-        .map(|(role, p)| format!("{role} {p:.0} %"))
+        .map(|(role, p)| format!("{role} {p:.1} %"))
         .collect::<Vec<_>>()
         .join(", ")
 }

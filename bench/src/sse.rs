@@ -1,37 +1,33 @@
-//! A cheap SSE client for holding tens of thousands of streams per process: one raw TCP socket
-//! from a chosen loopback source address, an HTTP/1.1 request written by hand, and frames
-//! parsed off the socket (de-chunking `Transfer-Encoding: chunked` when the server uses it).
+//! The benchmarks' SSE client, cheap enough to hold tens of thousands of streams per process:
+//! one raw TCP socket from a chosen loopback source address, an HTTP/1.1 request, and frames
+//! parsed off the socket (de-chunked when the server uses `Transfer-Encoding: chunked`).
 //!
 //! An open stream keeps no read buffer of its own: it waits for readiness, then reads into a
 //! buffer on the stack and keeps only the bytes of an unfinished frame, and frames are
-//! borrowed, not copied. ([`crate::http::SseStream`] is the general reader, which owns its
-//! buffers and each frame's text: right for a few thousand browser-like streams, about 16 KiB
-//! each too many for 100,000.) It also checks the
-//! stream's ids as they arrive ([`Sequence`]): a gap or a repeat is counted, never expected.
+//! borrowed, not copied. That is what lets 100,000 streams fit on one machine; a reader that
+//! owned its buffers and each frame's text would cost some 16 KiB more per stream. Each frame
+//! carries the time it was read, for latency, and [`Sequence`] checks a stream's ids as they
+//! arrive: a gap or a repeat is counted, never expected.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::ControlFlow;
 
 use anyhow::{bail, ensure, Context};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
-use crate::http::find;
-
-/// The `n`th of the loopback source addresses held streams are spread over, 127.0.0.2 to
-/// 127.0.0.251, so that ephemeral ports never run out. Unlike [`crate::http::source_address`]
-/// this leaves out 127.0.0.1: at 100,000 streams nginx's own connections to the gateways
-/// (from 127.0.0.1) take nearly every port of that address.
-pub fn source_address(n: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, 2 + (n % 250) as u8)
-}
+use crate::http::{connect_from, find, parse_head, read_into, request_bytes, BodyKind, Dechunker};
+use crate::unix_ns;
 
 /// What to open.
-#[derive(Clone, Debug)]
-pub struct Request {
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
     pub target: SocketAddr,
     pub source: Ipv4Addr,
     /// E.g. `/v1/lobby/events`.
-    pub path: String,
+    pub path: &'a str,
+    /// Sent as `Authorization: Bearer <token>` (a room stream wants its player's token).
+    pub token: Option<&'a str>,
     /// Sent as `Last-Event-ID` to resume after this id.
     pub last_event_id: Option<u64>,
 }
@@ -39,8 +35,9 @@ pub struct Request {
 /// An open event stream, past its response head.
 pub struct Stream {
     socket: TcpStream,
-    body: Body,
-    /// Bytes of the body not yet part of a complete frame.
+    /// `None` for a body that runs until the server closes.
+    chunks: Option<Dechunker>,
+    /// Bytes of the body not yet handed out as frames.
     text: Vec<u8>,
 }
 
@@ -49,8 +46,12 @@ pub struct Stream {
 pub struct Frame<'a> {
     pub id: Option<u64>,
     pub event: &'a str,
-    /// The first `data:` line.
+    /// The first `data:` line. The gateway writes one line per line of the body, and every
+    /// body here is JSON on one line.
     pub data: &'a str,
+    /// When the read that completed the frame returned (unix ns; both ends of a benchmark
+    /// share this machine's clock).
+    pub received_ns: u64,
 }
 
 impl Frame<'_> {
@@ -65,177 +66,145 @@ impl Frame<'_> {
     }
 }
 
+/// What one [`Stream::read_frames`] took off the socket, besides the events.
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes read, chunk framing included.
+    pub bytes: usize,
+    /// Comment-only blocks: the heartbeats (`: ping`), which are no events.
+    pub comments: usize,
+    /// False once the server has ended the stream.
+    pub open: bool,
+}
+
 impl Stream {
     /// Connects, sends the request and reads the response head; fails unless it is a 200.
-    /// The caller bounds the time this takes.
-    pub async fn open(request: &Request) -> anyhow::Result<Stream> {
-        let socket = TcpSocket::new_v4()?;
-        socket
-            .bind((request.source, 0).into())
-            .with_context(|| format!("bind {}", request.source))?;
-        let mut socket = socket.connect(request.target).await.context("connect")?;
-        let resume = request
-            .last_event_id
-            .map(|id| format!("Last-Event-ID: {id}\r\n"))
-            .unwrap_or_default();
-        let head = format!(
-            "GET {} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n{resume}\r\n",
-            request.path
-        );
-        socket.write_all(head.as_bytes()).await.context("send")?;
+    /// The caller bounds the time this takes. Errors name no address, so that the failures of
+    /// many connections group by their cause.
+    pub async fn open(request: &Request<'_>) -> anyhow::Result<Stream> {
+        let mut socket = connect_from(request.target, request.source).await?;
+        let resume = request.last_event_id.map(|id| id.to_string());
+        let bearer = request.token.map(|token| format!("Bearer {token}"));
+        let mut headers = vec![("Accept", "text/event-stream")];
+        if let Some(id) = &resume {
+            headers.push(("Last-Event-ID", id));
+        }
+        if let Some(bearer) = &bearer {
+            headers.push(("Authorization", bearer));
+        }
+        let head = request_bytes("GET", request.path, &headers, b"");
+        socket.write_all(&head).await.context("send")?;
 
-        let mut received = Vec::with_capacity(1024);
-        let end = loop {
-            if let Some(end) = find(&received, b"\r\n\r\n") {
-                break end;
+        let mut received = Vec::new();
+        let head = loop {
+            if let Some(head) = parse_head(&received)? {
+                break head;
             }
             ensure!(received.len() < 16 * 1024, "response head over 16 KiB");
-            let n = socket.read_buf(&mut received).await.context("read")?;
+            let n = read_into(&socket, &mut received).await.context("read")?;
             ensure!(n > 0, "closed before the response head");
         };
-        let head = std::str::from_utf8(&received[..end]).context("response head")?;
-        let status = head.split(' ').nth(1).unwrap_or_default();
-        if status != "200" {
-            bail!("HTTP {status}");
+        if head.status != 200 {
+            bail!("HTTP {}", head.status);
         }
-        let chunked = head.lines().any(|line| {
-            line.split_once(':').is_some_and(|(name, value)| {
-                name.eq_ignore_ascii_case("transfer-encoding") && value.trim() == "chunked"
-            })
-        });
         let mut stream = Stream {
             socket,
-            body: if chunked {
-                Body::Chunked(Chunk::Size, Vec::new())
-            } else {
-                Body::Plain
-            },
+            chunks: (head.body == BodyKind::Chunked).then(Dechunker::default),
             text: Vec::new(),
         };
-        stream.body.decode(&received[end + 4..], &mut stream.text)?;
+        stream.decode(&received[head.len..])?;
         Ok(stream)
     }
 
-    /// Waits until the socket has something to read (cancel-safe).
+    /// Waits until there is something to read: bytes on the socket, or frames left unread by
+    /// a [`Stream::read_frames`] that was stopped early (cancel-safe).
     pub async fn readable(&self) -> std::io::Result<()> {
+        if find(&self.text, b"\n\n").is_some() {
+            return Ok(());
+        }
         self.socket.readable().await
     }
 
-    /// Reads what the socket holds now and hands every complete event to `on_frame`;
-    /// `Ok(false)` once the server has ended the stream. Also call it once right after
+    /// Reads what the socket holds now and hands every complete event to `on_frame`, until
+    /// it says stop (the rest wait for the next call). Also call it once right after
     /// [`Stream::open`]: the response head may have come with the first events.
-    pub fn read_frames(&mut self, mut on_frame: impl FnMut(Frame<'_>)) -> anyhow::Result<bool> {
+    pub fn read_frames(
+        &mut self,
+        mut on_frame: impl FnMut(Frame<'_>) -> ControlFlow<()>,
+    ) -> anyhow::Result<Received> {
         let mut buf = [0u8; 16 * 1024];
-        let open = match self.socket.try_read(&mut buf) {
-            Ok(0) => false,
-            Ok(n) => self.body.decode(&buf[..n], &mut self.text)?,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+        let (bytes, closed) = match self.socket.try_read(&mut buf) {
+            Ok(0) => (0, true),
+            Ok(n) => (self.decode(&buf[..n]).map(|()| n)?, false),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => (0, false),
             Err(e) => return Err(e.into()),
         };
-        let mut start = 0;
-        while let Some(end) = find(&self.text[start..], b"\n\n") {
-            if let Some(frame) = parse_frame(&self.text[start..start + end]) {
-                on_frame(frame);
+        let comments = take_frames(&mut self.text, unix_ns(), &mut on_frame);
+        let ended = self.chunks.as_ref().is_some_and(Dechunker::done);
+        Ok(Received {
+            bytes,
+            comments,
+            open: !closed && !ended,
+        })
+    }
+
+    /// Appends the payload of `wire` to the unread text.
+    fn decode(&mut self, wire: &[u8]) -> anyhow::Result<()> {
+        match &mut self.chunks {
+            Some(chunks) => chunks.decode(wire, &mut self.text).map(drop),
+            None => {
+                self.text.extend_from_slice(wire);
+                Ok(())
             }
-            start += end + 2;
         }
-        self.text.drain(..start);
-        Ok(open)
     }
 }
 
-/// How the response body is framed on the wire.
-enum Body {
-    /// Until the server closes.
-    Plain,
-    /// `Transfer-Encoding: chunked`: where we are, and bytes of an unfinished size line or
-    /// chunk end.
-    Chunked(Chunk, Vec<u8>),
-}
-
-#[derive(Clone, Copy)]
-enum Chunk {
-    /// Expecting `<hex size>[;ext]\r\n`.
-    Size,
-    /// This many bytes of chunk data to go.
-    Data(usize),
-    /// Expecting the `\r\n` after a chunk's data.
-    End,
-    /// The last (empty) chunk has been read.
-    Done,
-}
-
-impl Body {
-    /// Appends the payload of `wire` to `text`; false once the body has ended.
-    fn decode(&mut self, wire: &[u8], text: &mut Vec<u8>) -> anyhow::Result<bool> {
-        let (state, partial) = match self {
-            Body::Plain => {
-                text.extend_from_slice(wire);
-                return Ok(true);
+/// Hands the complete events at the start of `text` to `on_frame` until it says stop, and
+/// removes what it handed out; returns how many comment-only blocks it passed.
+fn take_frames(
+    text: &mut Vec<u8>,
+    received_ns: u64,
+    on_frame: &mut impl FnMut(Frame<'_>) -> ControlFlow<()>,
+) -> usize {
+    let (mut start, mut comments) = (0, 0);
+    while let Some(end) = find(&text[start..], b"\n\n") {
+        let block = parse_block(&text[start..start + end], received_ns);
+        start += end + 2;
+        match block {
+            Block::Event(frame) => {
+                if on_frame(frame).is_break() {
+                    break;
+                }
             }
-            Body::Chunked(state, partial) => (state, partial),
-        };
-        let joined;
-        let mut input: &[u8] = if partial.is_empty() {
-            wire
-        } else {
-            partial.extend_from_slice(wire);
-            joined = std::mem::take(partial);
-            &joined
-        };
-        while !input.is_empty() {
-            match *state {
-                Chunk::Size => {
-                    let Some(line_end) = find(input, b"\r\n") else {
-                        ensure!(input.len() < 1024, "chunk size line over 1 KiB");
-                        partial.extend_from_slice(input);
-                        break;
-                    };
-                    let line = std::str::from_utf8(&input[..line_end])?;
-                    let hex = line.split(';').next().unwrap_or_default().trim();
-                    let size = usize::from_str_radix(hex, 16)
-                        .with_context(|| format!("bad chunk size line {line:?}"))?;
-                    *state = if size == 0 {
-                        Chunk::Done
-                    } else {
-                        Chunk::Data(size)
-                    };
-                    input = &input[line_end + 2..];
-                }
-                Chunk::Data(left) => {
-                    let n = left.min(input.len());
-                    text.extend_from_slice(&input[..n]);
-                    input = &input[n..];
-                    *state = if n == left {
-                        Chunk::End
-                    } else {
-                        Chunk::Data(left - n)
-                    };
-                }
-                Chunk::End => {
-                    if input.len() < 2 {
-                        partial.extend_from_slice(input);
-                        break;
-                    }
-                    ensure!(
-                        input.starts_with(b"\r\n"),
-                        "chunk data not followed by CRLF"
-                    );
-                    *state = Chunk::Size;
-                    input = &input[2..];
-                }
-                Chunk::Done => break,
-            }
+            Block::Comment => comments += 1,
+            Block::Other => {}
         }
-        Ok(!matches!(state, Chunk::Done))
     }
+    text.drain(..start);
+    comments
 }
 
-/// An event from one block of lines; `None` for blocks without data (comments, `retry:`).
-fn parse_frame(block: &[u8]) -> Option<Frame<'_>> {
-    let block = std::str::from_utf8(block).ok()?;
-    let (mut id, mut event, mut data) = (None, "message", None);
+/// One block of lines, up to a blank line.
+enum Block<'a> {
+    Event(Frame<'a>),
+    /// Only comments, such as the `: ping` heartbeat.
+    Comment,
+    /// No data and no comment: `retry:`, or an event without data, which an `EventSource`
+    /// does not dispatch either.
+    Other,
+}
+
+fn parse_block(block: &[u8], received_ns: u64) -> Block<'_> {
+    let Ok(block) = std::str::from_utf8(block) else {
+        return Block::Other;
+    };
+    let (mut id, mut event, mut data, mut comment) = (None, "message", None, false);
     for line in block.lines() {
+        if line.starts_with(':') {
+            comment = true;
+            continue;
+        }
         let (field, value) = line.split_once(':').unwrap_or((line, ""));
         let value = value.strip_prefix(' ').unwrap_or(value);
         match field {
@@ -245,15 +214,22 @@ fn parse_frame(block: &[u8]) -> Option<Frame<'_>> {
             _ => {}
         }
     }
-    Some(Frame {
-        id,
-        event,
-        data: data?,
-    })
+    match data {
+        Some(data) => Block::Event(Frame {
+            id,
+            event,
+            data,
+            received_ns,
+        }),
+        None if comment => Block::Comment,
+        None => Block::Other,
+    }
 }
 
-/// What one connection has seen of its stream's ids. Events of one stream carry consecutive
-/// ids here (every event is public), so anything but `last + 1` is a fault.
+/// What one connection has seen of its stream's ids: an id at or below the last one is a
+/// duplicate. On the lobby stream every event is public, so ids are consecutive and anything
+/// but `last + 1` is a fault; on a room stream a player misses other players' private
+/// events, so only duplicates are.
 #[derive(Debug, Default)]
 pub struct Sequence {
     last: Option<u64>,
@@ -297,48 +273,61 @@ impl Sequence {
 mod tests {
     use super::*;
 
-    fn frames(body: &mut Body, wire: &[&[u8]]) -> (Vec<(Option<u64>, String, String)>, bool) {
-        let (mut text, mut seen, mut open) = (Vec::new(), Vec::new(), true);
-        for piece in wire {
-            open = body.decode(piece, &mut text).unwrap();
-            let mut start = 0;
-            while let Some(end) = find(&text[start..], b"\n\n") {
-                if let Some(f) = parse_frame(&text[start..start + end]) {
-                    seen.push((f.id, f.event.to_owned(), f.data.to_owned()));
-                }
-                start += end + 2;
+    /// Decodes `wire` in the given pieces as a chunked body, taking frames after each piece
+    /// and stopping after every `stop` event; (id, event, data) of each frame, and comments.
+    fn frames(wire: &[&[u8]]) -> (Vec<(Option<u64>, String, String)>, usize) {
+        let (mut chunks, mut text, mut seen, mut comments) =
+            (Dechunker::default(), Vec::new(), Vec::new(), 0);
+        let mut on_frame = |f: Frame<'_>| {
+            seen.push((f.id, f.event.to_owned(), f.data.to_owned()));
+            match f.event {
+                "stop" => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
             }
-            text.drain(..start);
+        };
+        for piece in wire {
+            chunks.decode(piece, &mut text).unwrap();
+            comments += take_frames(&mut text, 0, &mut on_frame);
         }
-        (seen, open)
+        // What a stop left waits for the next read.
+        while find(&text, b"\n\n").is_some() {
+            comments += take_frames(&mut text, 0, &mut on_frame);
+        }
+        (seen, comments)
     }
 
     #[test]
-    fn chunked_frames_split_anywhere_come_out_whole() {
-        let wire =
-            b"d\r\nretry: 2000\n\n\r\n2a\r\nid: 7\nevent: snapshot\ndata: {\"rooms\":[]}\n\n\r\n\
+    fn chunked_frames_split_anywhere_come_out_whole_and_in_order() {
+        let wire = b"d\r\nretry: 2000\n\n\r\n2e\r\nid: 7\nevent: stop\ndata: {\"rooms\":[]}\n\n: ping\n\n\r\n\
                      21\r\nid: 8\nevent: tick\ndata: {\"t\":5}\n\n\r\n0\r\n\r\n";
         for cut in 0..wire.len() {
             for second in cut..wire.len() {
-                let mut body = Body::Chunked(Chunk::Size, Vec::new());
                 let pieces: [&[u8]; 3] = [&wire[..cut], &wire[cut..second], &wire[second..]];
-                let (seen, open) = frames(&mut body, &pieces);
+                let (seen, comments) = frames(&pieces);
                 assert_eq!(seen.len(), 2, "cut at {cut}, {second}");
-                assert_eq!(
-                    seen[0],
-                    (Some(7), "snapshot".into(), "{\"rooms\":[]}".into())
-                );
+                assert_eq!(seen[0], (Some(7), "stop".into(), "{\"rooms\":[]}".into()));
                 assert_eq!(seen[1], (Some(8), "tick".into(), "{\"t\":5}".into()));
-                assert!(!open, "the last chunk ends the body");
+                assert_eq!(comments, 1);
             }
         }
     }
 
     #[test]
-    fn plain_bodies_pass_through() {
-        let (seen, open) = frames(&mut Body::Plain, &[b": ping\n\nid: 3\nda", b"ta: x\n\n"]);
-        assert_eq!(seen, vec![(Some(3), "message".into(), "x".into())]);
-        assert!(open);
+    fn blocks_are_events_comments_or_neither() {
+        let Block::Event(frame) = parse_block(b"id: 7\nevent: phase\ndata: {\"a\":1}\ndata: x", 3)
+        else {
+            panic!("not an event");
+        };
+        assert_eq!(
+            (frame.id, frame.event, frame.data, frame.received_ns),
+            (Some(7), "phase", "{\"a\":1}", 3)
+        );
+        let Block::Event(frame) = parse_block(b"data: x", 3) else {
+            panic!("not an event");
+        };
+        assert_eq!((frame.id, frame.event), (None, "message"));
+        assert!(matches!(parse_block(b": ping", 3), Block::Comment));
+        assert!(matches!(parse_block(b"retry: 2000", 3), Block::Other));
     }
 
     #[test]
@@ -347,6 +336,7 @@ mod tests {
             id: Some(id),
             event,
             data: "{\"t\":12}",
+            received_ns: 0,
         };
         let mut seq = Sequence::default();
         assert_eq!(seq.observe(&frame(4, "snapshot")), Step::Next);

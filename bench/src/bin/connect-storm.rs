@@ -11,10 +11,9 @@
 //!
 //! `cargo build --release -p gateway -p bench && target/release/connect-storm --connections 10000`
 
-use bench::fleet::{self, Fleet};
-use bench::processes::CpuMeter;
+use bench::fleet;
 use bench::report::Csv;
-use bench::rig::{by_role, cpu_line, Rig, RigArgs};
+use bench::rig::{cpu_line, CpuMeter, Rig, RigArgs};
 use clap::Parser;
 
 /// Connect storm: N clients open the lobby stream of one gateway at the same moment.
@@ -32,16 +31,11 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let rig = Rig::start(&args.rig, 1, args.connections + 1000, None, 1).await?;
-    let mut fleet = Fleet::new(
-        rig.target(),
-        "/v1/lobby/events",
-        args.rig.per_worker,
-        args.rig.timeout(),
-    );
+    let mut fleet = args.rig.fleet(&rig);
     fleet.add(args.connections).await?;
     let cpu = CpuMeter::start(&rig.processes(&fleet));
     let storm = fleet.open().await?;
-    let cpu = by_role(cpu.percents());
+    let cpu = cpu.percents();
     let seconds = storm.seconds();
     println!(
         "{} clients connecting at once: {}",

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench::{cpu_seconds, latency_line, Stack};
+use bench::histogram::Recorder;
+use bench::rig::CpuMeter;
+use bench::Stack;
 use clap::Parser;
 use futures::StreamExt;
 use serde_json::json;
@@ -65,16 +67,17 @@ async fn main() -> anyhow::Result<()> {
     }
     let rooms = Arc::new(rooms);
     let running = Arc::new(AtomicBool::new(true));
-    let nats_pid = stack.nats.pid().unwrap_or(0);
-    let (self0, nats0) = (cpu_seconds(std::process::id()), cpu_seconds(nats_pid));
-    let began = Instant::now();
+    let latencies = Arc::new(Recorder::default());
+    let cpu = CpuMeter::start(&[
+        ("engine + load generator", std::process::id()),
+        ("nats-server", stack.nats.pid().unwrap_or(0)),
+    ]);
     let workers: Vec<_> = (0..args.concurrency)
         .map(|w| {
             let (client, rooms, running) =
                 (clients[w % clients.len()].clone(), rooms.clone(), running.clone());
-            let subjects = stack.subjects.clone();
+            let (subjects, latencies) = (stack.subjects.clone(), latencies.clone());
             tokio::spawn(async move {
-                let mut latencies = Vec::new();
                 let mut errors = 0u64;
                 let mut i = w;
                 while running.load(Ordering::Relaxed) {
@@ -84,40 +87,37 @@ async fn main() -> anyhow::Result<()> {
                     let sent = Instant::now();
                     match client.request(subjects.room_cmd(code), body.to_string().into()).await {
                         Ok(reply) if reply.payload.starts_with(b"{\"ok\":true") => {
-                            latencies.push(sent.elapsed().as_secs_f64())
+                            latencies.record(sent.elapsed().as_nanos() as u64)
                         }
                         _ => errors += 1,
                     }
                     i += args.concurrency;
                 }
-                (latencies, errors)
+                errors
             })
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     running.store(false, Ordering::Relaxed);
-    let mut latencies = Vec::new();
     let mut errors = 0;
     for worker in workers {
-        let (l, e) = worker.await?;
-        latencies.extend(l);
-        errors += e;
+        errors += worker.await?;
     }
-    let span = began.elapsed().as_secs_f64();
+    let (span, cpu) = (cpu.elapsed(), cpu.percents());
+    let latencies = latencies.take();
     println!(
         "{} commands in {:.1} s: {:.0}/s, {} errors; {} connections, {} in flight",
-        latencies.len(),
+        latencies.count(),
         span,
-        latencies.len() as f64 / span,
+        latencies.count() as f64 / span,
         errors,
         args.clients,
         args.concurrency
     );
-    println!("{}", latency_line("latency", latencies));
+    println!("latency: {}", latencies.summary());
     println!(
         "CPU: engine + load generator {:.0} % of a core, nats-server {:.0} %",
-        100.0 * (cpu_seconds(std::process::id()) - self0) / span,
-        100.0 * (cpu_seconds(nats_pid) - nats0) / span
+        cpu[0].1, cpu[1].1
     );
     Ok(())
 }

@@ -8,15 +8,15 @@
 //!
 //! `cargo run --release -p bench --bin engine-scheduler -- --rooms 100000 --speed 1 --seconds 130`
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench::{cpu_seconds, latency_line, Stack};
+use bench::histogram::Recorder;
+use bench::rig::CpuMeter;
+use bench::Stack;
 use clap::Parser;
 use futures::StreamExt;
-use metrics::{
-    Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
-};
+use metrics::{Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, SharedString, Unit};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -36,25 +36,22 @@ struct Args {
     speed: f64,
 }
 
-/// Keeps every scheduler-lateness sample; every other metric goes nowhere. The buffer is
-/// allocated up front: growing it under the lock would stall the rooms being measured.
-struct Samples(Mutex<Vec<f64>>);
+/// The scheduler's lateness, recorded without a lock so that recording never stalls the
+/// rooms being measured.
+#[derive(Default)]
+struct Lateness(Recorder);
 
-impl Samples {
-    fn with_capacity(n: usize) -> Self {
-        Samples(Mutex::new(Vec::with_capacity(n)))
-    }
-}
-
-impl HistogramFn for Samples {
+impl HistogramFn for Lateness {
+    /// `value` in seconds.
     fn record(&self, value: f64) {
-        self.0.lock().expect("samples lock").push(value);
+        self.0.record((value * 1e9) as u64);
     }
 }
 
-struct Capture(Arc<Samples>);
+/// Sends the scheduler's lateness to a [`Lateness`]; every other metric goes nowhere.
+struct Capture(Arc<Lateness>);
 
-impl Recorder for Capture {
+impl metrics::Recorder for Capture {
     fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
     fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
     fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
@@ -76,12 +73,15 @@ impl Recorder for Capture {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let samples = Arc::new(Samples::with_capacity(args.rooms * args.seconds as usize));
-    metrics::set_global_recorder(Capture(samples.clone()))
+    let lateness = Arc::new(Lateness::default());
+    metrics::set_global_recorder(Capture(lateness.clone()))
         .map_err(|_| anyhow::anyhow!("a recorder is already installed"))?;
     let stack = Stack::start().await?;
-    let engine_pid = std::process::id();
-    let nats_pid = stack.nats.pid().unwrap_or(0);
+    // The engine runs in this process.
+    let processes = [
+        ("engine", std::process::id()),
+        ("nats-server", stack.nats.pid().unwrap_or(0)),
+    ];
 
     let ms = |default_ms: f64| (default_ms / args.speed).round() as u64;
     let settings = json!({"title": "bench", "total": 3, "mafia": 1,
@@ -103,15 +103,14 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Idle: every room has a deadline pending, none is due.
-    let (engine0, nats0) = (cpu_seconds(engine_pid), cpu_seconds(nats_pid));
-    let idle = Instant::now();
+    let idle = CpuMeter::start(&processes);
     tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
-    let span = idle.elapsed().as_secs_f64();
+    let idle = idle.percents();
     println!(
         "idle with {} deadlines pending: engine CPU {:.2} % of a core, nats-server {:.2} %",
         rooms.len(),
-        100.0 * (cpu_seconds(engine_pid) - engine0) / span,
-        100.0 * (cpu_seconds(nats_pid) - nats0) / span,
+        idle[0].1,
+        idle[1].1,
     );
 
     let started = Instant::now();
@@ -127,28 +126,22 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    samples.0.lock().expect("samples lock").clear();
-    let (engine0, nats0) = (cpu_seconds(engine_pid), cpu_seconds(nats_pid));
-    let window = Instant::now();
+    lateness.0.take(); // only what comes from now on
+    let busy = CpuMeter::start(&processes);
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    let span = window.elapsed().as_secs_f64();
-    let (engine_cpu, nats_cpu) = (
-        cpu_seconds(engine_pid) - engine0,
-        cpu_seconds(nats_pid) - nats0,
-    );
-    let lateness = samples.0.lock().expect("samples lock").clone();
+    let (span, cpu) = (busy.elapsed(), busy.percents());
+    let lateness = lateness.0.take();
     println!(
         "{} phase changes in {:.1} s ({:.0}/s) across {} rooms",
-        lateness.len(),
+        lateness.count(),
         span,
-        lateness.len() as f64 / span,
+        lateness.count() as f64 / span,
         rooms.len()
     );
-    println!("{}", latency_line("lateness", lateness));
+    println!("lateness: {}", lateness.summary());
     println!(
         "CPU while changing phases (engine and this load in one process): {:.0} % of a core, nats-server {:.0} %",
-        100.0 * engine_cpu / span,
-        100.0 * nats_cpu / span
+        cpu[0].1, cpu[1].1
     );
     Ok(())
 }

@@ -16,10 +16,9 @@
 use std::time::Duration;
 
 use anyhow::ensure;
-use bench::fleet::{self, Fleet};
-use bench::processes::rss_kib;
+use bench::fleet;
 use bench::report::Csv;
-use bench::rig::{Rig, RigArgs};
+use bench::rig::{rss_kib, Rig, RigArgs};
 use clap::Parser;
 
 /// Gateway memory per idle connection, along a ladder of connection counts.
@@ -47,12 +46,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let top = args.connections.last().copied().unwrap_or(0);
     let rig = Rig::start(&args.rig, 1, top + 1000, None, 1).await?;
     let gateway = rig.gateways[0].pid();
-    let mut fleet = Fleet::new(
-        rig.target(),
-        "/v1/lobby/events",
-        args.rig.per_worker,
-        args.rig.timeout(),
-    );
+    let mut fleet = args.rig.fleet(&rig);
     let baseline = rss_kib(gateway);
     println!("gateway RSS before any connection: {baseline} KiB");
     let mut csv = Csv::create(

@@ -37,7 +37,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -48,11 +48,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bench::browser::{self, Seat};
-use bench::http::{request_bytes, source_address, HttpConn, SseItem};
-use bench::latency_line;
-use bench::processes::{
-    free_port, metric, ready, rss_kib, CpuMeter, Processes, Service, StackOptions,
-};
+use bench::histogram::{Latencies, Recorder};
+use bench::http::{request_bytes, source_address, HttpConn, HttpPool};
+use bench::rig::{free_port, ready, rss_kib, CpuMeter, GameRig, GameRigArgs, Service};
 use clap::{Parser, Subcommand};
 use futures::{StreamExt, TryStreamExt};
 use proto::{RoomCode, Subjects};
@@ -82,10 +80,8 @@ struct Args {
     /// Rooms being created and joined at once; also connections being opened at once / 8.
     #[arg(long, default_value_t = 32)]
     setup_concurrency: usize,
-    #[arg(long, default_value = "target/release/game-engine")]
-    engine: PathBuf,
-    #[arg(long, default_value = "target/release/gateway")]
-    gateway: PathBuf,
+    #[command(flatten)]
+    rig: GameRigArgs,
 }
 
 #[derive(Subcommand)]
@@ -125,7 +121,7 @@ struct Side {
     bytes: u64,
     errors: u64,
     first_error: Option<String>,
-    latencies: Vec<f64>,
+    latencies: Latencies,
     cpu: Vec<(&'static str, f64)>,
     server_rss_kib: u64,
     /// The server's RSS before any client connected.
@@ -145,21 +141,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let n = args.players;
     anyhow::ensure!(n >= 3, "--players: at least 3");
     let players_total = args.rooms * n as usize;
-    let procs = Processes::start(&StackOptions {
-        engine_bin: args.engine.clone(),
-        gateway_bin: args.gateway.clone(),
-        min_phase: "250ms".into(),
-        max_connections: players_total + 1000,
-        heartbeat: Some(args.heartbeat.clone()),
-    })
-    .await?;
-    println!(
-        "nats-server, game-engine (pid {}) and gateway (pid {}, {}) running; logs in {}",
-        procs.engine.pid(),
-        procs.gateway.pid(),
-        procs.gateway_addr,
-        procs.dir.path().display()
-    );
+    let heartbeat = Some(args.heartbeat.as_str());
+    let rig = GameRig::start(&args.rig, "250ms", players_total + 1000, heartbeat).await?;
+    println!("{rig}");
 
     // Rooms in play, with nothing due to happen while measuring.
     let durations: HashMap<&str, u64> = [
@@ -175,25 +159,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .into_iter()
     .map(|k| (k, HOUR_MS))
     .collect();
-    let settings = json!({
-        "title": "bench", "total": n, "mafia": (n / 4).max(1),
-        "doctor": u8::from(n >= 4), "police": u8::from(n >= 5),
-        "durations_ms": durations,
-    });
-    let pool = bench::http::HttpPool::new(procs.gateway_addr, 64, LIMIT);
+    let settings = browser::room_settings(n, &durations);
+    let pool = HttpPool::new(rig.gateway.addr, 64, LIMIT);
     let seating = Instant::now();
     let rooms: Vec<(RoomCode, Vec<Seat>)> = futures::stream::iter(0..args.rooms)
         .map(|_| async {
             let (code, seats) = browser::seat_room(&pool, &settings).await?;
             let started =
                 browser::command(&pool, &code, &seats[0].token, &json!({"type": "start"})).await?;
-            anyhow::ensure!(
-                started.status == 200,
-                "start refused: HTTP {} {}",
-                started.status,
-                String::from_utf8_lossy(&started.body)
-            );
-            Ok((code, seats))
+            browser::ensure_ok(&started, "start")?;
+            anyhow::Ok((code, seats))
         })
         .buffer_unordered(args.setup_concurrency)
         .try_collect()
@@ -210,29 +185,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         seating.elapsed().as_secs_f64()
     );
 
-    let sse = idle_sse(&procs, &players, &args).await?;
+    let sse = idle_sse(&rig, &players, &args).await?;
     println!(
         "Phasecast: {} idle SSE connections measured for {:.1} s",
         sse.connections, sse.span
     );
-    let poll = polling(&procs, &players, &args).await?;
+    let poll = polling(&rig, &players, &args).await?;
     println!(
         "polling: {} players measured for {:.1} s",
         poll.connections, poll.span
     );
     print_side_by_side(&poll, &sse, players_total as f64 * args.rate);
-    procs.stop().await;
     Ok(())
 }
 
 /// Every player holds their room's stream on the gateway; only heartbeats flow.
 async fn idle_sse(
-    procs: &Processes,
+    rig: &GameRig,
     players: &[(RoomCode, Seat)],
     args: &Args,
 ) -> anyhow::Result<Side> {
-    let gateway = procs.gateway_addr;
-    let rss_before = rss_kib(procs.gateway.pid());
+    let gateway = rig.gateway.addr;
+    let rss_before = rss_kib(rig.gateway.pid());
     let opening = Instant::now();
     let streams: Vec<_> = futures::stream::iter(players.iter().enumerate())
         .map(|(i, (code, seat))| {
@@ -246,29 +220,37 @@ async fn idle_sse(
         streams.len(),
         opening.elapsed().as_secs_f64()
     );
-    let mut pids = procs.pids();
-    pids.push(("load tool", std::process::id()));
-    let cpu = CpuMeter::start(&pids);
+    let cpu = CpuMeter::start(&rig.processes());
     let end = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
     let readers: Vec<_> = streams
         .into_iter()
-        .map(|stream| {
+        .map(|room| {
             tokio::spawn(async move {
-                let mut sse = stream.sse;
-                let (bytes0, mut frames, mut events) = (sse.bytes, 0u64, 0u64);
+                let mut stream = room.stream;
+                let (mut bytes, mut frames, mut events) = (0, 0u64, 0u64);
                 let outcome = loop {
-                    match tokio::time::timeout_at(end, sse.next()).await {
+                    match tokio::time::timeout_at(end, stream.readable()).await {
                         Err(_) => break Ok(()),
-                        Ok(Ok(Some(SseItem::Comment { .. }))) => frames += 1,
-                        Ok(Ok(Some(SseItem::Event { .. }))) => {
-                            frames += 1;
-                            events += 1;
-                        }
-                        Ok(Ok(None)) => break Err(anyhow::anyhow!("stream ended")),
-                        Ok(Err(e)) => break Err(e),
+                        Ok(Err(e)) => break Err(e.into()),
+                        Ok(Ok(())) => {}
+                    }
+                    let mut read = 0;
+                    let received = stream.read_frames(|_| {
+                        read += 1;
+                        ControlFlow::Continue(())
+                    });
+                    let received = match received {
+                        Ok(received) => received,
+                        Err(e) => break Err(e),
+                    };
+                    bytes += received.bytes as u64;
+                    events += read;
+                    frames += read + received.comments as u64;
+                    if !received.open {
+                        break Err(anyhow::anyhow!("stream ended"));
                     }
                 };
-                (frames, events, sse.bytes - bytes0, outcome, sse)
+                (frames, events, bytes, outcome, stream)
             })
         })
         .collect();
@@ -278,7 +260,7 @@ async fn idle_sse(
     };
     let mut open = Vec::with_capacity(readers.len());
     for reader in readers {
-        let (frames, events, bytes, outcome, sse) = reader.await?;
+        let (frames, events, bytes, outcome, stream) = reader.await?;
         side.received += frames;
         side.events += events;
         side.bytes += bytes;
@@ -286,18 +268,18 @@ async fn idle_sse(
             side.errors += 1;
             side.first_error.get_or_insert(format!("{e:#}"));
         }
-        open.push(sse);
+        open.push(stream);
     }
     side.span = cpu.elapsed();
     side.cpu = cpu.percents();
-    side.server_rss_kib = rss_kib(procs.gateway.pid());
+    side.server_rss_kib = rss_kib(rig.gateway.pid());
     side.server_rss_before_kib = rss_before;
     drop(open);
     // Let the gateway see every connection close before the next measurement (bounded).
     let began = Instant::now();
     while began.elapsed() < Duration::from_secs(20) {
-        match metric(procs.gateway_admin, "phasecast_gateway_connections").await {
-            Ok(open) if open < 0.5 => break,
+        match rig.gateway.connections().await {
+            Ok(0) => break,
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
@@ -305,36 +287,17 @@ async fn idle_sse(
 }
 
 /// Every player polls the status server at `--rate`, on their own keep-alive connection.
-async fn polling(
-    procs: &Processes,
-    players: &[(RoomCode, Seat)],
-    args: &Args,
-) -> anyhow::Result<Side> {
+async fn polling(rig: &GameRig, players: &[(RoomCode, Seat)], args: &Args) -> anyhow::Result<Side> {
     let listen: SocketAddr = (Ipv4Addr::LOCALHOST, free_port()?).into();
-    let exe = std::env::current_exe()?;
-    let mut server = Service::spawn(
-        "status-server",
-        &exe,
-        &[
-            "status-server".into(),
-            "--nats".into(),
-            procs.nats.url(),
-            "--listen".into(),
-            listen.to_string(),
-        ],
-        &[],
-        procs.dir.path(),
-    )?;
-    let began = Instant::now();
-    while !ready(listen, "/healthz").await {
-        server.check_running()?;
-        anyhow::ensure!(
-            began.elapsed() < Duration::from_secs(15),
-            "the status server was not ready within 15 s; {}",
-            server.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut server = std::process::Command::new(std::env::current_exe()?);
+    server
+        .arg("status-server")
+        .args(["--nats", &rig.nats.url()])
+        .args(["--listen", &listen.to_string()]);
+    let mut server = Service::spawn("status-server", &mut server, rig.dir.path())?;
+    server
+        .wait_ready(async || ready(listen, "/healthz").await)
+        .await?;
     let rss_before = rss_kib(server.pid());
 
     // Connect everyone and poll once (the server reads each room's snapshot on its first
@@ -343,6 +306,7 @@ async fn polling(
     let (ready_tx, mut ready_rx) = mpsc::channel(players.len());
     let (go, go_rx) = watch::channel(None);
     let connecting = Arc::new(Semaphore::new(args.setup_concurrency * 8));
+    let latencies = Arc::new(Recorder::default());
     let pollers: Vec<_> = players
         .iter()
         .enumerate()
@@ -356,6 +320,7 @@ async fn polling(
                 ready_tx.clone(),
                 go_rx.clone(),
                 args.seconds,
+                latencies.clone(),
             ))
         })
         .collect();
@@ -367,8 +332,7 @@ async fn polling(
             .with_context(|| format!("poller {}", done + 1))?;
     }
     let mut pids = vec![("status server", server.pid())];
-    pids.extend(procs.pids());
-    pids.push(("load tool", std::process::id()));
+    pids.extend(rig.processes());
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
     go.send_replace(Some(start));
     tokio::time::sleep_until(start).await;
@@ -385,13 +349,12 @@ async fn polling(
         if side.first_error.is_none() {
             side.first_error = polled.first_error;
         }
-        side.latencies.extend(polled.latencies);
     }
     side.span = cpu.elapsed();
     side.cpu = cpu.percents();
+    side.latencies = latencies.take();
     side.server_rss_kib = rss_kib(server.pid());
     side.server_rss_before_kib = rss_before;
-    server.stop(Duration::from_secs(5)).await;
     Ok(side)
 }
 
@@ -401,7 +364,6 @@ struct Polled {
     errors: u64,
     first_error: Option<String>,
     bytes: u64,
-    latencies: Vec<f64>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -414,6 +376,7 @@ async fn poller(
     ready: mpsc::Sender<anyhow::Result<()>>,
     mut go: watch::Receiver<Option<tokio::time::Instant>>,
     seconds: u64,
+    latencies: Arc<Recorder>,
 ) -> anyhow::Result<Polled> {
     let request = request_bytes("GET", &path, &[], b"");
     let first = async {
@@ -454,7 +417,6 @@ async fn poller(
         errors: 0,
         first_error: None,
         bytes: 0,
-        latencies: Vec::with_capacity((seconds as f64 / period.as_secs_f64()) as usize + 1),
     };
     let mut base = conn.bytes_read;
     let mut conn = Some(conn);
@@ -480,7 +442,7 @@ async fn poller(
         match outcome {
             Ok(()) => {
                 polled.completed += 1;
-                polled.latencies.push(sent.elapsed().as_secs_f64());
+                latencies.record(sent.elapsed().as_nanos() as u64);
             }
             Err(e) => {
                 polled.errors += 1;
@@ -580,7 +542,7 @@ fn print_side_by_side(poll: &Side, sse: &Side, wanted: f64) {
     );
     row("errors", poll.errors.to_string(), sse.errors.to_string());
     println!();
-    println!("{}", latency_line("poll latency", poll.latencies.clone()));
+    println!("poll latency: {}", poll.latencies.summary());
     for (side, name) in [(poll, "polling"), (sse, "Phasecast")] {
         if let Some(e) = &side.first_error {
             println!("{name}: first error: {e}");

@@ -19,10 +19,9 @@
 use std::time::Duration;
 
 use anyhow::ensure;
-use bench::fleet::{self, Fleet};
-use bench::processes::CpuMeter;
+use bench::fleet;
 use bench::report::Csv;
-use bench::rig::{by_role, cpu_line, Rig, RigArgs};
+use bench::rig::{cpu_line, CpuMeter, Rig, RigArgs};
 use clap::Parser;
 
 /// Reconnect storm: N clients drop their streams at once and resume with Last-Event-ID.
@@ -49,12 +48,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     ensure!(args.rate > 0.0, "events must flow: --rate above 0");
     // Old connections may still be open at the gateway while their replacements arrive.
     let rig = Rig::start(&args.rig, 1, 2 * args.connections + 1000, None, 100_000).await?;
-    let mut fleet = Fleet::new(
-        rig.target(),
-        "/v1/lobby/events",
-        args.rig.per_worker,
-        args.rig.timeout(),
-    );
+    let mut fleet = args.rig.fleet(&rig);
     fleet.add(args.connections).await?;
     let opened = fleet.open().await?;
     println!(
@@ -78,7 +72,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cpu = CpuMeter::start(&rig.processes(&fleet));
     let at_storm = rig.lobby.last_id().await?;
     let storm = fleet.resume(at_storm).await?;
-    let cpu = by_role(cpu.percents());
+    let cpu = cpu.percents();
     let live = fleet.reach(rig.lobby.last_id().await? + 1).await?;
     rig.lobby.set_rate(0.0);
     let tally = fleet.tally().await?;

@@ -55,16 +55,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bench::browser::{self, RoomStream, Seat};
-use bench::http::{source_address, unix_ns, HttpPool, SseItem};
-use bench::latency_line;
-use bench::processes::{metric, rss_kib, CpuMeter, Processes, StackOptions};
+use bench::histogram::{Latencies, Recorder};
+use bench::http::{source_address, HttpPool};
+use bench::rig::{cpu_line, rss_kib, CpuMeter, GameRig, GameRigArgs};
+use bench::sse::{self, Frame, Sequence, Step};
+use bench::unix_ns;
 use clap::Parser;
 use proto::event::{Death, GameOver, PhaseChanged, RoleDealt, RoomSnapshot};
 use proto::event::{Phase, Role, Team};
@@ -111,10 +113,8 @@ struct Args {
     /// Rooms being created, joined and connected at once.
     #[arg(long, default_value_t = 32)]
     setup_concurrency: usize,
-    #[arg(long, default_value = "target/release/game-engine")]
-    engine: PathBuf,
-    #[arg(long, default_value = "target/release/gateway")]
-    gateway: PathBuf,
+    #[command(flatten)]
+    rig: GameRigArgs,
 }
 
 /// Phase durations, ms: a round of about 13 s for 8 players.
@@ -166,15 +166,16 @@ impl Durations {
 #[derive(Default)]
 struct Stats {
     measuring: AtomicBool,
-    /// Deadline → client, seconds, by the phase that ended.
-    phase_latency: Mutex<BTreeMap<&'static str, Vec<f64>>>,
+    /// Deadline → client, by the phase that ended.
+    phase_latency: Mutex<BTreeMap<&'static str, Recorder>>,
     early_phase_changes: AtomicU64,
     /// Deadline-caused changes whose `ends_at` is not the previous one plus the duration.
     timing_anomalies: AtomicU64,
     commands_ok: AtomicU64,
     commands_refused: Mutex<BTreeMap<String, u64>>,
     command_errors: AtomicU64,
-    command_latency: Mutex<Vec<f64>>,
+    /// Of every command answered.
+    command_latency: Recorder,
     duplicates: AtomicU64,
     gaps: AtomicU64,
     extra_ids: AtomicU64,
@@ -221,28 +222,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.players >= 3, "--players: at least 3");
     let durations = Durations::parse(&args.durations)?;
-    let n = args.players;
-    let settings = json!({
-        "title": "bench", "total": n, "mafia": (n / 4).max(1),
-        "doctor": u8::from(n >= 4), "police": u8::from(n >= 5),
-        "durations_ms": durations.0,
-    });
+    let settings = browser::room_settings(args.players, &durations.0);
     let connections = args.rooms * args.players as usize;
-    let procs = Processes::start(&StackOptions {
-        engine_bin: args.engine.clone(),
-        gateway_bin: args.gateway.clone(),
-        min_phase: args.min_phase.clone(),
-        max_connections: connections + 1000,
-        heartbeat: None,
-    })
-    .await?;
-    println!(
-        "nats-server, game-engine (pid {}) and gateway (pid {}, {}) running; logs in {}",
-        procs.engine.pid(),
-        procs.gateway.pid(),
-        procs.gateway_addr,
-        procs.dir.path().display()
-    );
+    let rig = GameRig::start(&args.rig, &args.min_phase, connections + 1000, None).await?;
+    println!("{rig}");
     println!(
         "{} rooms × {} players = {} SSE connections; durations (ms) {}",
         args.rooms,
@@ -252,10 +235,10 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let ctx = Arc::new(Ctx {
-        http: HttpPool::new(procs.gateway_addr, args.command_connections, HTTP_LIMIT),
-        gateway: procs.gateway_addr,
-        nats: procs.client.clone(),
-        subjects: procs.subjects.clone(),
+        http: HttpPool::new(rig.gateway.addr, args.command_connections, HTTP_LIMIT),
+        gateway: rig.gateway.addr,
+        nats: rig.client.clone(),
+        subjects: rig.subjects.clone(),
         settings,
         durations,
         day_vote_share: args.day_vote_share,
@@ -293,9 +276,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep_until((t0 + Duration::from_secs(args.stagger)).into()).await;
 
     // Measure.
-    let mut pids = procs.pids();
-    pids.push(("load tool", std::process::id()));
-    let cpu = CpuMeter::start(&pids);
+    let cpu = CpuMeter::start(&rig.processes());
     ctx.stats.measuring.store(true, Ordering::Relaxed);
     let mut in_play = Vec::new();
     let end = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
@@ -308,25 +289,23 @@ async fn main() -> anyhow::Result<()> {
     }
     ctx.stats.measuring.store(false, Ordering::Relaxed);
     let span = cpu.elapsed();
-    let cpu_line = cpu.line();
-    let gateway_rss = rss_kib(procs.gateway.pid());
-    let open_streams = metric(procs.gateway_admin, "phasecast_gateway_connections").await;
-    let slow = metric(
-        procs.gateway_admin,
-        "phasecast_gateway_slow_consumer_disconnects_total",
-    )
-    .await;
+    let cpu = cpu.percents();
+    let gateway_rss = rss_kib(rig.gateway.pid());
+    let open_streams = rig.gateway.connections().await;
+    let slow = (rig.gateway)
+        .metric("phasecast_gateway_slow_consumer_disconnects_total")
+        .await;
 
     ctx.stopping.store(true, Ordering::Relaxed);
     tables.abort_all();
     report(&ctx.stats, span, &in_play, args.rooms);
     println!(
         "gateway: {} streams open at the end, {} slow-consumer disconnects, RSS {:.0} MiB",
-        open_streams.map_or("?".into(), |v| format!("{v:.0}")),
+        open_streams.map_or("?".into(), |v| v.to_string()),
         slow.map_or("?".into(), |v| format!("{v:.0}")),
         gateway_rss as f64 / 1024.0
     );
-    println!("{cpu_line}");
+    println!("CPU: {}", cpu_line(&cpu));
     let errors = ctx.stats.errors.load(Ordering::Relaxed);
     if errors > 0 {
         println!("errors: {errors}; the first:");
@@ -335,7 +314,6 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     while tables.join_next().await.is_some() {}
-    procs.stop().await;
     Ok(())
 }
 
@@ -351,30 +329,35 @@ fn report(stats: &Stats, span: f64, in_play: &[i64], rooms: usize) {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let by_phase = stats.phase_latency.lock().expect("lock").clone();
-    let all: Vec<f64> = by_phase.values().flatten().copied().collect();
+    let by_phase: Vec<(&str, Latencies)> = (stats.phase_latency.lock().expect("lock").iter())
+        .map(|(phase, recorder)| (*phase, recorder.take()))
+        .collect();
+    let mut all = Latencies::default();
+    for (_, latencies) in &by_phase {
+        all.merge(latencies);
+    }
     println!(
         "phase changes by deadline: {} deliveries ({:.0}/s); ended early by votes, not counted: {}; timing anomalies: {}",
-        all.len(),
-        all.len() as f64 / span,
+        all.count(),
+        all.count() as f64 / span,
         load(&stats.early_phase_changes),
         load(&stats.timing_anomalies)
     );
-    println!("{}", latency_line("deadline → client", all));
+    println!("deadline → client: {}", all.summary());
     for (phase, latencies) in by_phase {
-        println!("{}", latency_line(&format!("  after {phase}"), latencies));
+        println!("  after {phase}: {}", latencies.summary());
     }
-    let latencies = std::mem::take(&mut *stats.command_latency.lock().expect("lock"));
+    let latencies = stats.command_latency.take();
     let refused = stats.commands_refused.lock().expect("lock").clone();
     println!(
         "commands through the bridge: {} in {span:.1} s ({:.0}/s), refused {} {:?}, failed {}",
-        latencies.len(),
-        latencies.len() as f64 / span,
+        latencies.count(),
+        latencies.count() as f64 / span,
         refused.values().sum::<u64>(),
         refused,
         load(&stats.command_errors)
     );
-    println!("{}", latency_line("command latency", latencies));
+    println!("command latency: {}", latencies.summary());
     println!(
         "SSE ids: duplicates {}, gaps {} ({} streams checked against the engine's history at game over, {} uncheckable, {} ids the history lacks)",
         load(&stats.duplicates),
@@ -446,17 +429,12 @@ async fn seat(ctx: &Ctx) -> anyhow::Result<Room> {
 async fn play(ctx: &Arc<Ctx>, room: Room) -> anyhow::Result<()> {
     let host = &room.players[0].0;
     let started = send_command(ctx, &room.code, &host.token, json!({"type": "start"})).await?;
-    anyhow::ensure!(
-        started.status == 200,
-        "start refused: HTTP {} {}",
-        started.status,
-        String::from_utf8_lossy(&started.body)
-    );
+    browser::ensure_ok(&started, "start")?;
     ctx.stats.rooms_playing.fetch_add(1, Ordering::Relaxed);
     let mut players = JoinSet::new();
     for (i, (seat, stream)) in room.players.into_iter().enumerate() {
-        let player = Player::new(ctx.clone(), room.code.clone(), seat, stream, i == 0);
-        players.spawn(player.play());
+        let (player, stream) = Player::new(ctx.clone(), room.code.clone(), seat, stream, i == 0);
+        players.spawn(player.play(stream));
     }
     let mut result = Ok(());
     while let Some(done) = players.join_next().await {
@@ -483,8 +461,8 @@ async fn send_command(
     if stats.measuring() {
         match &result {
             Ok(response) => {
-                let latency = sent.elapsed().as_secs_f64();
-                stats.command_latency.lock().expect("lock").push(latency);
+                let latency = sent.elapsed().as_nanos() as u64;
+                stats.command_latency.record(latency);
                 if response.status == 200 {
                     stats.commands_ok.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -518,35 +496,37 @@ struct Player {
     token: Arc<str>,
     /// The one player of the table who counts the game's result.
     counts_result: bool,
-    stream: RoomStream,
     role: Option<Role>,
     mafia: BTreeSet<PlayerId>,
     /// Players in join order, with whether they are alive.
     players: Vec<(PlayerId, bool)>,
     phase: Phase,
     ends_at: Option<u64>,
-    last_id: u64,
+    /// The stream's ids so far, for duplicates (gaps are checked at game over).
+    sequence: Sequence,
+    snapshot_id: u64,
     /// Ids delivered after the snapshot, for the check at game over.
     delivered: Vec<u64>,
     vote_later: bool,
     pending: Option<(tokio::time::Instant, Action)>,
 }
 
-/// What woke the player up.
-enum Wake {
-    Frame(anyhow::Result<Option<SseItem>>),
-    Act(Action),
-}
-
 impl Player {
-    fn new(ctx: Arc<Ctx>, code: RoomCode, seat: Seat, stream: RoomStream, counts: bool) -> Self {
+    /// The player as their snapshot shows them, and the stream to play from.
+    fn new(
+        ctx: Arc<Ctx>,
+        code: RoomCode,
+        seat: Seat,
+        stream: RoomStream,
+        counts: bool,
+    ) -> (Self, sse::Stream) {
         let snapshot: &RoomSnapshot = &stream.snapshot;
         let role = snapshot
             .players
             .iter()
             .find(|p| p.player_id == seat.player_id)
             .and_then(|p| p.role);
-        Player {
+        let player = Player {
             players: snapshot
                 .players
                 .iter()
@@ -554,7 +534,8 @@ impl Player {
                 .collect(),
             phase: snapshot.phase,
             ends_at: snapshot.ends_at,
-            last_id: stream.snapshot_id,
+            sequence: stream.sequence,
+            snapshot_id: stream.snapshot_id,
             ctx,
             code,
             me: seat.player_id,
@@ -562,75 +543,76 @@ impl Player {
             counts_result: counts,
             role,
             mafia: BTreeSet::new(),
-            stream,
             delivered: Vec::new(),
             vote_later: false,
             pending: None,
-        }
+        };
+        (player, stream.stream)
     }
 
     /// Plays until `room_closed`.
-    async fn play(mut self) -> anyhow::Result<()> {
+    async fn play(mut self, mut stream: sse::Stream) -> anyhow::Result<()> {
         // Phases are seconds long and heartbeats come every 15 s: a minute of silence is a
         // broken stream.
         let quiet_limit = Duration::from_secs(60);
         loop {
-            let wake = {
-                let at = self.pending.map(|(at, _)| at);
-                let act = async move {
-                    match at {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    frame = timeout(quiet_limit, self.stream.sse.next()) => Wake::Frame(
-                        frame.unwrap_or_else(|_| Err(anyhow::anyhow!("no frame for {quiet_limit:?}")))
-                    ),
-                    () = act => Wake::Act(self.pending.take().expect("pending").1),
+            let at = self.pending.map(|(at, _)| at);
+            let act = async move {
+                match at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
             };
-            match wake {
-                Wake::Act(action) => self.act(action),
-                Wake::Frame(frame) => match frame.with_context(|| format!("room {}", self.code))? {
-                    None => bail!("room {}: stream ended before room_closed", self.code),
-                    Some(SseItem::Comment { .. }) => {}
-                    Some(SseItem::Event {
-                        id,
-                        event,
-                        data,
-                        received_ns,
-                    }) => {
-                        self.count_id(id);
-                        if event == "room_closed" {
-                            return Ok(());
-                        }
-                        self.on_event(&event, &data, received_ns, id)
-                            .with_context(|| format!("room {}: {event} {data}", self.code))?;
-                    }
+            tokio::select! {
+                readable = timeout(quiet_limit, stream.readable()) => match readable {
+                    Ok(ready) => ready.with_context(|| format!("room {}", self.code))?,
+                    Err(_) => bail!("room {}: nothing read for {quiet_limit:?}", self.code),
                 },
+                () = act => {
+                    let (_, action) = self.pending.take().expect("pending");
+                    self.act(action);
+                    continue;
+                }
+            }
+            // Ok(true) once the room has closed.
+            let mut outcome = Ok(false);
+            let received = stream.read_frames(|frame| {
+                outcome = self.on_frame(&frame);
+                match outcome {
+                    Ok(false) => ControlFlow::Continue(()),
+                    _ => ControlFlow::Break(()),
+                }
+            });
+            let received = received.with_context(|| format!("room {}", self.code))?;
+            // The gateway ends the stream right after `room_closed`, often in the same read.
+            if outcome? {
+                return Ok(());
+            }
+            if !received.open {
+                bail!("room {}: stream ended before room_closed", self.code);
             }
         }
     }
 
-    fn count_id(&mut self, id: Option<u64>) {
-        let Some(id) = id else { return };
-        if id <= self.last_id {
+    /// Counts the frame's id and acts on it; true once the room has closed.
+    fn on_frame(&mut self, frame: &Frame<'_>) -> anyhow::Result<bool> {
+        if self.sequence.observe(frame) == Step::Duplicate {
             self.ctx.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.last_id = id;
         }
-        self.delivered.push(id);
+        if let Some(id) = frame.id {
+            self.delivered.push(id);
+        }
+        if frame.event == "room_closed" {
+            return Ok(true);
+        }
+        self.on_event(frame)
+            .with_context(|| format!("room {}: {} {}", self.code, frame.event, frame.data))?;
+        Ok(false)
     }
 
-    fn on_event(
-        &mut self,
-        event: &str,
-        data: &str,
-        received_ns: u64,
-        id: Option<u64>,
-    ) -> anyhow::Result<()> {
-        match event {
+    fn on_event(&mut self, frame: &Frame<'_>) -> anyhow::Result<()> {
+        let data = frame.data;
+        match frame.event {
             "role" => {
                 let dealt: RoleDealt = serde_json::from_str(data)?;
                 self.role = Some(dealt.role);
@@ -647,7 +629,7 @@ impl Player {
                     }
                 }
             }
-            "phase" => self.on_phase(serde_json::from_str(data)?, received_ns),
+            "phase" => self.on_phase(serde_json::from_str(data)?, frame.received_ns),
             "game_over" => {
                 let over: GameOver = serde_json::from_str(data)?;
                 if self.counts_result {
@@ -664,7 +646,7 @@ impl Player {
                         .entry(side)
                         .or_default() += 1;
                 }
-                let upto = id.context("game_over without an id")?;
+                let upto = frame.id.context("game_over without an id")?;
                 let delivered = std::mem::take(&mut self.delivered);
                 if !rand::rng().random_bool(self.ctx.check_ids) {
                     return Ok(());
@@ -673,7 +655,7 @@ impl Player {
                     self.ctx.clone(),
                     self.code.clone(),
                     self.me.clone(),
-                    self.stream.snapshot_id,
+                    self.snapshot_id,
                     delivered,
                     upto,
                 ));
@@ -710,14 +692,14 @@ impl Player {
                 if (began - ended_at as i64).abs() > SLACK_MS {
                     stats.timing_anomalies.fetch_add(1, Ordering::Relaxed);
                 }
-                let latency = received_ns as f64 / 1e9 - ended_at as f64 / 1e3;
+                let latency = received_ns.saturating_sub(ended_at * 1_000_000);
                 stats
                     .phase_latency
                     .lock()
                     .expect("lock")
                     .entry(self.phase.as_str())
                     .or_default()
-                    .push(latency);
+                    .record(latency);
             }
         }
         self.phase = change.phase;

@@ -18,9 +18,8 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use bench::fleet::{self, Fleet};
-use bench::processes::{rss_kib, CpuMeter};
 use bench::report::Csv;
-use bench::rig::{by_role, cpu_line, kib_line, Rig, RigArgs};
+use bench::rig::{by_role, cpu_line, kib_line, rss_kib, CpuMeter, Rig, RigArgs};
 use clap::Parser;
 
 /// Scale-out: N streams over several gateways behind nginx; memory and CPU it costs.
@@ -80,12 +79,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         1,
     )
     .await?;
-    let mut fleet = Fleet::new(
-        rig.target(),
-        "/v1/lobby/events",
-        args.rig.per_worker,
-        args.rig.timeout(),
-    );
+    let mut fleet = args.rig.fleet(&rig);
     let memory = |fleet: &Fleet| {
         by_role(
             rig.processes(fleet)
@@ -135,7 +129,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let cpu = CpuMeter::start(&rig.processes(&fleet));
     tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
-    let idle = by_role(cpu.percents());
+    let idle = cpu.percents();
     println!(
         "CPU while idle ({} s): {}",
         args.idle_seconds,
