@@ -29,7 +29,9 @@ if [ ${#cdfs[@]} -gt 0 ]; then
     for f in "${cdfs[@]}"; do
         name=${f##*/fanout-cdf-}
         name=${name%.csv}
-        curves+=("'$f' skip 1 using 1:2 with lines lw 2 title '${name%%-*} connections, ${name#*-} events/s'")
+        # Solid for one connection count, dashed for the next: colours repeat after eight.
+        [ "${name%%-*}" = "${first:=${name%%-*}}" ] && dash=1 || dash=2
+        curves+=("'$f' skip 1 using 1:2 with lines lw 2 dt $dash title '${name%%-*} connections, ${name#*-} events/s'")
     done
     gnuplot <<EOF
 $common
