@@ -17,7 +17,7 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -35,8 +35,9 @@ use crate::stream::{self, Opened, Route, RESPONSE_HEADERS};
 
 /// The longest request head read here; a longer one is left to hyper.
 const MAX_HEAD: usize = 16 * 1024;
-/// Headers parsed at most; more is left to hyper.
-const MAX_HEADERS: usize = 32;
+/// Headers parsed at most; more is left to hyper. Browsers send about 15, and proxies and
+/// CDNs add their own.
+const MAX_HEADERS: usize = 64;
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stream's write may wait on a client that reads nothing before it is dropped.
@@ -79,6 +80,9 @@ pub async fn serve(listener: TcpListener, state: AppState, router: Router) {
             }
         }
     }
+    // Closed at once, so that nginx's connects are refused and go to another gateway
+    // rather than queue here unserved until the process exits.
+    drop(listener);
     connections.close();
     connections.wait().await;
 }
@@ -92,10 +96,14 @@ async fn connection(
 ) {
     let _ = socket.set_nodelay(true);
     let mut head = BytesMut::with_capacity(1024);
-    let request = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket, &mut head)).await
-    {
-        Ok(Ok(request)) => request,
-        Ok(Err(_)) | Err(_) => return,
+    let reading = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket, &mut head));
+    let request = tokio::select! {
+        read = reading => match read {
+            Ok(Ok(request)) => request,
+            Ok(Err(_)) | Err(_) => return,
+        },
+        // A connection that has not even sent its request does not hold up a shutdown.
+        () = state.shutdown.cancelled() => return,
     };
     match request {
         Some(request) if request.len == head.len() => {
@@ -161,6 +169,8 @@ impl Head {
         }
         let plain = request.method == Some("GET")
             && request.version == Some(1)
+            // Percent-encoding is the router's to decode, so both paths read a path alike.
+            && request.path.is_some_and(|path| !path.contains('%'))
             && !["origin", "upgrade", "content-length", "transfer-encoding"]
                 .iter()
                 .any(|name| headers.contains_key(*name));
@@ -183,7 +193,10 @@ impl Head {
 /// Writes a stream's head and chunks until it ends or the client goes away.
 async fn write_stream(mut socket: TcpStream, opened: Opened) {
     let Opened { first, mut live } = opened;
-    let mut head = String::from("HTTP/1.1 200 OK\r\n");
+    let mut head = format!(
+        "HTTP/1.1 200 OK\r\ndate: {}\r\n",
+        httpdate::fmt_http_date(SystemTime::now())
+    );
     for (name, value) in RESPONSE_HEADERS {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -202,6 +215,10 @@ async fn write_stream(mut socket: TcpStream, opened: Opened) {
             () = closed(&socket) => return,
         };
         let Some(chunk) = chunk else { break };
+        // An empty chunk is the end of the body in HTTP/1.1.
+        if chunk.is_empty() {
+            continue;
+        }
         if write_chunk(&mut socket, b"", &chunk).await.is_err() {
             return;
         }
@@ -243,19 +260,18 @@ async fn write_chunk(socket: &mut TcpStream, prefix: &[u8], data: &[u8]) -> io::
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
-/// Resolves when the client has closed its end (or reset it). A stream's client sends
-/// nothing after its request, so anything it does send is read and ignored.
+/// Resolves when the client has closed its end, reset it, or sent anything at all: a
+/// stream's response says `Connection: close`, so its client has nothing more to say, and
+/// reading whatever it sends would let one client keep a worker busy.
 async fn closed(socket: &TcpStream) {
     loop {
         if socket.readable().await.is_err() {
             return;
         }
-        let mut sink = [0u8; 64];
-        match socket.try_read(&mut sink) {
-            Ok(0) => return,
-            Ok(_) => {}
+        let mut byte = [0u8; 1];
+        match socket.try_read(&mut byte) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
+            _ => return,
         }
     }
 }
@@ -267,7 +283,11 @@ async fn write_response(mut socket: TcpStream, response: Response) {
         Ok(body) => body.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let mut head = format!("HTTP/1.1 {}\r\n", parts.status);
+    let mut head = format!(
+        "HTTP/1.1 {}\r\ndate: {}\r\n",
+        parts.status,
+        httpdate::fmt_http_date(SystemTime::now())
+    );
     for (name, value) in &parts.headers {
         if let Ok(value) = value.to_str() {
             head.push_str(&format!("{name}: {value}\r\n"));

@@ -13,6 +13,7 @@
 //! its browser resumes with `Last-Event-ID`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +62,10 @@ struct Topic {
     /// The ring's only strong sender belongs to the topic's task: when the task ends (its
     /// subscription died) the ring closes and every member's stream ends with it.
     ring: broadcast::WeakSender<Item>,
+    /// Connections on the stream. Changed only under the hub's lock, so that the last one
+    /// to leave knows it is the last (the ring's receiver count cannot tell: a leaving
+    /// member's receiver is dropped after its lock is released).
+    members: AtomicUsize,
     /// `None` while subscribing, then whether it worked.
     ready: watch::Receiver<Option<bool>>,
     stop: CancellationToken,
@@ -107,6 +112,7 @@ impl Hub {
             topics.insert(key.clone(), topic.clone());
             (topic, rx)
         });
+        topic.members.fetch_add(1, Ordering::Relaxed);
         drop(topics);
         Membership {
             hub: self.inner.clone(),
@@ -130,6 +136,7 @@ impl Hub {
         let (ring, rx) = broadcast::channel(self.inner.ring);
         let topic = Arc::new(Topic {
             ring: ring.downgrade(),
+            members: AtomicUsize::new(0),
             ready,
             stop: CancellationToken::new(),
         });
@@ -240,17 +247,13 @@ pub fn is_for(to: Option<&str>, viewer: Option<&PlayerId>) -> bool {
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        // Joining happens under the same lock, so "only our receiver is left" cannot race
-        // with a new member.
         let mut topics = self.hub.topics.lock().expect("hub lock");
-        let Some(ring) = self.topic.ring.upgrade() else {
-            return; // the topic's task has ended and removed it
-        };
-        if ring.receiver_count() == 1 {
-            if let Some(current) = topics.get(&self.key) {
-                if Arc::ptr_eq(current, &self.topic) {
-                    topics.remove(&self.key);
-                }
+        if self.topic.members.fetch_sub(1, Ordering::Relaxed) == 1 {
+            if topics
+                .get(&self.key)
+                .is_some_and(|current| Arc::ptr_eq(current, &self.topic))
+            {
+                topics.remove(&self.key);
             }
             self.topic.stop.cancel();
         }

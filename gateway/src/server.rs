@@ -187,6 +187,10 @@ impl Gateway {
             .as_deref()
             .context("auth.verify_key_file is required (the engine's Ed25519 public key)")?;
         let verifier = Verifier::from_pem_file(key_file)?;
+        anyhow::ensure!(
+            !config.gateway.heartbeat.is_zero(),
+            "gateway.heartbeat must be longer than zero"
+        );
         let metrics = m::install(config.gateway.max_connections);
         let (events_tx, nats_events) = mpsc::unbounded_channel();
         let client = async_nats::ConnectOptions::new()

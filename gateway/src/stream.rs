@@ -212,6 +212,12 @@ struct Slot {
 
 impl Slot {
     fn acquire(state: &AppState, kind: &'static str) -> Result<Slot, ApiError> {
+        if state.shutdown.is_cancelled() {
+            return Err(ApiError::unavailable(
+                "this gateway is shutting down",
+                state.config.retry,
+            ));
+        }
         if !state.nats_connected() {
             return Err(ApiError::unavailable(
                 "NATS is unreachable",
@@ -365,8 +371,12 @@ impl Live {
     /// Fetches what was published while NATS was away and releases the held frames after it.
     /// `Ok(None)`: nothing new to send; `None`: give up and end the stream.
     async fn resync(&mut self) -> Option<Option<Bytes>> {
-        let (_, tries) = self.retry_resync.take()?;
-        match catch_up(&self.state, &self.key, self.viewer.as_ref(), self.last).await {
+        // Cleared only once the catch-up has answered: a resync cancelled halfway is tried
+        // again rather than forgotten.
+        let (_, tries) = self.retry_resync?;
+        let caught_up = catch_up(&self.state, &self.key, self.viewer.as_ref(), self.last).await;
+        self.retry_resync = None;
+        match caught_up {
             Ok(missed) => {
                 let held = self.paused.take().unwrap_or_default();
                 let mut out = BytesMut::new();
@@ -387,7 +397,7 @@ impl Live {
 
     /// The next bytes to write, or `None` to end the stream (room closed, shutdown, slow
     /// consumer, or a resync that failed); the browser then reconnects with `Last-Event-ID`.
-    /// Cancel-safe: dropping it loses nothing but the stream's place in a resync backoff.
+    /// Cancel-safe: dropped halfway, it loses nothing (a resync in flight is tried again).
     pub async fn next_chunk(&mut self) -> Option<Bytes> {
         let shutdown = self.state.shutdown.clone();
         while !self.finished {

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{FakeStream, Publish, Setup, WAIT};
+use common::{token, FakeStream, Publish, Setup, WAIT};
+use proto::{PlayerId, RoomCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -132,4 +133,31 @@ async fn a_refused_stream_is_a_json_error_with_its_status() {
     let body = text.split("\r\n\r\n").nth(1).unwrap();
     let body: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(body["error"], "unauthorized");
+}
+
+#[tokio::test]
+async fn a_percent_encoded_room_code_is_decoded_by_the_router() {
+    let s = Setup::new(|_| {}).await;
+    let code = RoomCode::parse("Room1234").unwrap();
+    let fake = FakeStream::start(&s, Some(code.clone()), true).await;
+    let ann = PlayerId::parse("ann12345").unwrap();
+    let mut socket = TcpStream::connect(s.gateway.addr).await.unwrap();
+    let head = format!(
+        "GET /v1/rooms/Room%31234/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        token(&code, &ann, 60)
+    );
+    assert_streams(&fake, &mut socket, &head).await;
+}
+
+#[tokio::test]
+async fn a_stream_client_that_sends_more_is_closed() {
+    let s = Setup::new(|_| {}).await;
+    let fake = FakeStream::start(&s, None, true).await;
+    let mut socket = TcpStream::connect(s.gateway.addr).await.unwrap();
+    assert_streams(&fake, &mut socket, &format!("{STREAM}\r\n")).await;
+    socket.write_all(&[b'x'; 4096]).await.unwrap();
+    let mut rest = Vec::new();
+    // Ends rather than reads on forever; the close may come as a reset.
+    let ended = timeout(WAIT, socket.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the stream was not closed");
 }

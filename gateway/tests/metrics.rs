@@ -14,7 +14,9 @@ async fn eventually(setup: &Setup, series: &str, value: f64) {
     .await;
 }
 
-#[tokio::test]
+// Two workers, so that streams ending together leave their topic from several threads at
+// once: the last of them must still unsubscribe it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_connections_subscriptions_and_failures() {
     let s = Setup::new(|c| c.gateway.max_connections = 5000).await;
     let scrape = s.gateway.metrics().await;
@@ -68,6 +70,16 @@ async fn metrics_follow_connections_subscriptions_and_failures() {
     drop(streams);
     eventually(&s, "phasecast_gateway_nats_subscriptions", 0.0).await;
     eventually(&s, "phasecast_gateway_connections{stream=\"lobby\"}", 0.0).await;
+    for _ in 0..5 {
+        let mut streams = Vec::new();
+        for _ in 0..50 {
+            let mut sse = Sse::connect(&url, &[]).await;
+            sse.next().await.unwrap();
+            streams.push(sse);
+        }
+        drop(streams);
+        eventually(&s, "phasecast_gateway_nats_subscriptions", 0.0).await;
+    }
 
     // A room stream holds two subscriptions: public events, and its players' private ones.
     let code = RoomCode::parse("Room1234").unwrap();
