@@ -45,17 +45,27 @@ impl StreamKey {
     }
 }
 
-/// What a topic's ring carries to its connections.
+/// What a topic's ring carries to its connections. One pointer wide: a ring allocates all
+/// its slots when its stream opens, and a watched room's ring is shared by a handful of
+/// players, so the slot size is most of what a room costs the gateway.
 #[derive(Clone, Debug)]
 pub enum Item {
-    /// An event, for everyone on the stream or (`to`) for one player only.
-    Frame { frame: Frame, to: Option<Arc<str>> },
+    /// An event, for everyone on the stream or for one player only.
+    Frame(Arc<Addressed>),
     /// Time for the `: ping` comment that keeps idle streams open through proxies.
     Heartbeat,
     /// NATS went away: events may be missed until [`Item::Resync`].
     Pause,
     /// NATS is back (or dropped messages): fetch what was missed.
     Resync,
+}
+
+/// An event and who may see it.
+#[derive(Debug)]
+pub struct Addressed {
+    pub frame: Frame,
+    /// The player it is private to; `None`: everyone on the stream.
+    pub to: Option<Box<str>>,
 }
 
 struct Topic {
@@ -216,8 +226,8 @@ fn publish(subjects: &Subjects, ring: &broadcast::Sender<Item>, msg: &Message) {
         counter!(m::EVENTS_MALFORMED).increment(1);
         return;
     };
-    let to = subjects.player_of(&msg.subject).map(Arc::from);
-    let _ = ring.send(Item::Frame { frame, to });
+    let to = subjects.player_of(&msg.subject).map(Box::from);
+    let _ = ring.send(Item::Frame(Arc::new(Addressed { frame, to })));
 }
 
 /// One connection's place in a stream; leaving the stream is dropping it.

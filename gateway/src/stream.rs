@@ -309,8 +309,8 @@ impl Live {
     /// for this viewer, already sent, held during an outage, or the stream is ending).
     fn take(&mut self, item: Result<Item, RecvError>) -> Option<Bytes> {
         match item {
-            Ok(Item::Frame { frame, to }) => {
-                if !is_for(to.as_deref(), self.viewer.as_ref()) {
+            Ok(Item::Frame(event)) => {
+                if !is_for(event.to.as_deref(), self.viewer.as_ref()) {
                     return None;
                 }
                 if let Some(held) = &mut self.paused {
@@ -318,11 +318,11 @@ impl Live {
                         counter!(m::SLOW_CONSUMERS).increment(1);
                         self.finished = true;
                     } else {
-                        held.push(frame);
+                        held.push(event.frame.clone());
                     }
                     return None;
                 }
-                self.admit(&frame).then_some(frame.bytes)
+                self.admit(&event.frame).then(|| event.frame.bytes.clone())
             }
             Ok(Item::Heartbeat) => Some(Bytes::from_static(HEARTBEAT)),
             Ok(Item::Pause) => {
