@@ -1,15 +1,8 @@
-//! Metric names, the Prometheus recorder and the admin listener (`/metrics`, `/healthz`).
+//! Metric names and the Prometheus recorder; `proto::process` serves them.
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
-use axum::routing::get;
-use axum::Router;
 use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use proto::event::Phase;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 pub const ROOMS: &str = "phasecast_engine_rooms";
 pub const PLAYERS: &str = "phasecast_engine_players";
@@ -26,24 +19,9 @@ const BUCKETS: &[f64] = &[
     2.5, 5.0,
 ];
 
-/// Installs the process-wide recorder once and describes every metric, so that each one is
-/// exported from the start rather than from its first use.
+/// Installs the process-wide recorder once and describes every metric.
 pub fn install() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
-                .expect("buckets are not empty")
-                .build_recorder();
-            let handle = recorder.handle();
-            // Another component of the same process (a test) may have installed one first;
-            // then this handle renders nothing, which only matters to that test.
-            let _ = metrics::set_global_recorder(recorder);
-            describe();
-            handle
-        })
-        .clone()
+    proto::process::install_recorder(BUCKETS, describe)
 }
 
 fn describe() {
@@ -71,29 +49,4 @@ fn describe() {
     // Registering the histograms makes them render (empty) before their first sample.
     let _ = histogram!(SCHEDULER_LATENESS);
     let _ = histogram!(COMMAND_SECONDS, "type" => "join");
-}
-
-/// Serves `/metrics` and `/healthz` until `shutdown`, running the recorder's upkeep.
-pub async fn serve_admin(
-    listener: TcpListener,
-    handle: PrometheusHandle,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let upkeep = handle.clone();
-    let upkeep_stop = shutdown.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => upkeep.run_upkeep(),
-                () = upkeep_stop.cancelled() => break,
-            }
-        }
-    });
-    let app = Router::new()
-        .route("/metrics", get(move || async move { handle.render() }))
-        .route("/healthz", get(|| async { "ok\n" }));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
 }

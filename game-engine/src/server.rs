@@ -128,7 +128,11 @@ impl Engine {
             .await?;
         let lobby_snaps = client.subscribe(ctx.subjects.lobby_snap()).await?;
         tasks.spawn(Lobby::new(ctx.clone()).run(lobby_changes, lobby_snaps));
-        tasks.spawn(m::serve_admin(admin, m::install(), ctx.shutdown.clone()));
+        tasks.spawn(proto::process::serve_admin(
+            admin,
+            m::install(),
+            ctx.shutdown.clone(),
+        ));
         client.flush().await?;
         tracing::info!(nats = %config.nats.url, prefix = %config.subject_prefix, "engine ready");
 

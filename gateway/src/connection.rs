@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::{Buf, Bytes, BytesMut};
@@ -193,14 +193,11 @@ impl Head {
 /// Writes a stream's head and chunks until it ends or the client goes away.
 async fn write_stream(mut socket: TcpStream, opened: Opened) {
     let Opened { first, mut live } = opened;
-    let mut head = format!(
-        "HTTP/1.1 200 OK\r\ndate: {}\r\n",
-        httpdate::fmt_http_date(SystemTime::now())
+    let head = response_head(
+        StatusCode::OK,
+        RESPONSE_HEADERS,
+        "transfer-encoding: chunked",
     );
-    for (name, value) in RESPONSE_HEADERS {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
     let sent = write_chunk(&mut socket, head.as_bytes(), &first).await;
     // Both would otherwise live as long as the stream (the snapshot can be kilobytes).
     drop((head, first));
@@ -283,26 +280,34 @@ async fn write_response(mut socket: TcpStream, response: Response) {
         Ok(body) => body.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let mut head = format!(
-        "HTTP/1.1 {}\r\ndate: {}\r\n",
-        parts.status,
-        httpdate::fmt_http_date(SystemTime::now())
-    );
-    for (name, value) in &parts.headers {
-        if let Ok(value) = value.to_str() {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-    }
-    head.push_str(&format!(
-        "content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    ));
+    let headers = parts
+        .headers
+        .iter()
+        .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
+    let length = format!("content-length: {}", body.len());
+    let head = response_head(parts.status, headers, &length);
     let write = async {
         socket.write_all(head.as_bytes()).await?;
         socket.write_all(&body).await?;
         socket.shutdown().await
     };
     let _ = tokio::time::timeout(WRITE_STALL, write).await;
+}
+
+/// A response head: the status line, `Date`, `headers`, `framing` (how the body ends), and
+/// `Connection: close`, which every response written here carries.
+fn response_head<'a>(
+    status: StatusCode,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    framing: &str,
+) -> String {
+    let date = httpdate::fmt_http_date(SystemTime::now());
+    let mut head = format!("HTTP/1.1 {status}\r\ndate: {date}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("{framing}\r\nconnection: close\r\n\r\n"));
+    head
 }
 
 /// Hands the connection to hyper and the router, replaying the bytes already read; ends it

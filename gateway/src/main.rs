@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use gateway::{Config, Gateway};
-use proto::config::LogFormat;
+use proto::process;
 
 /// jemalloc rather than glibc's malloc: a connect storm opens thousands of streams at once,
 /// each briefly holding its request, its snapshot and a connection task bigger than the stream
@@ -31,30 +31,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let shutdown = shutdown_signal()?;
+    let shutdown = process::shutdown_signal()?;
     let config = Config::load(args.config.as_deref())?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log.format {
-        LogFormat::Json => logs.json().init(),
-        LogFormat::Text => logs.init(),
-    }
+    process::init_logs(&config.log);
     let gateway = Gateway::build(config).await?;
     tracing::info!(listen = %gateway.addr(), admin = %gateway.admin_addr(), "gateway ready");
     gateway.run_until(shutdown).await
-}
-
-/// SIGTERM or Ctrl-C. The handler is installed at once, before anything is bound, so a
-/// signal during startup is a clean stop too rather than the default kill.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    })
 }

@@ -1,18 +1,11 @@
-//! Metric names, the Prometheus recorder and the admin listener (`/metrics`).
+//! Metric names and the Prometheus recorder; `proto::process` serves them.
 //!
 //! Labels are bounded: a stream kind, an auth failure reason. Never a room code.
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
-use axum::routing::get;
-use axum::Router;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use metrics_exporter_prometheus::PrometheusHandle;
 
 pub const CONNECTIONS: &str = "phasecast_gateway_connections";
 pub const CONNECTIONS_OPENED: &str = "phasecast_gateway_connections_opened_total";
@@ -30,23 +23,9 @@ const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// Installs the process-wide recorder once and describes every metric so each is exported
-/// from the start.
+/// Installs the process-wide recorder once and describes every metric.
 pub fn install(connection_limit: usize) -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    let handle = HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
-                .expect("buckets are not empty")
-                .build_recorder();
-            let handle = recorder.handle();
-            // In a test process another component may have installed one first.
-            let _ = metrics::set_global_recorder(recorder);
-            describe();
-            handle
-        })
-        .clone();
+    let handle = proto::process::install_recorder(BUCKETS, describe);
     gauge!(CONNECTION_LIMIT).set(connection_limit as f64);
     handle
 }
@@ -65,7 +44,7 @@ fn describe() {
     );
     describe_counter!(
         SLOW_CONSUMERS,
-        "Connections dropped because their queue was full"
+        "Connections dropped for falling a whole ring behind or not reading"
     );
     describe_gauge!(
         NATS_SUBSCRIPTIONS,
@@ -98,27 +77,4 @@ fn describe() {
     // Registering the histograms makes them render (empty) before their first sample.
     let _ = histogram!(SNAPSHOT_SECONDS);
     let _ = histogram!(COMMAND_SECONDS);
-}
-
-/// Serves `/metrics` until `shutdown`, running the recorder's upkeep.
-pub async fn serve_admin(
-    listener: TcpListener,
-    handle: PrometheusHandle,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let upkeep = handle.clone();
-    let upkeep_stop = shutdown.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => upkeep.run_upkeep(),
-                () = upkeep_stop.cancelled() => break,
-            }
-        }
-    });
-    let app = Router::new().route("/metrics", get(move || async move { handle.render() }));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
 }

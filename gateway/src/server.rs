@@ -265,7 +265,11 @@ impl Gateway {
             metrics,
             nats_events,
         } = self;
-        tokio::spawn(m::serve_admin(admin, metrics, state.shutdown.clone()));
+        tokio::spawn(proto::process::serve_admin(
+            admin,
+            metrics,
+            state.shutdown.clone(),
+        ));
         tokio::spawn(follow_nats(state.clone(), nats_events));
         let token = state.shutdown.clone();
         tokio::spawn(async move {

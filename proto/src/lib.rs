@@ -3,7 +3,9 @@
 //! Everything that crosses a process boundary is defined here and only here: subject names,
 //! header names, request and reply bodies, event payloads and the validated identifiers that
 //! appear in them. `docs/protocol.md` is the prose version of this crate; the shapes are tested
-//! against the JSON of PROTOCOL.md in `tests/shapes.rs`.
+//! against the JSON of PROTOCOL.md in `tests/shapes.rs`. It also holds what both processes
+//! do alike around that contract: loading their config ([`config`]), logging, stopping and
+//! serving metrics ([`process`]).
 
 pub mod auth;
 pub mod command;
@@ -12,6 +14,7 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod lobby;
+pub mod process;
 pub mod snap;
 pub mod subject;
 
