@@ -65,20 +65,13 @@ impl Scheduler {
 
     /// An alarm that goes off at `at`. Dropping it cancels it.
     pub fn alarm(&self, at: Instant) -> Alarm {
-        let key = (at, self.shared.next_id.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = oneshot::channel();
-        let mut due = self.shared.due.lock().expect("scheduler lock");
-        let earliest = due.keys().next().is_none_or(|first| key < *first);
-        due.insert(key, tx);
-        drop(due);
-        if earliest {
-            self.thread.unpark();
-        }
-        Alarm {
-            key,
-            fired: Some(rx),
+        let mut alarm = Alarm {
+            key: (at, self.shared.next_id.fetch_add(1, Ordering::Relaxed)),
+            fired: None,
             scheduler: self.clone(),
-        }
+        };
+        alarm.reset(at);
+        alarm
     }
 
     /// Deadlines waiting to fire.
@@ -134,6 +127,28 @@ impl Alarm {
         self.key.0
     }
 
+    /// Makes it go off at `at` instead, whether or not it has gone off already: one trip to
+    /// the map, where a new alarm would take two (its insert and the old one's removal) and
+    /// a new channel. Rooms move their deadline on every join, chat or early vote.
+    pub fn reset(&mut self, at: Instant) {
+        let shared = &self.scheduler.shared;
+        let mut due = shared.due.lock().expect("scheduler lock");
+        // Still in the map unless it is new or has gone off (or is going off: then its
+        // signal is for the old time and goes with the old receiver).
+        let tx = due.remove(&self.key).unwrap_or_else(|| {
+            let (tx, rx) = oneshot::channel();
+            self.fired = Some(rx);
+            tx
+        });
+        self.key.0 = at;
+        let earliest = due.keys().next().is_none_or(|first| self.key < *first);
+        due.insert(self.key, tx);
+        drop(due);
+        if earliest {
+            self.scheduler.thread.unpark();
+        }
+    }
+
     /// Whether it is still to go off.
     pub fn is_pending(&self) -> bool {
         self.fired.is_some()
@@ -181,26 +196,56 @@ mod tests {
             .map(|ms| scheduler.alarm(start + Duration::from_millis(ms)))
             .collect();
         let cancelled = alarms.remove(10);
-        let cancelled_at = cancelled.at();
         drop(cancelled);
+        assert_eq!(
+            scheduler.pending(),
+            49,
+            "a dropped alarm leaves the map at once"
+        );
         alarms.reverse();
-        let mut previous = start;
-        for alarm in &mut alarms {
-            tokio::time::timeout(Duration::from_secs(10), alarm.fired())
+        for i in 0..alarms.len() {
+            tokio::time::timeout(Duration::from_secs(10), alarms[i].fired())
                 .await
                 .expect("alarm fires");
+            let pending = scheduler.pending();
             let now = Instant::now();
-            assert!(now >= alarm.at(), "fired before its deadline");
-            assert!(now >= previous);
-            previous = now;
+            assert!(now >= alarms[i].at(), "fired before its deadline");
+            // Every later alarm whose time has not come is still waiting in the map.
+            let not_yet = alarms[i + 1..].iter().filter(|a| a.at() > now).count();
+            assert!(pending >= not_yet, "a later alarm went off early");
         }
-        assert!(alarms.iter().all(|a| a.at() != cancelled_at));
         drop(alarms);
         assert_eq!(
             scheduler.pending(),
             0,
             "fired and dropped alarms leave nothing behind"
         );
+    }
+
+    #[tokio::test]
+    async fn a_reset_alarm_goes_off_at_its_new_time_only() {
+        let (scheduler, _thread) = Scheduler::start();
+        let start = Instant::now();
+        let mut sooner = scheduler.alarm(start + Duration::from_secs(3600));
+        let mut later = scheduler.alarm(start + Duration::from_millis(5));
+        sooner.reset(start + Duration::from_millis(5));
+        later.reset(start + Duration::from_secs(3600));
+        assert_eq!(
+            scheduler.pending(),
+            2,
+            "a reset moves the alarm, it adds none"
+        );
+        tokio::time::timeout(Duration::from_secs(10), sooner.fired())
+            .await
+            .expect("the alarm moved earlier fires");
+        assert!(Instant::now() >= start + Duration::from_millis(5));
+        assert!(later.is_pending());
+        assert_eq!(scheduler.pending(), 1, "the alarm moved later still waits");
+        // Reset after going off: it goes off again at the new time.
+        sooner.reset(Instant::now() + Duration::from_millis(5));
+        tokio::time::timeout(Duration::from_secs(10), sooner.fired())
+            .await
+            .expect("a fired alarm can be set again");
     }
 
     #[test]
@@ -214,6 +259,10 @@ mod tests {
         });
         rx.recv_timeout(Duration::from_secs(10))
             .expect("the scheduler thread stopped");
-        assert_eq!(scheduler.pending(), 1, "a stopped scheduler fires nothing");
+        // Due at once on a running scheduler; on a stopped one it stays in the map. The wait
+        // is the point: nothing could fire it meanwhile.
+        let _soon = scheduler.alarm(Instant::now());
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(scheduler.pending(), 2, "a stopped scheduler fires nothing");
     }
 }

@@ -179,50 +179,43 @@ async fn every_rule_is_enforced() {
     let bob = h.join(&code, "Bob").await;
 
     // Names: unique regardless of case, 1 to 20 characters, no control characters.
-    assert_eq!(
-        h.refused(&code, json!({"type": "join", "name": " ann "}))
-            .await,
-        "name_taken"
-    );
+    h.refuses(
+        &code,
+        json!({"type": "join", "name": " ann "}),
+        "name_taken",
+    )
+    .await;
     for bad in ["", "   ", "x\u{1}y", "abcdefghijklmnopqrstu"] {
-        assert_eq!(
-            h.refused(&code, json!({"type": "join", "name": bad})).await,
-            "invalid_name"
-        );
+        h.refuses(&code, json!({"type": "join", "name": bad}), "invalid_name")
+            .await;
     }
     // Before the game: no votes, no skills, only the host starts, and only when full.
-    assert_eq!(
-        h.refused(&code, json!({"type": "vote", "player": ann, "target": bob}))
-            .await,
-        "wrong_phase"
-    );
-    assert_eq!(
-        h.refused(
-            &code,
-            json!({"type": "skill", "player": ann, "target": bob})
-        )
-        .await,
-        "wrong_phase"
-    );
-    assert_eq!(
-        h.refused(&code, json!({"type": "start", "player": bob}))
-            .await,
-        "not_host"
-    );
-    assert_eq!(
-        h.refused(&code, json!({"type": "start", "player": ann}))
-            .await,
-        "not_enough_players"
-    );
+    h.refuses(
+        &code,
+        json!({"type": "vote", "player": ann, "target": bob}),
+        "wrong_phase",
+    )
+    .await;
+    h.refuses(
+        &code,
+        json!({"type": "skill", "player": ann, "target": bob}),
+        "wrong_phase",
+    )
+    .await;
+    h.refuses(&code, json!({"type": "start", "player": bob}), "not_host")
+        .await;
+    h.refuses(
+        &code,
+        json!({"type": "start", "player": ann}),
+        "not_enough_players",
+    )
+    .await;
     let mut ids = vec![ann.clone(), bob.clone()];
     for name in ["Cat", "Dan", "Eve"] {
         ids.push(h.join(&code, name).await);
     }
-    assert_eq!(
-        h.refused(&code, json!({"type": "join", "name": "Fay"}))
-            .await,
-        "room_full"
-    );
+    h.refuses(&code, json!({"type": "join", "name": "Fay"}), "room_full")
+        .await;
 
     let mut watchers = Vec::new();
     for id in &ids {
@@ -230,16 +223,18 @@ async fn every_rule_is_enforced() {
     }
     let mut public = h.watch(&code, None).await;
     h.ok(&code, json!({"type": "start", "player": ann})).await;
-    assert_eq!(
-        h.refused(&code, json!({"type": "start", "player": ann}))
-            .await,
-        "already_started"
-    );
-    assert_eq!(
-        h.refused(&code, json!({"type": "join", "name": "Gus"}))
-            .await,
-        "already_started"
-    );
+    h.refuses(
+        &code,
+        json!({"type": "start", "player": ann}),
+        "already_started",
+    )
+    .await;
+    h.refuses(
+        &code,
+        json!({"type": "join", "name": "Gus"}),
+        "already_started",
+    )
+    .await;
 
     let mut roles = Vec::new();
     for w in &mut watchers {
@@ -262,30 +257,24 @@ async fn every_rule_is_enforced() {
     // Day 1: a vote for nobody in the room is refused; a tie kills nobody.
     public.phase("day").await;
     let stranger = PlayerId::parse("nobody12").unwrap();
-    assert_eq!(
-        h.refused(
-            &code,
-            json!({"type": "vote", "player": ann, "target": stranger})
-        )
-        .await,
-        "invalid_target"
-    );
-    assert_eq!(
-        h.refused(
-            &code,
-            json!({"type": "vote", "player": stranger, "target": ann})
-        )
-        .await,
-        "no_such_player"
-    );
-    assert_eq!(
-        h.refused(
-            &code,
-            json!({"type": "skill", "player": mafia, "target": ann})
-        )
-        .await,
-        "wrong_phase"
-    );
+    h.refuses(
+        &code,
+        json!({"type": "vote", "player": ann, "target": stranger}),
+        "invalid_target",
+    )
+    .await;
+    h.refuses(
+        &code,
+        json!({"type": "vote", "player": stranger, "target": ann}),
+        "no_such_player",
+    )
+    .await;
+    h.refuses(
+        &code,
+        json!({"type": "skill", "player": mafia, "target": ann}),
+        "wrong_phase",
+    )
+    .await;
     h.ok(
         &code,
         json!({"type": "chat", "player": doctor, "text": "good morning"}),
@@ -316,32 +305,30 @@ async fn every_rule_is_enforced() {
 
     // Night 1: roles act; the doctor saves the mafia's pick; police investigate once.
     public.phase("night").await;
-    assert_eq!(
-        h.refused(&code, json!({"type": "vote", "player": ann, "target": bob}))
-            .await,
-        "wrong_phase"
-    );
-    assert_eq!(
-        h.refused(
-            &code,
-            json!({"type": "skill", "player": a, "target": mafia})
-        )
-        .await,
-        "wrong_role"
-    );
-    assert_eq!(
-        h.refused(
-            &code,
-            json!({"type": "skill", "player": mafia, "target": mafia})
-        )
-        .await,
-        "invalid_target"
-    );
-    assert_eq!(
-        h.refused(&code, json!({"type": "chat", "player": a, "text": "psst"}))
-            .await,
-        "chat_closed"
-    );
+    h.refuses(
+        &code,
+        json!({"type": "vote", "player": ann, "target": bob}),
+        "wrong_phase",
+    )
+    .await;
+    h.refuses(
+        &code,
+        json!({"type": "skill", "player": a, "target": mafia}),
+        "wrong_role",
+    )
+    .await;
+    h.refuses(
+        &code,
+        json!({"type": "skill", "player": mafia, "target": mafia}),
+        "invalid_target",
+    )
+    .await;
+    h.refuses(
+        &code,
+        json!({"type": "chat", "player": a, "text": "psst"}),
+        "chat_closed",
+    )
+    .await;
     h.ok(
         &code,
         json!({"type": "chat", "player": mafia, "text": "let us pick"}),
@@ -364,14 +351,12 @@ async fn every_rule_is_enforced() {
         )
         .await;
     assert_eq!(found["mafia"], true);
-    assert_eq!(
-        h.refused(
-            &code,
-            json!({"type": "skill", "player": police, "target": a})
-        )
-        .await,
-        "already_investigated"
-    );
+    h.refuses(
+        &code,
+        json!({"type": "skill", "player": police, "target": a}),
+        "already_investigated",
+    )
+    .await;
     public.phase("day_intro").await;
     public.phase("day").await;
     assert!(
@@ -387,20 +372,19 @@ async fn every_rule_is_enforced() {
     }
     let death = public.until("death", |_| true).await;
     assert_eq!(death.data["player_id"], json!(a));
-    assert_eq!(
-        h.refused(&code, json!({"type": "vote", "player": a, "target": b}))
-            .await,
-        "not_alive"
-    );
+    h.refuses(
+        &code,
+        json!({"type": "vote", "player": a, "target": b}),
+        "not_alive",
+    )
+    .await;
     public.phase("night").await;
-    assert_eq!(
-        h.refused(
-            &code,
-            json!({"type": "skill", "player": police, "target": police})
-        )
-        .await,
-        "invalid_target"
-    );
+    h.refuses(
+        &code,
+        json!({"type": "skill", "player": police, "target": police}),
+        "invalid_target",
+    )
+    .await;
     h.ok(
         &code,
         json!({"type": "chat", "player": a, "text": "boo from beyond"}),

@@ -59,9 +59,15 @@ impl Room {
         let mut alarm: Option<Alarm> = None;
         loop {
             let deadline = self.game.deadline();
+            let at = deadline.into_std();
             let alarm = match &mut alarm {
-                Some(set) if set.is_pending() && set.at() == deadline.into_std() => set,
-                _ => alarm.insert(self.ctx.scheduler.alarm(deadline.into_std())),
+                Some(set) => {
+                    if !set.is_pending() || set.at() != at {
+                        set.reset(at);
+                    }
+                    set
+                }
+                None => alarm.insert(self.ctx.scheduler.alarm(at)),
             };
             let (fx, reply) = tokio::select! {
                 Some(msg) = commands.next() => self.on_command(msg),

@@ -108,11 +108,12 @@ impl Harness {
     }
 
     /// Sends a command and returns its error code, asserting it was refused.
-    pub async fn refused(&self, code: &RoomCode, body: Value) -> String {
+    /// Sends `body` and asserts it is refused with `error` and a message.
+    pub async fn refuses(&self, code: &RoomCode, body: Value, error: &str) {
         let reply = self.cmd(code, body.clone()).await;
         assert_eq!(reply["ok"], false, "{body} was accepted: {reply}");
         assert!(reply["message"].is_string(), "{reply}");
-        reply["error"].as_str().unwrap().to_owned()
+        assert_eq!(reply["error"], error, "{body}");
     }
 
     pub async fn join(&self, code: &RoomCode, name: &str) -> PlayerId {
