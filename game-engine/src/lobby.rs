@@ -73,12 +73,12 @@ impl Lobby {
     async fn on_change(&mut self, change: LobbyChange) {
         let event = match change {
             LobbyChange::Upsert(room) => match self.rooms.insert(room.code.clone(), room.clone()) {
-                None => outgoing(&RoomOpened(room)),
+                None => Outgoing::new(Audience::Public, &RoomOpened(room)),
                 Some(old) if old == room => return,
-                Some(_) => outgoing(&RoomUpdated(room)),
+                Some(_) => Outgoing::new(Audience::Public, &RoomUpdated(room)),
             },
             LobbyChange::Closed(code) => match self.rooms.remove(&code) {
-                Some(_) => outgoing(&LobbyRoomClosed { code }),
+                Some(_) => Outgoing::new(Audience::Public, &LobbyRoomClosed { code }),
                 None => return,
             },
         };
@@ -107,16 +107,6 @@ impl Lobby {
             })
         });
         let body = Reply::<SnapReply>::from(reply).to_bytes();
-        if let Err(e) = self.ctx.client.publish(reply_to, body.into()).await {
-            tracing::warn!(error = %e, "could not answer a lobby snapshot");
-        }
-    }
-}
-
-fn outgoing<E: proto::event::RoomEvent>(event: &E) -> Outgoing {
-    Outgoing {
-        audience: Audience::Public,
-        name: E::NAME,
-        data: serde_json::to_string(event).expect("events serialise infallibly"),
+        self.ctx.reply(reply_to, body, "a lobby snapshot").await;
     }
 }

@@ -42,6 +42,16 @@ pub struct Context {
     pub shutdown: CancellationToken,
 }
 
+impl Context {
+    /// Publishes a reply to a request; one that cannot be sent is logged (`what` says which),
+    /// and its requester times out.
+    pub async fn reply(&self, to: async_nats::Subject, body: Vec<u8>, what: &str) {
+        if let Err(e) = self.client.publish(to, body.into()).await {
+            tracing::warn!(error = %e, "could not reply to {what}");
+        }
+    }
+}
+
 /// A configured engine, connected and bound, not yet serving.
 pub struct Engine {
     ctx: Arc<Context>,
@@ -187,11 +197,6 @@ async fn create_room(ctx: &Arc<Context>, tasks: &TaskTracker, msg: Message) {
         Ok(Created { code })
     }
     .await;
-    if let Err(e) = ctx
-        .client
-        .publish(reply_to, Reply::from(result).to_bytes().into())
-        .await
-    {
-        tracing::warn!(error = %e, "could not reply to a create");
-    }
+    ctx.reply(reply_to, Reply::from(result).to_bytes(), "a create")
+        .await;
 }

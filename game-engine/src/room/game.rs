@@ -89,13 +89,19 @@ pub struct Effects {
     pub closed: bool,
 }
 
-impl Effects {
-    fn emit<E: RoomEvent>(&mut self, audience: Audience, event: &E) {
-        self.events.push(Outgoing {
+impl Outgoing {
+    pub fn new<E: RoomEvent>(audience: Audience, event: &E) -> Self {
+        Outgoing {
             audience,
             name: E::NAME,
             data: serde_json::to_string(event).expect("events serialise infallibly"),
-        });
+        }
+    }
+}
+
+impl Effects {
+    fn emit<E: RoomEvent>(&mut self, audience: Audience, event: &E) {
+        self.events.push(Outgoing::new(audience, event));
     }
 }
 

@@ -88,9 +88,7 @@ impl Room {
             }
             self.apply(fx).await;
             if let Some((to, body)) = reply {
-                if let Err(e) = self.ctx.client.publish(to, body.into()).await {
-                    tracing::warn!(room = %self.game.code(), error = %e, "could not reply");
-                }
+                self.ctx.reply(to, body, "a room command").await;
             }
             if closed {
                 break;
@@ -155,9 +153,7 @@ impl Room {
             }))
         });
         let body = Reply::<SnapReply>::from(reply).to_bytes();
-        if let Err(e) = self.ctx.client.publish(reply_to, body.into()).await {
-            tracing::warn!(room = %self.game.code(), error = %e, "could not answer a snapshot");
-        }
+        self.ctx.reply(reply_to, body, "a room snapshot").await;
     }
 
     /// The deadline passed: record how late we are and move the game on. The next phase is
