@@ -13,7 +13,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::ControlFlow;
 
 use anyhow::{bail, ensure, Context};
-use tokio::io::AsyncWriteExt;
+use nix::cmsg_space;
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
+use nix::sys::time::TimeSpec;
+use std::io::IoSliceMut;
+use std::os::fd::AsRawFd;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::http::{connect_from, find, parse_head, read_into, request_bytes, BodyKind, Dechunker};
@@ -49,8 +54,10 @@ pub struct Frame<'a> {
     /// The first `data:` line. The gateway writes one line per line of the body, and every
     /// body here is JSON on one line.
     pub data: &'a str,
-    /// When the read that completed the frame returned (unix ns; both ends of a benchmark
-    /// share this machine's clock).
+    /// When the bytes that completed the frame reached this socket: the kernel's receive
+    /// timestamp (unix ns; both ends of a benchmark share this machine's clock), not the
+    /// time this process got round to reading them, which on cores shared with the server
+    /// measures the load tool's own scheduling as well.
     pub received_ns: u64,
 }
 
@@ -83,6 +90,7 @@ impl Stream {
     /// many connections group by their cause.
     pub async fn open(request: &Request<'_>) -> anyhow::Result<Stream> {
         let mut socket = connect_from(request.target, request.source).await?;
+        setsockopt(&socket, sockopt::ReceiveTimestampns, &true).context("SO_TIMESTAMPNS")?;
         let resume = request.last_event_id.map(|id| id.to_string());
         let bearer = request.token.map(|token| format!("Bearer {token}"));
         let mut headers = vec![("Accept", "text/event-stream")];
@@ -133,13 +141,17 @@ impl Stream {
         mut on_frame: impl FnMut(Frame<'_>) -> ControlFlow<()>,
     ) -> anyhow::Result<Received> {
         let mut buf = [0u8; 16 * 1024];
-        let (bytes, closed) = match self.socket.try_read(&mut buf) {
+        let mut arrived_ns = None;
+        let (bytes, closed) = match self.socket.try_io(Interest::READABLE, || {
+            receive(&self.socket, &mut buf, &mut arrived_ns)
+        }) {
             Ok(0) => (0, true),
             Ok(n) => (self.decode(&buf[..n]).map(|()| n)?, false),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => (0, false),
             Err(e) => return Err(e.into()),
         };
-        let comments = take_frames(&mut self.text, unix_ns(), &mut on_frame);
+        let received_ns = arrived_ns.unwrap_or_else(unix_ns);
+        let comments = take_frames(&mut self.text, received_ns, &mut on_frame);
         let ended = self.chunks.as_ref().is_some_and(Dechunker::done);
         Ok(Received {
             bytes,
@@ -158,6 +170,29 @@ impl Stream {
             }
         }
     }
+}
+
+/// One `recvmsg` into `buf`, noting in `arrived_ns` the kernel's receive time of the last
+/// bytes read (`SO_TIMESTAMPNS`).
+fn receive(
+    socket: &TcpStream,
+    buf: &mut [u8],
+    arrived_ns: &mut Option<u64>,
+) -> std::io::Result<usize> {
+    let mut space = cmsg_space!(TimeSpec);
+    let mut iov = [IoSliceMut::new(buf)];
+    let message = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )?;
+    for cmsg in message.cmsgs()? {
+        if let ControlMessageOwned::ScmTimestampns(at) = cmsg {
+            *arrived_ns = Some(at.tv_sec() as u64 * 1_000_000_000 + at.tv_nsec() as u64);
+        }
+    }
+    Ok(message.bytes)
 }
 
 /// Hands the complete events at the start of `text` to `on_frame` until it says stop, and
@@ -328,6 +363,40 @@ mod tests {
         assert_eq!((frame.id, frame.event), (None, "message"));
         assert!(matches!(parse_block(b": ping", 3), Block::Comment));
         assert!(matches!(parse_block(b"retry: 2000", 3), Block::Other));
+    }
+
+    #[tokio::test]
+    async fn reads_carry_the_kernels_arrival_time() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut sender = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (receiver, _) = listener.accept().await.unwrap();
+        setsockopt(&receiver, sockopt::ReceiveTimestampns, &true).unwrap();
+        let before = unix_ns();
+        sender.write_all(b"data: x\n\n").await.unwrap();
+        // Taken before the read: a time from the read itself would come after it.
+        let after = unix_ns();
+        let (mut buf, mut arrived) = ([0u8; 64], None);
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                receiver.readable().await.unwrap();
+                match receiver.try_io(Interest::READABLE, || {
+                    receive(&receiver, &mut buf, &mut arrived)
+                }) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    read => break read.unwrap(),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(&buf[..n], b"data: x\n\n");
+        let arrived = arrived.expect("no SO_TIMESTAMPNS message");
+        assert!(
+            (before..=after).contains(&arrived),
+            "{before} <= {arrived} <= {after}"
+        );
     }
 
     #[test]
