@@ -399,12 +399,12 @@ impl Live {
     /// consumer, or a resync that failed); the browser then reconnects with `Last-Event-ID`.
     /// Cancel-safe: dropped halfway, it loses nothing (a resync in flight is tried again).
     pub async fn next_chunk(&mut self) -> Option<Bytes> {
-        let shutdown = self.state.shutdown.clone();
         while !self.finished {
             let retry_at = self.retry_resync.map(|(at, _)| at);
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return None,
+                // Borrowed, not cloned: a clone per event would take the token's lock.
+                () = self.state.shutdown.cancelled() => return None,
                 () = sleep_until_some(retry_at) => {
                     // Boxed: a resync is rare, and its state would otherwise sit in every
                     // stream's task for good.
