@@ -83,8 +83,6 @@ pub struct Outgoing {
 #[derive(Debug, Default)]
 pub struct Effects {
     pub events: Vec<Outgoing>,
-    /// The lobby's view of this room changed.
-    pub lobby_changed: bool,
     /// The room is over and must be dropped.
     pub closed: bool,
 }
@@ -360,7 +358,6 @@ impl Game {
                 host,
             },
         );
-        fx.lobby_changed = true;
         Ok(Ack::Joined(id))
     }
 
@@ -377,21 +374,13 @@ impl Game {
             }
             self.touch_waiting(now);
         } else {
-            let player = &mut self.players[index];
-            player.left = true;
-            if player.alive && self.phase != Phase::Ended {
-                player.alive = false;
+            self.players[index].left = true;
+            // A leaver is not shown the roles, as the killed are: they could pass them on.
+            if self.phase != Phase::Ended && self.die(id, DeathCause::Left, fx) {
                 // Votes by or for someone who is gone no longer count (clients apply the same
                 // rule on the `death` event, so snapshots and events agree).
                 self.votes.remove(id);
                 self.votes.retain(|_, target| target.as_ref() != Some(id));
-                let death = Death {
-                    player_id: id.clone(),
-                    cause: DeathCause::Left,
-                    round: self.round,
-                };
-                self.deaths.push(death.clone());
-                fx.emit(Audience::Public, &death);
             }
         }
         fx.emit(
@@ -401,7 +390,6 @@ impl Game {
                 host: self.host.clone(),
             },
         );
-        fx.lobby_changed = true;
         if self.phase == Phase::Waiting && self.players.is_empty() {
             self.close(fx);
         } else if self.phase == Phase::Day && self.everyone_voted() {
@@ -462,7 +450,6 @@ impl Game {
         }
         self.round = 1;
         self.enter(Phase::DayIntro, now, fx);
-        fx.lobby_changed = true;
         Ok(Ack::Done)
     }
 
@@ -664,7 +651,6 @@ impl Game {
                         roles: self.roles(),
                     },
                 );
-                fx.lobby_changed = true;
             }
             None => self.enter(next, now, fx),
         }
@@ -729,8 +715,23 @@ impl Game {
     }
 
     fn kill(&mut self, id: &PlayerId, cause: DeathCause, fx: &mut Effects) {
-        let Some(player) = self.players.iter_mut().find(|p| &p.id == id && p.alive) else {
+        if !self.die(id, cause, fx) {
             return;
+        }
+        // The dead see every role from now on.
+        fx.emit(
+            Audience::Players(vec![id.clone()]),
+            &RolesRevealed {
+                roles: self.roles(),
+            },
+        );
+    }
+
+    /// Records the death of living player `id` and tells everyone; false if `id` is no
+    /// living player.
+    fn die(&mut self, id: &PlayerId, cause: DeathCause, fx: &mut Effects) -> bool {
+        let Some(player) = self.players.iter_mut().find(|p| &p.id == id && p.alive) else {
+            return false;
         };
         player.alive = false;
         let death = Death {
@@ -740,13 +741,7 @@ impl Game {
         };
         self.deaths.push(death.clone());
         fx.emit(Audience::Public, &death);
-        // The dead see every role from now on.
-        fx.emit(
-            Audience::Players(vec![id.clone()]),
-            &RolesRevealed {
-                roles: self.roles(),
-            },
-        );
+        true
     }
 
     /// Closes the room now: its last event is `room_closed`.

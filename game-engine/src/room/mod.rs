@@ -15,6 +15,7 @@ use metrics::{counter, gauge, histogram};
 use proto::command::decode_request;
 use proto::event::Phase;
 use proto::headers::{SSE_EVENT, SSE_ID};
+use proto::lobby::LobbyRoom;
 use proto::{Command, CommandOk, ErrorCode, Rejection, Reply, SnapReply, SnapRequest};
 use tokio::time::Instant;
 
@@ -33,6 +34,8 @@ pub struct Room {
     /// The phase and player count last reported to the gauges.
     phase: Phase,
     players: usize,
+    /// What the lobby was last told of this room; `None` for a private room.
+    listed: Option<LobbyRoom>,
 }
 
 impl Room {
@@ -45,6 +48,7 @@ impl Room {
             game,
             history,
             players: 0,
+            listed: None,
         }
     }
 
@@ -54,7 +58,7 @@ impl Room {
     /// listening if the room closed (so no command is accepted after `room_closed`), publish
     /// the events in id order, then reply.
     pub async fn run(mut self, mut commands: Subscriber, mut snaps: Subscriber) {
-        self.announce_to_lobby();
+        self.update_lobby();
         let shutdown = self.ctx.shutdown.clone();
         let mut alarm: Option<Alarm> = None;
         loop {
@@ -187,20 +191,26 @@ impl Room {
             self.players = players;
         }
         if fx.closed {
-            if self.game.lobby_entry().is_some() {
+            if self.listed.is_some() {
                 let _ = self
                     .ctx
                     .lobby
                     .send(LobbyChange::Closed(self.game.code().clone()));
             }
-        } else if fx.lobby_changed {
-            self.announce_to_lobby();
+        } else {
+            self.update_lobby();
         }
     }
 
-    fn announce_to_lobby(&self) {
-        if let Some(entry) = self.game.lobby_entry() {
-            let _ = self.ctx.lobby.send(LobbyChange::Upsert(entry));
+    /// Tells the lobby when its view of this room has changed. Compared rather than flagged
+    /// by each rule, so that no change the lobby shows can go unannounced.
+    fn update_lobby(&mut self) {
+        let entry = self.game.lobby_entry();
+        if entry != self.listed {
+            if let Some(entry) = &entry {
+                let _ = self.ctx.lobby.send(LobbyChange::Upsert(entry.clone()));
+            }
+            self.listed = entry;
         }
     }
 }
