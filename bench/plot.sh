@@ -3,6 +3,9 @@
 # distribution's packages if missing, as deploy/ does for its tools):
 #   PLOTS_DIR/latency-cdf.png  publish→receive latency CDF of every fan-out run and rate
 #                              (RESULTS_DIR/fanout-cdf-<connections>-<rate>.csv, from `fanout`)
+#   PLOTS_DIR/floor.png        the gateway at 10 events/s against a bare write loop to the same
+#                              clients (RESULTS_DIR/floor-cdf-<connections>-<threads>.csv,
+#                              from `write-floor`)
 #   PLOTS_DIR/memory.png       gateway memory against idle connections
 #                              (RESULTS_DIR/idle-memory.csv, from `idle-memory`)
 # usage: bench/plot.sh [RESULTS_DIR] [PLOTS_DIR]
@@ -48,6 +51,34 @@ EOF
     made=$((made + 1))
 else
     warn "no $results/fanout-cdf-*.csv: run target/release/fanout first"
+fi
+
+# The gateway's 10 events/s curve next to the write loop's, per connection count.
+curves=()
+for n in 1000 10000; do
+    gateway=$results/fanout-cdf-$n-10.csv
+    [ -s "$gateway" ] && curves+=("'$gateway' skip 1 using 1:2 with lines lw 2 title 'gateway, $n connections'")
+    for threads in 1 2; do
+        loop=$results/floor-cdf-$n-$threads.csv
+        [ -s "$loop" ] && curves+=("'$loop' skip 1 using 1:2 with lines lw 2 dt 2 title 'bare write loop, $threads thread(s), $n connections'")
+    done
+done
+if [ ${#curves[@]} -gt 0 ]; then
+    gnuplot <<EOF
+$common
+set output '$plots/floor.png'
+set title '10 events/s: the gateway against a bare write loop to the same clients'
+set logscale x
+set xlabel 'publish → receive latency (ms, log scale)'
+set ylabel 'fraction of deliveries at or below'
+set yrange [0:1]
+set key left top
+plot $(IFS=,; echo "${curves[*]}")
+EOF
+    say "wrote $plots/floor.png (${#curves[@]} curves)"
+    made=$((made + 1))
+else
+    warn "no $results/floor-cdf-*.csv: run target/release/write-floor first"
 fi
 
 memory=$results/idle-memory.csv

@@ -5,10 +5,14 @@
 //! of the sockets. Whatever latency remains is the kernel's loopback send path and the
 //! clients on the same cores; the gateway's figures in fan-out are to be read against it.
 //!
+//! Results: `<out>/floor-<N>.csv` (one row per thread count) and
+//! `<out>/floor-cdf-<N>-<threads>.csv` (latency CDFs, for bench/plot.sh).
+//!
 //! `cargo build --release -p bench && target/release/write-floor --connections 10000`
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -16,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use bench::fleet::{self, Fleet};
+use bench::report::{remove_earlier, write_cdf, Csv};
 use bench::rig::{cpu_line, CpuMeter};
 use bench::unix_ns;
 use clap::Parser;
@@ -38,6 +43,9 @@ struct Args {
     /// Client connections per worker process.
     #[arg(long, default_value_t = 5000)]
     per_worker: usize,
+    /// Folder for the CSV results.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-results"))]
+    out: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +86,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let sockets = Arc::new(sockets);
 
+    let header = [
+        "connections",
+        "threads",
+        "rate",
+        "deliveries",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "max_ms",
+        "gaps",
+        "duplicates",
+        "lagging",
+        "cpu_write_loop",
+        "cpu_clients",
+        "us_per_delivery",
+    ];
+    let mut csv = Csv::create(
+        &args.out,
+        &format!("floor-{}.csv", args.connections),
+        &header,
+    )?;
+    remove_earlier(&args.out, &format!("floor-cdf-{}-", args.connections))?;
     let mut id = 0;
     for &threads in &args.threads {
         let writers = Writers::start(&sockets, threads.max(1));
@@ -107,15 +137,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("  publish→receive: {}", tally.latency.summary());
         println!("  {}; lagging {}", tally.faults(), drained.lagging);
         println!("  CPU: {}", cpu_line(&cpu));
-        let loop_share = cpu.iter().find(|(role, _)| *role == "write loop");
-        if let Some((_, percent)) = loop_share {
-            let per_second = args.rate * args.connections as f64;
-            println!(
-                "  write loop: {:.1} µs of CPU per delivery",
-                percent / 100.0 * 1e6 / per_second
-            );
-        }
+        let share = |role| {
+            cpu.iter()
+                .find(|(r, _)| *r == role)
+                .map_or(0.0, |(_, p)| *p)
+        };
+        let per_delivery =
+            share("write loop") / 100.0 * 1e6 / (args.rate * args.connections as f64);
+        println!("  write loop: {per_delivery:.1} µs of CPU per delivery");
+        let latency = &tally.latency;
+        csv.row([
+            args.connections.to_string(),
+            threads.to_string(),
+            args.rate.to_string(),
+            tally.delivered.to_string(),
+            format!("{:.3}", latency.quantile_ms(0.5)),
+            format!("{:.3}", latency.quantile_ms(0.99)),
+            format!("{:.3}", latency.quantile_ms(0.999)),
+            format!("{:.3}", latency.max_ms()),
+            tally.gaps.to_string(),
+            tally.duplicates.to_string(),
+            drained.lagging.to_string(),
+            format!("{:.1}", share("write loop")),
+            format!("{:.1}", share("clients")),
+            format!("{per_delivery:.2}"),
+        ])?;
+        let cdf = format!("floor-cdf-{}-{threads}.csv", args.connections);
+        write_cdf(&args.out, &cdf, latency)?;
     }
+    println!("\nresults: {}", csv.path().display());
     Ok(())
 }
 
