@@ -27,6 +27,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::WriteHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::task::TaskTracker;
 
@@ -229,18 +230,14 @@ async fn write_stream(mut socket: TcpStream, opened: Opened) {
     let _ = tokio::time::timeout(WRITE_STALL, writer.write_all(b"0\r\n\r\n")).await;
 }
 
-/// A chunk up to this size is copied into one buffer and sent with a plain `write`, which the
-/// kernel takes more cheaply than a `writev` of its four pieces; a typical event is a few
-/// hundred bytes.
+/// A chunk up to this size is first copied into one buffer and offered with a plain `write`,
+/// which the kernel takes more cheaply than a `writev` of its four pieces; a typical event is
+/// a few hundred bytes.
 const COPIED_CHUNK: usize = 1024;
 
 /// Writes `prefix` and then `data` as one HTTP/1.1 chunk, in one write when the socket takes
 /// it all.
-async fn write_chunk(
-    socket: &mut (impl AsyncWrite + Unpin),
-    prefix: &[u8],
-    data: &[u8],
-) -> io::Result<()> {
+async fn write_chunk(socket: &mut WriteHalf<'_>, prefix: &[u8], data: &[u8]) -> io::Result<()> {
     let mut size = [0u8; 18];
     let size_len = {
         use std::io::Write;
@@ -254,19 +251,10 @@ async fn write_chunk(
         IoSlice::new(data),
         IoSlice::new(b"\r\n"),
     ];
+    let sent = write_now(socket.as_ref(), &parts)?;
     let write = async {
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        if total <= COPIED_CHUNK {
-            let mut copied = [0u8; COPIED_CHUNK];
-            let mut at = 0;
-            for part in &parts {
-                copied[at..at + part.len()].copy_from_slice(part);
-                at += part.len();
-            }
-            return socket.write_all(&copied[..total]).await;
-        }
         let mut parts = &mut parts[..];
-        IoSlice::advance_slices(&mut parts, 0);
+        IoSlice::advance_slices(&mut parts, sent);
         while !parts.is_empty() {
             let n = socket.write_vectored(parts).await?;
             if n == 0 {
@@ -279,6 +267,26 @@ async fn write_chunk(
     tokio::time::timeout(WRITE_STALL, write)
         .await
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// Offers a small chunk to the socket in one `write` and says how many bytes it took (0 for a
+/// chunk over [`COPIED_CHUNK`] or a full socket). Not async on purpose: its buffer then never
+/// becomes part of a stream's task, which lives, and is sized, for the stream's whole life.
+fn write_now(socket: &TcpStream, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    if total > COPIED_CHUNK {
+        return Ok(0);
+    }
+    let mut copied = [0u8; COPIED_CHUNK];
+    let mut at = 0;
+    for part in parts {
+        copied[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    match socket.try_write(&copied[..total]) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        written => written,
+    }
 }
 
 /// Resolves when the client has closed its end, reset it, or sent anything at all: a

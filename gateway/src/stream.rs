@@ -403,7 +403,7 @@ impl Live {
             let retry_at = self.retry_resync.map(|(at, _)| at);
             tokio::select! {
                 biased;
-                // Borrowed, not cloned: a clone per event would take the token's lock.
+                // Borrowed, not cloned: a clone would take the token's lock on every event.
                 () = self.state.shutdown.cancelled() => return None,
                 () = sleep_until_some(retry_at) => {
                     // Boxed: a resync is rare, and its state would otherwise sit in every

@@ -27,8 +27,9 @@
 //!
 //! Deadline → client: a `phase` event carries `ends_at`, the new phase's deadline in unix ms
 //! (PROTOCOL.md, "Game messages"). The deadline of the phase that just ended is the `ends_at`
-//! of the previous `phase` event on the same stream. The latency of one delivery is the wall
-//! clock when the client read the frame minus that `ends_at` (one machine, one clock). Only
+//! of the previous `phase` event on the same stream. The latency of one delivery is the time
+//! the frame reached the client's socket (the kernel's receive time, see `sse::Frame`) minus
+//! that `ends_at` (one machine, one clock). Only
 //! phase changes caused by a deadline count: the only phase that ends early is `day` (every
 //! living player voted; nobody leaves here), recognised because the new `vote` phase is timed
 //! from the last vote rather than from the day's deadline (its `ends_at` minus its duration

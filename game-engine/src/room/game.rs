@@ -1,7 +1,7 @@
 //! The rules of Mafia (`GAME.md`) as a state machine with no I/O.
 //!
 //! A [`Game`] takes commands and deadlines and answers with [`Effects`]: the events to publish,
-//! each with its audience, and whether the lobby listing changed. It never touches NATS or a
+//! each with its audience, and whether the room closed. It never touches NATS or a
 //! clock of its own (the caller passes [`Now`]), so every rule is testable in microseconds and
 //! the room task around it stays a thin loop.
 
