@@ -23,6 +23,24 @@ set datafile separator ","
 set grid
 set key left top'
 
+# Draws the latency CDF curves in "${curves[@]}" (gnuplot plot clauses) as $1, titled $2, with
+# the legend at $3.
+plot_cdfs() {
+    gnuplot <<EOF
+$common
+set output '$1'
+set title '$2'
+set logscale x
+set xlabel 'publish → receive latency (ms, log scale)'
+set ylabel 'fraction of deliveries at or below'
+set yrange [0:1]
+set key $3
+plot $(IFS=,; echo "${curves[*]}")
+EOF
+    say "wrote $1 (${#curves[@]} curves)"
+    made=$((made + 1))
+}
+
 # One curve per fan-out run and rate, ordered by connections then rate.
 mapfile -t cdfs < <(find "$results" -maxdepth 1 -name 'fanout-cdf-*-*.csv' 2>/dev/null |
     sed -E 's/.*fanout-cdf-([0-9]+)-([0-9.]+)\.csv$/\1 \2 &/' | sort -k1,1n -k2,2g |
@@ -36,19 +54,8 @@ if [ ${#cdfs[@]} -gt 0 ]; then
         [ "${name%%-*}" = "${first:=${name%%-*}}" ] && dash=1 || dash=2
         curves+=("'$f' skip 1 using 1:2 with lines lw 2 dt $dash title '${name%%-*} connections, ${name#*-} events/s'")
     done
-    gnuplot <<EOF
-$common
-set output '$plots/latency-cdf.png'
-set title 'Gateway fan-out on one stream: publish → receive latency'
-set logscale x
-set xlabel 'latency (ms, log scale)'
-set ylabel 'fraction of deliveries at or below'
-set yrange [0:1]
-set key right bottom
-plot $(IFS=,; echo "${curves[*]}")
-EOF
-    say "wrote $plots/latency-cdf.png (${#cdfs[@]} curves)"
-    made=$((made + 1))
+    plot_cdfs "$plots/latency-cdf.png" \
+        'Gateway fan-out on one stream: publish → receive latency' 'right bottom'
 else
     warn "no $results/fanout-cdf-*.csv: run target/release/fanout first"
 fi
@@ -64,19 +71,8 @@ for n in 1000 10000; do
     done
 done
 if [ ${#curves[@]} -gt 0 ]; then
-    gnuplot <<EOF
-$common
-set output '$plots/floor.png'
-set title '10 events/s: the gateway against a bare write loop to the same clients'
-set logscale x
-set xlabel 'publish → receive latency (ms, log scale)'
-set ylabel 'fraction of deliveries at or below'
-set yrange [0:1]
-set key left top
-plot $(IFS=,; echo "${curves[*]}")
-EOF
-    say "wrote $plots/floor.png (${#curves[@]} curves)"
-    made=$((made + 1))
+    plot_cdfs "$plots/floor.png" \
+        '10 events/s: the gateway against a bare write loop to the same clients' 'left top'
 else
     warn "no $results/floor-cdf-*.csv: run target/release/write-floor first"
 fi

@@ -117,15 +117,28 @@ impl Latencies {
         }
     }
 
-    /// `p50 … p99 … p99.9 … max …`, in milliseconds.
-    pub fn summary(&self) -> String {
-        format!(
-            "p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms",
+    /// p50, p99, p99.9 and the maximum, in milliseconds.
+    fn points_ms(&self) -> [f64; 4] {
+        [
             self.quantile_ms(0.5),
             self.quantile_ms(0.99),
             self.quantile_ms(0.999),
-            self.max_ms()
-        )
+            self.max_ms(),
+        ]
+    }
+
+    /// `p50 … p99 … p99.9 … max …`, in milliseconds.
+    pub fn summary(&self) -> String {
+        let [p50, p99, p999, max] = self.points_ms();
+        format!("p50 {p50:.3} ms  p99 {p99:.3} ms  p99.9 {p999:.3} ms  max {max:.3} ms")
+    }
+
+    /// The CSV header of [`Latencies::columns`].
+    pub const COLUMNS: [&'static str; 4] = ["p50_ms", "p99_ms", "p999_ms", "max_ms"];
+
+    /// p50, p99, p99.9 and the maximum as CSV cells, in milliseconds.
+    pub fn columns(&self) -> [String; 4] {
+        self.points_ms().map(|ms| format!("{ms:.3}"))
     }
 
     /// (milliseconds, fraction of samples at or below it), one point per non-empty bucket.

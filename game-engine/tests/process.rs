@@ -52,21 +52,11 @@ fn a_bad_config_exits_non_zero_naming_the_key() {
         ),
         (&[("PHASECAST_ENGINE__HISTORY", "lots")], "engine.history"),
     ];
-    for (env, key) in cases {
-        let out = Command::new(BIN)
-            .env("PHASECAST_ENGINE__ADMIN_LISTEN", "127.0.0.1:0")
-            .env("PHASECAST_NATS__URL", "nats://127.0.0.1:1")
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        // figment names environment keys in upper case.
-        assert!(
-            stderr.to_lowercase().contains(key),
-            "{key} not named in: {stderr}"
-        );
-    }
+    let base = [
+        ("PHASECAST_ENGINE__ADMIN_LISTEN", "127.0.0.1:0"),
+        ("PHASECAST_NATS__URL", "nats://127.0.0.1:1"),
+    ];
+    test_support::assert_bad_config_named(BIN, &base, &cases);
     let help = Command::new(BIN).arg("--help").output().unwrap();
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("--config"));

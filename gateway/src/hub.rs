@@ -78,6 +78,9 @@ struct Topic {
     members: AtomicUsize,
     /// `None` while subscribing, then whether it worked.
     ready: watch::Receiver<Option<bool>>,
+    /// Cancelled when the last member leaves, or with the gateway's shutdown (a child of it):
+    /// the topic's task then ends and its ring closes, which ends every member's stream. One
+    /// watch per topic, so that streams need none of their own.
     stop: CancellationToken,
 }
 
@@ -86,6 +89,7 @@ struct Inner {
     subjects: Subjects,
     ring: usize,
     heartbeat: Duration,
+    shutdown: CancellationToken,
     topics: Mutex<HashMap<StreamKey, Arc<Topic>>>,
 }
 
@@ -97,14 +101,21 @@ pub struct Hub {
 
 impl Hub {
     /// `ring` is how many items a connection may fall behind before it is dropped;
-    /// `heartbeat` how often every stream gets a `: ping`.
-    pub fn new(client: Client, subjects: Subjects, ring: usize, heartbeat: Duration) -> Self {
+    /// `heartbeat` how often every stream gets a `: ping`; `shutdown` ends every stream.
+    pub fn new(
+        client: Client,
+        subjects: Subjects,
+        ring: usize,
+        heartbeat: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
         Hub {
             inner: Arc::new(Inner {
                 client,
                 subjects,
                 ring: ring.max(1),
                 heartbeat,
+                shutdown,
                 topics: Mutex::new(HashMap::new()),
             }),
         }
@@ -148,7 +159,7 @@ impl Hub {
             ring: ring.downgrade(),
             members: AtomicUsize::new(0),
             ready,
-            stop: CancellationToken::new(),
+            stop: self.inner.shutdown.child_token(),
         });
         let task = run_topic(self.inner.clone(), key, topic.clone(), ring, ready_tx);
         tokio::spawn(task);

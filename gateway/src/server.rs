@@ -219,11 +219,13 @@ impl Gateway {
                 )
             })?;
         let subjects = Subjects::new(config.subject_prefix.clone());
+        let shutdown = CancellationToken::new();
         let hub = Hub::new(
             client.clone(),
             subjects.clone(),
             config.gateway.client_queue,
             config.gateway.heartbeat,
+            shutdown.clone(),
         );
         let state = AppState(Arc::new(Inner {
             client,
@@ -232,7 +234,7 @@ impl Gateway {
             verifier,
             config: config.gateway,
             connections: AtomicUsize::new(0),
-            shutdown: CancellationToken::new(),
+            shutdown,
         }));
         Ok(Gateway {
             state,

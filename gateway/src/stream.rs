@@ -401,10 +401,10 @@ impl Live {
     pub async fn next_chunk(&mut self) -> Option<Bytes> {
         while !self.finished {
             let retry_at = self.retry_resync.map(|(at, _)| at);
+            // No shutdown branch: shutdown closes the topic's ring (see `hub::Topic::stop`),
+            // which ends this stream through `RecvError::Closed`.
             tokio::select! {
                 biased;
-                // Borrowed, not cloned: a clone would take the token's lock on every event.
-                () = self.state.shutdown.cancelled() => return None,
                 () = sleep_until_some(retry_at) => {
                     // Boxed: a resync is rare, and its state would otherwise sit in every
                     // stream's task for good.

@@ -59,21 +59,11 @@ fn a_bad_config_exits_non_zero_naming_the_key() {
             "gateway.heartbeat",
         ),
     ];
-    for (env, key) in cases {
-        let out = Command::new(bin)
-            .env("PHASECAST_GATEWAY__LISTEN", "127.0.0.1:0")
-            .env("PHASECAST_GATEWAY__ADMIN_LISTEN", "127.0.0.1:0")
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        // figment names environment keys in upper case.
-        assert!(
-            stderr.to_lowercase().contains(key),
-            "{key} not named in: {stderr}"
-        );
-    }
+    let base = [
+        ("PHASECAST_GATEWAY__LISTEN", "127.0.0.1:0"),
+        ("PHASECAST_GATEWAY__ADMIN_LISTEN", "127.0.0.1:0"),
+    ];
+    test_support::assert_bad_config_named(bin, &base, &cases);
     let missing = Command::new(bin)
         .args(["--config", "/nonexistent.toml"])
         .output()

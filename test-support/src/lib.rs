@@ -140,3 +140,26 @@ pub fn wait_until_listening(addr: std::net::SocketAddr) -> bool {
     }
     false
 }
+
+/// Runs binary `bin` once per case, with `base` and then the case's environment, and asserts
+/// that it exits non-zero naming the case's config key (figment names environment keys in
+/// upper case, files in lower).
+pub fn assert_bad_config_named(
+    bin: &str,
+    base: &[(&str, &str)],
+    cases: &[(&[(&str, &str)], &str)],
+) {
+    for &(env, key) in cases {
+        let out = Command::new(bin)
+            .envs(base.iter().copied())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{key}: exited successfully");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.to_lowercase().contains(key),
+            "{key} not named in: {stderr}"
+        );
+    }
+}

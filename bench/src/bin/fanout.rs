@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use bench::fleet;
+use bench::histogram::Latencies;
 use bench::report::{remove_earlier, write_cdf, Csv};
 use bench::rig::{cpu_line, Rig, RigArgs};
 use clap::Parser;
@@ -69,17 +70,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "deliveries",
         "expected",
         "deliveries_per_s",
-        "p50_ms",
-        "p99_ms",
-        "p999_ms",
-        "max_ms",
-        "gaps",
-        "duplicates",
-        "resets",
-        "lost",
-        "lagging",
-        "drain_s",
     ];
+    header.extend(Latencies::COLUMNS);
+    header.extend(["gaps", "duplicates", "resets", "lost", "lagging", "drain_s"]);
     let cpu_columns: Vec<String> = (rig.roles(&fleet).iter())
         .map(|role| format!("cpu_{role}"))
         .collect();
@@ -126,17 +119,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tally.delivered.to_string(),
             expected.to_string(),
             format!("{:.0}", run.per_second),
-            format!("{:.3}", latency.quantile_ms(0.5)),
-            format!("{:.3}", latency.quantile_ms(0.99)),
-            format!("{:.3}", latency.quantile_ms(0.999)),
-            format!("{:.3}", latency.max_ms()),
+        ];
+        row.extend(latency.columns());
+        row.extend([
             tally.gaps.to_string(),
             tally.duplicates.to_string(),
             tally.resets.to_string(),
             lost.to_string(),
             drained.lagging.to_string(),
             format!("{:.3}", drained.seconds()),
-        ];
+        ]);
         row.extend(run.cpu.iter().map(|(_, p)| format!("{p:.1}")));
         csv.row(&row)?;
         write_cdf(

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use bench::fleet::{self, Fleet};
+use bench::histogram::Latencies;
 use bench::report::{remove_earlier, write_cdf, Csv};
 use bench::rig::{cpu_line, CpuMeter};
 use bench::unix_ns;
@@ -86,22 +87,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let sockets = Arc::new(sockets);
 
-    let header = [
-        "connections",
-        "threads",
-        "rate",
-        "deliveries",
-        "p50_ms",
-        "p99_ms",
-        "p999_ms",
-        "max_ms",
+    let mut header = vec!["connections", "threads", "rate", "deliveries"];
+    header.extend(Latencies::COLUMNS);
+    header.extend([
         "gaps",
         "duplicates",
         "lagging",
         "cpu_write_loop",
         "cpu_clients",
         "us_per_delivery",
-    ];
+    ]);
     let mut csv = Csv::create(
         &args.out,
         &format!("floor-{}.csv", args.connections),
@@ -145,25 +140,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let per_delivery =
             share("write loop") / 100.0 * 1e6 / (args.rate * args.connections as f64);
         println!("  write loop: {per_delivery:.1} µs of CPU per delivery");
-        let latency = &tally.latency;
-        csv.row([
+        let mut row = vec![
             args.connections.to_string(),
             threads.to_string(),
             args.rate.to_string(),
             tally.delivered.to_string(),
-            format!("{:.3}", latency.quantile_ms(0.5)),
-            format!("{:.3}", latency.quantile_ms(0.99)),
-            format!("{:.3}", latency.quantile_ms(0.999)),
-            format!("{:.3}", latency.max_ms()),
+        ];
+        row.extend(tally.latency.columns());
+        row.extend([
             tally.gaps.to_string(),
             tally.duplicates.to_string(),
             drained.lagging.to_string(),
             format!("{:.1}", share("write loop")),
             format!("{:.1}", share("clients")),
             format!("{per_delivery:.2}"),
-        ])?;
+        ]);
+        csv.row(&row)?;
         let cdf = format!("floor-cdf-{}-{threads}.csv", args.connections);
-        write_cdf(&args.out, &cdf, latency)?;
+        write_cdf(&args.out, &cdf, &tally.latency)?;
     }
     println!("\nresults: {}", csv.path().display());
     Ok(())
