@@ -11,6 +11,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::ControlFlow;
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use nix::cmsg_space;
@@ -19,7 +20,9 @@ use nix::sys::time::TimeSpec;
 use std::io::IoSliceMut;
 use std::os::fd::AsRawFd;
 use tokio::io::{AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 use crate::http::{connect_from, find, parse_head, read_into, request_bytes, BodyKind, Dechunker};
 use crate::unix_ns;
@@ -90,7 +93,7 @@ impl Stream {
     /// many connections group by their cause.
     pub async fn open(request: &Request<'_>) -> anyhow::Result<Stream> {
         let mut socket = connect_from(request.target, request.source).await?;
-        setsockopt(&socket, sockopt::ReceiveTimestampns, &true).context("SO_TIMESTAMPNS")?;
+        receive_timestamps(&socket).await?;
         let resume = request.last_event_id.map(|id| id.to_string());
         let bearer = request.token.map(|token| format!("Bearer {token}"));
         let mut headers = vec![("Accept", "text/event-stream")];
@@ -168,6 +171,67 @@ impl Stream {
                 self.text.extend_from_slice(wire);
                 Ok(())
             }
+        }
+    }
+}
+
+/// Asks for the kernel's receive time of what reaches `socket` (`SO_TIMESTAMPNS`), and
+/// returns once the kernel is taking those times.
+///
+/// Linux stamps arriving packets only while some socket on the machine asks for it, behind one
+/// switch for all sockets, and the first socket to ask does not turn it on: its `setsockopt`
+/// leaves that to a workqueue (`net_enable_timestamp`, then `netstamp_clear`), which runs a
+/// little later, and later still when the cores are busy. A packet that arrives in between
+/// carries no time, and the read that returns it comes without an `SO_TIMESTAMPNS` message. On
+/// a machine where nothing else keeps the switch on, that hit the first reads of every process
+/// of the load tool (which then fell back to its own clock), and one run in three of
+/// `reads_carry_the_kernels_arrival_time`. The switch goes off again, just as lazily, when the
+/// last socket that asked closes. So the first call here opens a loopback connection that asks
+/// for timestamps and stays open for the life of the process, holding the switch on, and sends
+/// a byte through it until one arrives stamped.
+pub async fn receive_timestamps(socket: &TcpStream) -> anyhow::Result<()> {
+    static HELD: OnceCell<std::net::TcpStream> = OnceCell::const_new();
+    setsockopt(socket, sockopt::ReceiveTimestampns, &true).context("SO_TIMESTAMPNS")?;
+    HELD.get_or_try_init(timestamps_on).await?;
+    Ok(())
+}
+
+/// A loopback socket that asks for receive timestamps, returned once a read on it came stamped.
+async fn timestamps_on() -> anyhow::Result<std::net::TcpStream> {
+    const LIMIT: Duration = Duration::from_secs(10);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let mut sender = TcpStream::connect(listener.local_addr()?).await?;
+    let (receiver, _) = listener.accept().await?;
+    setsockopt(&receiver, sockopt::ReceiveTimestampns, &true).context("SO_TIMESTAMPNS")?;
+    let deadline = Instant::now() + LIMIT;
+    let mut buf = [0u8; 64];
+    loop {
+        sender.write_all(b".").await?;
+        let mut arrived = None;
+        receive_ready(&receiver, &mut buf, &mut arrived).await?;
+        if arrived.is_some() {
+            // Deregistered from this runtime: the socket only has to stay open.
+            return Ok(receiver.into_std()?);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the kernel did not start timestamping received packets within {LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Waits for `socket` to be readable, then [`receive`]s.
+async fn receive_ready(
+    socket: &TcpStream,
+    buf: &mut [u8],
+    arrived_ns: &mut Option<u64>,
+) -> std::io::Result<usize> {
+    loop {
+        socket.readable().await?;
+        match socket.try_io(Interest::READABLE, || receive(socket, buf, arrived_ns)) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            read => return read,
         }
     }
 }
@@ -372,24 +436,19 @@ mod tests {
             .await
             .unwrap();
         let (receiver, _) = listener.accept().await.unwrap();
-        setsockopt(&receiver, sockopt::ReceiveTimestampns, &true).unwrap();
+        // As the load tool does: see receive_timestamps for why a bare setsockopt is not enough.
+        receive_timestamps(&receiver).await.unwrap();
         let before = unix_ns();
         sender.write_all(b"data: x\n\n").await.unwrap();
         // Taken before the read: a time from the read itself would come after it.
         let after = unix_ns();
         let (mut buf, mut arrived) = ([0u8; 64], None);
-        let n = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            loop {
-                receiver.readable().await.unwrap();
-                match receiver.try_io(Interest::READABLE, || {
-                    receive(&receiver, &mut buf, &mut arrived)
-                }) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    read => break read.unwrap(),
-                }
-            }
-        })
+        let n = tokio::time::timeout(
+            Duration::from_secs(5),
+            receive_ready(&receiver, &mut buf, &mut arrived),
+        )
         .await
+        .unwrap()
         .unwrap();
         assert_eq!(&buf[..n], b"data: x\n\n");
         let arrived = arrived.expect("no SO_TIMESTAMPNS message");
