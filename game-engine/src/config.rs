@@ -15,6 +15,7 @@ pub struct Config {
     pub nats: NatsConfig,
     pub engine: EngineConfig,
     pub auth: AuthConfig,
+    pub store: StoreConfig,
     pub log: LogConfig,
 }
 
@@ -31,6 +32,22 @@ pub struct EngineConfig {
     /// The shortest phase a room may ask for in `durations_ms`.
     #[serde(with = "humantime_serde")]
     pub min_phase: Duration,
+    /// This engine's name among engines (`[A-Za-z0-9_-]`, at most 32); empty draws a random
+    /// one at each start. A fixed id lets a restarted engine take its own rooms back at once.
+    pub id: String,
+    /// How long an engine may miss its heartbeat before the others take its rooms over.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+/// How JetStream keeps rooms (`docs/durability.md`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Copies of each bucket and stream: 1 on a single nats-server, 3 on a cluster.
+    pub replicas: usize,
+    /// Upper bound, in bytes, of the rooms bucket and of the log stream (each).
+    pub max_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -53,10 +70,16 @@ impl Default for Config {
                 history: 1000,
                 shutdown_grace: Duration::from_secs(10),
                 min_phase: Duration::from_millis(250),
+                id: String::new(),
+                lease: Duration::from_secs(3),
             },
             auth: AuthConfig {
                 signing_key_file: None,
                 token_ttl: Duration::from_secs(24 * 60 * 60),
+            },
+            store: StoreConfig {
+                replicas: 1,
+                max_bytes: 4 << 30,
             },
             log: LogConfig::default(),
         }
@@ -66,5 +89,33 @@ impl Default for Config {
 impl Config {
     pub fn load(file: Option<&Path>) -> Result<Self, proto::config::ConfigError> {
         proto::config::load(&Config::default(), file)
+    }
+
+    /// `engine.id`, or a fresh random one.
+    pub fn engine_id(&self) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            self.engine.lease >= Duration::from_millis(200)
+                && self.engine.lease <= Duration::from_secs(5),
+            "engine.lease: between 200ms and 5s"
+        );
+        let id = &self.engine.id;
+        if id.is_empty() {
+            let random: proto::PlayerId = crate::rules::random_token(&mut rand::rng(), 12);
+            return Ok(random.to_string());
+        }
+        anyhow::ensure!(
+            id.len() <= 32
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            "engine.id: at most 32 characters of [A-Za-z0-9_-]"
+        );
+        Ok(id.clone())
+    }
+
+    /// How long stored rooms outlive their last write: the token lifetime plus an hour, and
+    /// at least a day and an hour (no phase lasts longer than a day).
+    pub fn store_retention(&self) -> Duration {
+        (self.auth.token_ttl + Duration::from_secs(3600)).max(Duration::from_secs(25 * 3600))
     }
 }

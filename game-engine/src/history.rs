@@ -1,101 +1,120 @@
-//! A stream's sequence counter and its bounded history of published events, shared by rooms
-//! and the lobby.
+//! A stream's recent events, to answer `since` without a snapshot; shared by rooms and the
+//! lobby.
 //!
-//! Every event gets the next id when it is recorded, and is published in that order. The
-//! history answers `since` requests: if it still holds every event after `since`, the viewer
-//! gets those it may see; otherwise it gets a fresh snapshot.
+//! The ids are given elsewhere (a room's committed counter, the lobby bucket's revisions), so
+//! a history only keeps what it is told, and knows from which id on it holds every event. A
+//! room taken over from another engine starts knowing only its last step; the rest is read
+//! from the room's log when a `since` first needs it.
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
 use proto::{PlayerId, SnapEvent, SnapReply};
 use serde_json::value::RawValue;
 
-use crate::room::game::{Audience, Outgoing};
-
-/// One recorded event.
-#[derive(Debug)]
-pub struct Recorded {
-    pub id: u64,
-    pub name: &'static str,
-    pub audience: Audience,
-    pub data: Bytes,
-}
+use crate::store::Logged;
 
 #[derive(Debug)]
 pub struct History {
-    seq: u64,
-    events: VecDeque<Recorded>,
+    /// The last id recorded (or known to exist).
+    last: u64,
+    /// Every event with an id above this, up to `last`, is in `events`.
+    complete_after: u64,
+    events: VecDeque<Logged>,
     capacity: usize,
 }
 
 impl History {
-    pub fn new(capacity: usize) -> Self {
+    /// The history of a stream that starts now, after `last`: nothing before it is known.
+    pub fn after(capacity: usize, last: u64) -> Self {
         History {
-            seq: 0,
-            events: VecDeque::with_capacity(capacity.min(64)),
+            last,
+            complete_after: last,
+            events: VecDeque::with_capacity(capacity.min(16)),
             capacity: capacity.max(1),
         }
     }
 
-    /// Gives the event the next id and keeps it, forgetting the oldest beyond capacity.
-    pub fn record(&mut self, event: Outgoing) -> &Recorded {
-        self.seq += 1;
+    pub fn last_id(&self) -> u64 {
+        self.last
+    }
+
+    /// Keeps an event (ids rise), forgetting the oldest beyond capacity.
+    pub fn record(&mut self, event: Logged) {
+        debug_assert!(event.id > self.last, "ids rise");
+        self.last = event.id;
         if self.events.len() == self.capacity {
-            self.events.pop_front();
+            if let Some(oldest) = self.events.pop_front() {
+                self.complete_after = oldest.id;
+            }
         }
-        self.events.push_back(Recorded {
-            id: self.seq,
-            name: event.name,
-            audience: event.audience,
-            data: Bytes::from(event.data),
-        });
-        self.events.back().expect("just pushed")
+        self.events.push_back(event);
+    }
+
+    /// Whether a `since` request needs events older than those held, which `older` could
+    /// supply.
+    pub fn lacks(&self, since: Option<u64>) -> bool {
+        since.is_some_and(|since| since < self.complete_after && since <= self.last)
+    }
+
+    /// Puts back older events read from the room's log (which holds a contiguous run of the
+    /// latest steps), oldest first. From then on the history is complete from the oldest
+    /// event it keeps.
+    pub fn backfill(&mut self, older: Vec<Logged>) {
+        let held = self.events.front().map_or(self.last + 1, |e| e.id);
+        let mut older: Vec<Logged> = older.into_iter().filter(|e| e.id < held).collect();
+        let room = self.capacity.saturating_sub(self.events.len());
+        let kept = older.split_off(older.len().saturating_sub(room));
+        if let Some(first) = kept.first() {
+            self.complete_after = self.complete_after.min(first.id - 1);
+        }
+        for event in kept.into_iter().rev() {
+            self.events.push_front(event);
+        }
     }
 
     /// Answers a `SnapRequest`: the events after `since` that `viewer` may see when they are
-    /// all still here, else one `snapshot` event (built by `snapshot`) at the current id.
+    /// all still here, else one `snapshot` event (built by `snapshot`) at the last id.
     pub fn reply(
         &self,
         viewer: Option<&PlayerId>,
         since: Option<u64>,
         snapshot: impl FnOnce() -> String,
     ) -> SnapReply {
-        let oldest = self.events.front().map_or(self.seq + 1, |e| e.id);
         let events = match since {
-            Some(since) if since <= self.seq && since + 1 >= oldest => self
+            Some(since) if since <= self.last && since >= self.complete_after => self
                 .events
                 .iter()
                 .filter(|e| e.id > since && e.audience.includes(viewer))
                 .map(|e| SnapEvent {
                     id: e.id,
-                    event: e.name.to_owned(),
-                    data: raw(std::str::from_utf8(&e.data).expect("recorded from a String")),
+                    event: e.event.clone(),
+                    data: e.data.clone(),
                 })
                 .collect(),
             _ => vec![SnapEvent {
-                id: self.seq,
-                event: <proto::event::RoomSnapshot as proto::event::RoomEvent>::NAME.to_owned(),
-                data: raw(&snapshot()),
+                id: self.last,
+                event: SNAPSHOT.to_owned(),
+                data: RawValue::from_string(snapshot()).expect("snapshots are serialised JSON"),
             }],
         };
         SnapReply { events }
     }
 }
 
-fn raw(json: &str) -> Box<RawValue> {
-    RawValue::from_string(json.to_owned()).expect("events are serialised JSON")
-}
+/// The name of the one event a fresh snapshot reply holds, for rooms and the lobby alike.
+const SNAPSHOT: &str = <proto::event::RoomSnapshot as proto::event::RoomEvent>::NAME;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outgoing::Audience;
 
-    fn event(audience: Audience, n: u32) -> Outgoing {
-        Outgoing {
+    fn event(audience: Audience, id: u64) -> Logged {
+        Logged {
+            id,
+            event: "chat".into(),
             audience,
-            name: "chat",
-            data: format!("{{\"n\":{n}}}"),
+            data: RawValue::from_string(format!("{{\"n\":{id}}}")).unwrap(),
         }
     }
 
@@ -111,7 +130,7 @@ mod tests {
     fn since_returns_what_the_viewer_may_see_after_it() {
         let ann = PlayerId::parse("ann1").unwrap();
         let bob = PlayerId::parse("bob1").unwrap();
-        let mut h = History::new(10);
+        let mut h = History::after(10, 0);
         h.record(event(Audience::Public, 1));
         h.record(event(Audience::Players(vec![bob.clone()]), 2));
         h.record(event(Audience::Public, 3));
@@ -135,15 +154,39 @@ mod tests {
 
     #[test]
     fn a_forgotten_gap_falls_back_to_a_snapshot() {
-        let mut h = History::new(3);
-        for n in 1..=5 {
-            h.record(event(Audience::Public, n));
+        let mut h = History::after(3, 0);
+        for id in 1..=5 {
+            h.record(event(Audience::Public, id));
         }
         let snap = || "{}".to_owned();
         assert_eq!(ids(&h.reply(None, Some(1), snap)), [(5, "snapshot")]);
         assert_eq!(
             ids(&h.reply(None, Some(2), snap)),
             [(3, "chat"), (4, "chat"), (5, "chat")]
+        );
+    }
+
+    #[test]
+    fn a_taken_over_history_is_completed_from_the_log() {
+        // The new owner knows the last step (ids 7, 8); the log holds 4..=8.
+        let mut h = History::after(4, 6);
+        h.record(event(Audience::Public, 7));
+        h.record(event(Audience::Public, 8));
+        let snap = || "{}".to_owned();
+        assert!(h.lacks(Some(5)));
+        assert!(!h.lacks(Some(6)), "the last step alone answers since=6");
+        assert_eq!(ids(&h.reply(None, Some(6), snap)), [(7, "chat"), (8, "chat")]);
+        h.backfill((4..=8).map(|id| event(Audience::Public, id)).collect());
+        assert!(!h.lacks(Some(5)));
+        assert_eq!(
+            ids(&h.reply(None, Some(5), snap)),
+            [(6, "chat"), (7, "chat"), (8, "chat")]
+        );
+        assert_eq!(ids(&h.reply(None, Some(4), snap)).len(), 4);
+        assert_eq!(
+            ids(&h.reply(None, Some(3), snap)),
+            [(8, "snapshot")],
+            "beyond capacity the oldest (4) is not kept"
         );
     }
 }

@@ -1,17 +1,25 @@
-//! Phasecast's game engine: Mafia rooms and the public lobby, driven over NATS.
+//! Phasecast's game engine: Mafia rooms and the public lobby, driven over NATS, kept in
+//! JetStream so that any engine can carry on any room.
 //!
 //! [`server::Engine`] is the whole process; the binary only reads the config and waits for a
-//! signal. Rules live in [`room::game`], the per-room task in [`room`], phase deadlines in
-//! [`scheduler`], the lobby in [`lobby`], resumable history in [`history`].
+//! signal. The rules are [`rules`] (pure, serialisable), the per-room task [`room`], what a
+//! room commits and logs [`store`], who runs which room [`ownership`], phase deadlines
+//! [`scheduler`], the lobby [`lobby`], resumable history [`history`].
 
 pub mod auth;
 pub mod config;
+pub mod context;
 pub mod history;
 pub mod lobby;
 pub mod metrics;
+pub mod outgoing;
+pub mod ownership;
+pub mod publish;
 pub mod room;
+pub mod rules;
 pub mod scheduler;
 pub mod server;
+pub mod store;
 
 pub use config::Config;
 pub use server::Engine;

@@ -1,109 +1,230 @@
-//! The public lobby: the list of open public rooms, as events and snapshots.
+//! The public lobby, one for every engine: open public rooms kept in a JetStream KV bucket,
+//! whose revisions are the lobby's event ids.
 //!
-//! Rooms tell the lobby task about themselves over a channel, so a room never waits for the
-//! lobby; the lobby turns the changes into `room_opened` / `room_updated` / `room_closed` with
-//! its own id counter and answers `game.lobby.snap`.
+//! The room that owns a listing writes it ([`Listing`]); every engine watches the bucket in
+//! revision order, keeps the list, publishes each change as `room_opened` / `room_updated` /
+//! `room_closed` with `Sse-Id` = its revision, and answers `game.lobby.snap` (in a queue
+//! group, so each request costs one engine). Every engine publishes every change: the same id
+//! with the same bytes, since both come from the same bucket entry, and gateways deliver an
+//! id once. So the lobby needs no leader, ids rise across engines and restarts, and a lobby
+//! stream outlives any engine.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use async_nats::jetstream::kv::{self, Entry, Operation};
 use async_nats::{Message, Subscriber};
 use futures::StreamExt;
 use proto::command::decode_request;
+use proto::event::RoomEvent;
 use proto::lobby::{
     LobbyPhase, LobbyRoom, LobbyRoomClosed, LobbySnapshot, RoomOpened, RoomUpdated,
 };
 use proto::{Reply, RoomCode, SnapReply, SnapRequest};
-use tokio::sync::mpsc;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
+use crate::context::Context;
 use crate::history::History;
-use crate::room::game::{Audience, Outgoing};
-use crate::room::send_event;
-use crate::server::Context;
+use crate::outgoing::Audience;
+use crate::publish;
+use crate::store::Logged;
 
 /// Most rooms a lobby snapshot lists (about 100 KiB of JSON).
 pub const MAX_LISTED: usize = 1000;
 
-/// What a room tells the lobby.
-#[derive(Debug)]
-pub enum LobbyChange {
-    /// The room opened or its listing changed.
-    Upsert(LobbyRoom),
-    Closed(RoomCode),
+/// A room's entry in the lobby bucket: the listing and the event that announces it.
+#[derive(Serialize, Deserialize)]
+struct Listed {
+    event: String,
+    room: LobbyRoom,
 }
 
+/// What the lobby bucket holds for one room, as its owner last wrote or read it.
+#[derive(Debug, Default)]
+pub struct Listing {
+    room: Option<LobbyRoom>,
+    revision: Option<u64>,
+}
+
+impl Listing {
+    /// Reads the room's current entry (after a takeover, another engine may have written it).
+    pub async fn read(ctx: &Context, code: &RoomCode) -> Listing {
+        match ctx.store.lobby.entry(code.as_str()).await {
+            Ok(Some(entry)) if entry.operation == Operation::Put => Listing {
+                room: serde_json::from_slice::<Listed>(&entry.value)
+                    .ok()
+                    .map(|l| l.room),
+                revision: Some(entry.revision),
+            },
+            Ok(_) => Listing::default(),
+            Err(e) => {
+                tracing::warn!(room = %code, error = %e, "cannot read the room's lobby entry");
+                Listing::default()
+            }
+        }
+    }
+
+    /// Writes `room` (or removes the entry, for `None`) if it differs from what is there.
+    /// Compare-and-set on the entry's revision, so a stale owner cannot undo a newer listing;
+    /// a write that fails is retried at the room's next step, from a fresh read.
+    pub async fn update(&mut self, ctx: &Context, code: &RoomCode, room: Option<LobbyRoom>) {
+        if room == self.room {
+            return;
+        }
+        let lobby = &ctx.store.lobby;
+        let key = code.as_str();
+        let written = match (&room, self.revision) {
+            (Some(room), None) => lobby.create(key, listed(RoomOpened::NAME, room)).await.map(Some).map_err(|e| e.to_string()),
+            (Some(room), Some(revision)) => lobby
+                .update(key, listed(RoomUpdated::NAME, room), revision)
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            (None, Some(revision)) => lobby
+                .delete_expect_revision(key, Some(revision))
+                .await
+                .map(|()| None)
+                .map_err(|e| e.to_string()),
+            (None, None) => Ok(None),
+        };
+        match written {
+            Ok(revision) => {
+                self.room = room;
+                self.revision = revision;
+            }
+            Err(e) => {
+                tracing::warn!(room = %code, error = %e, "lobby entry not written");
+                *self = Listing::read(ctx, code).await;
+            }
+        }
+    }
+}
+
+fn listed(event: &str, room: &LobbyRoom) -> bytes::Bytes {
+    serde_json::to_vec(&Listed {
+        event: event.to_owned(),
+        room: room.clone(),
+    })
+    .expect("listings serialise")
+    .into()
+}
+
+/// One engine's view of the lobby bucket.
 pub struct Lobby {
     ctx: Arc<Context>,
     rooms: BTreeMap<RoomCode, LobbyRoom>,
     history: History,
+    /// The last snapshot served and the id it was built at: a storm of new lobby streams
+    /// between two changes costs one serialisation.
+    snapshot: Option<(u64, String)>,
 }
 
 impl Lobby {
     pub fn new(ctx: Arc<Context>) -> Self {
-        let history = History::new(ctx.history);
+        let history = History::after(ctx.history, 0);
         Lobby {
             ctx,
             rooms: BTreeMap::new(),
             history,
+            snapshot: None,
         }
     }
 
-    /// Serves the lobby until the engine shuts down.
-    pub async fn run(
-        mut self,
-        mut changes: mpsc::UnboundedReceiver<LobbyChange>,
-        mut snaps: Subscriber,
-    ) {
+    /// Follows the bucket and answers snapshots until the engine shuts down.
+    pub async fn run(mut self, mut snaps: Subscriber) {
         let shutdown = self.ctx.shutdown.clone();
+        let mut changes = None;
         loop {
+            let Some(watch) = &mut changes else {
+                // (Re)start the watch after the last revision seen: at once when the bucket is
+                // reachable, else after a pause.
+                match self.watch().await {
+                    Ok(watch) => changes = Some(watch),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch the lobby bucket");
+                        tokio::select! {
+                            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                            () = shutdown.cancelled() => break,
+                        }
+                    }
+                }
+                continue;
+            };
             tokio::select! {
-                Some(change) = changes.recv() => self.on_change(change).await,
+                change = watch.next() => match change {
+                    Some(Ok(entry)) => self.on_change(entry).await,
+                    Some(Err(e)) => tracing::warn!(error = %e, "lobby watch"),
+                    None => changes = None,
+                },
                 Some(msg) = snaps.next() => self.on_snap(msg).await,
                 () = shutdown.cancelled() => break,
-                else => break,
             }
         }
-        // The engine is stopping and its rooms with it: the lobby lists none of them any more.
-        let codes: Vec<RoomCode> = self.rooms.keys().cloned().collect();
-        for code in codes {
-            self.on_change(LobbyChange::Closed(code)).await;
+    }
+
+    async fn watch(&self) -> Result<kv::Watch, kv::WatchError> {
+        match self.history.last_id() {
+            0 => self.ctx.store.lobby.watch_all().await,
+            last => self.ctx.store.lobby.watch_all_from_revision(last + 1).await,
         }
     }
 
-    async fn on_change(&mut self, change: LobbyChange) {
-        let event = match change {
-            LobbyChange::Upsert(room) => match self.rooms.insert(room.code.clone(), room.clone()) {
-                None => Outgoing::new(Audience::Public, &RoomOpened(room)),
-                Some(old) if old == room => return,
-                Some(_) => Outgoing::new(Audience::Public, &RoomUpdated(room)),
-            },
-            LobbyChange::Closed(code) => match self.rooms.remove(&code) {
-                Some(_) => Outgoing::new(Audience::Public, &LobbyRoomClosed { code }),
-                None => return,
-            },
+    /// One change of the bucket becomes one lobby event, published with the revision as id.
+    async fn on_change(&mut self, entry: Entry) {
+        if entry.revision <= self.history.last_id() {
+            return;
+        }
+        let Ok(code) = RoomCode::parse(&entry.key) else {
+            return;
         };
-        let recorded = self.history.record(event);
-        send_event(&self.ctx, self.ctx.subjects.lobby_events(), recorded).await;
+        let (event, data) = match entry.operation {
+            Operation::Put => {
+                let Ok(listed) = serde_json::from_slice::<Listed>(&entry.value) else {
+                    tracing::warn!(room = %code, "unreadable lobby entry");
+                    return;
+                };
+                let data = serde_json::to_string(&listed.room).expect("rooms serialise");
+                self.rooms.insert(code, listed.room);
+                (listed.event, data)
+            }
+            Operation::Delete | Operation::Purge => {
+                self.rooms.remove(&code);
+                let closed = LobbyRoomClosed { code };
+                let data = serde_json::to_string(&closed).expect("events serialise");
+                (LobbyRoomClosed::NAME.to_owned(), data)
+            }
+        };
+        let event = Logged {
+            id: entry.revision,
+            event,
+            audience: Audience::Public,
+            data: RawValue::from_string(data).expect("JSON"),
+        };
+        publish::send(&self.ctx, self.ctx.subjects.lobby_events(), &event).await;
+        self.history.record(event);
     }
 
-    async fn on_snap(&self, msg: Message) {
+    async fn on_snap(&mut self, msg: Message) {
         let Some(reply_to) = msg.reply else { return };
+        let last = self.history.last_id();
+        let (rooms, cache) = (&self.rooms, &mut self.snapshot);
         let reply = decode_request::<SnapRequest>(&msg.payload).map(|req| {
             self.history.reply(None, req.since, || {
+                if let Some((at, json)) = cache.as_ref().filter(|(at, _)| *at == last) {
+                    debug_assert_eq!(*at, last);
+                    return json.clone();
+                }
                 // Open rooms first, and a bounded list: a snapshot must fit in one NATS
                 // message (1 MiB by default), and nobody scrolls past the first thousand.
-                let waiting = self
-                    .rooms
-                    .values()
-                    .filter(|r| r.phase == LobbyPhase::Waiting);
-                let others = self
-                    .rooms
-                    .values()
-                    .filter(|r| r.phase != LobbyPhase::Waiting);
+                let waiting = rooms.values().filter(|r| r.phase == LobbyPhase::Waiting);
+                let others = rooms.values().filter(|r| r.phase != LobbyPhase::Waiting);
                 let snapshot = LobbySnapshot {
                     rooms: waiting.chain(others).take(MAX_LISTED).cloned().collect(),
                 };
-                serde_json::to_string(&snapshot).expect("snapshots serialise infallibly")
+                let json = serde_json::to_string(&snapshot).expect("snapshots serialise");
+                *cache = Some((last, json.clone()));
+                json
             })
         });
         let body = Reply::<SnapReply>::from(reply).to_bytes();

@@ -11,6 +11,8 @@ pub const COMMAND_SECONDS: &str = "phasecast_engine_command_seconds";
 pub const SCHEDULER_LATENESS: &str = "phasecast_engine_scheduler_lateness_seconds";
 pub const EVENTS_PUBLISHED: &str = "phasecast_engine_events_published_total";
 pub const NATS_CONNECTED: &str = "phasecast_engine_nats_connected";
+pub const ROOMS_TAKEN_OVER: &str = "phasecast_engine_rooms_taken_over_total";
+pub const OWNERSHIP_LOST: &str = "phasecast_engine_ownership_lost_total";
 
 /// Latency buckets from 50 µs to 5 s: scheduler lateness lives at the low end, a command
 /// queued behind a slow NATS at the high end.
@@ -40,11 +42,21 @@ fn describe() {
     );
     describe_counter!(EVENTS_PUBLISHED, "Events published to NATS");
     describe_gauge!(NATS_CONNECTED, "1 while the NATS connection is up");
+    describe_counter!(
+        ROOMS_TAKEN_OVER,
+        "Rooms this engine took over from an engine that died or stopped"
+    );
+    describe_counter!(
+        OWNERSHIP_LOST,
+        "Rooms this engine found another engine owned (a commit fenced, or a lapsed lease)"
+    );
     for phase in Phase::ALL {
         gauge!(ROOMS, "phase" => phase.as_str()).increment(0.0);
     }
     gauge!(PLAYERS).increment(0.0);
     metrics::counter!(EVENTS_PUBLISHED).absolute(0);
+    metrics::counter!(ROOMS_TAKEN_OVER).absolute(0);
+    metrics::counter!(OWNERSHIP_LOST).absolute(0);
     metrics::counter!(COMMANDS, "type" => "join", "result" => "ok").absolute(0);
     // Registering the histograms makes them render (empty) before their first sample.
     let _ = histogram!(SCHEDULER_LATENESS);

@@ -1,137 +1,279 @@
-//! One room: a task that owns its [`Game`], its event history and its deadline.
+//! One room: a task that owns its [`crate::rules::Game`] while this engine owns the room's record.
 //!
-//! Each room is its own task with its own NATS subscriptions, so one room's command never
-//! queues behind another room's work. The room's next deadline is an [`Alarm`] from the
-//! engine's [`crate::scheduler`], awaited in the same `select!` as its commands: the room
-//! sleeps until a command or its deadline arrives, and costs nothing in between.
-
-pub mod game;
+//! Each room is its own task with its own NATS subscriptions (in the owners' queue group, so
+//! that while two engines briefly both listen, each request reaches one), so one room's
+//! command never queues behind another room's work. Its next deadline is an [`Alarm`] from the
+//! engine's [`crate::scheduler`], awaited in the same `select!` as its commands.
+//!
+//! Every step (a command or a deadline) runs in the order that makes a room survive its
+//! engine: compute with the rules, commit the record to JetStream (the fence: a stale owner
+//! fails here and stops), publish the events, append them to the room's log, reply. Nothing
+//! is published before it is committed, so an id never carries two payloads.
 
 use std::sync::Arc;
 
-use async_nats::{HeaderMap, Message, Subject, Subscriber};
+use async_nats::{Message, Subject, Subscriber};
 use futures::StreamExt;
 use metrics::{counter, gauge, histogram};
-use proto::command::decode_request;
+use proto::command::decode_command;
 use proto::event::Phase;
-use proto::headers::{SSE_EVENT, SSE_ID};
-use proto::lobby::LobbyRoom;
-use proto::{Command, CommandOk, ErrorCode, Rejection, Reply, SnapReply, SnapRequest};
+use proto::subject::OWNER_QUEUE_GROUP;
+use proto::{
+    Command, CommandOk, ErrorCode, Rejection, Reply, RoomCode, SnapReply, SnapRequest,
+};
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use crate::history::{History, Recorded};
-use crate::lobby::LobbyChange;
+use crate::context::Context;
+use crate::history::History;
+use crate::lobby::Listing;
 use crate::metrics as m;
+use crate::outgoing::{unix_ms_now, Ack, Effects, Now};
+use crate::publish;
 use crate::scheduler::Alarm;
-use crate::server::Context;
-use game::{Ack, Audience, Effects, Game, Now};
+use crate::store::{CommitError, Logged, RoomRecord};
 
-/// A live room: its rules, its history and the engine it runs in.
+/// A deadline fired later than this (an outage, a takeover, a stalled machine) times the
+/// next phase from now rather than from the deadline: otherwise every phase shorter than the
+/// delay would follow at once, and players would get zero-length phases.
+const LATE_LIMIT_MS: u64 = 500;
+
+/// How a room's loop goes on after a step.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// The room ended: `room_closed` is committed and published.
+    Closed,
+    /// Another engine owns the room now (or the engine is stopping mid-commit).
+    Gone,
+}
+
+/// What a step left to do once committed: its events to publish and the reply to send after
+/// them.
+struct Outcome {
+    flow: Flow,
+    events: Vec<Logged>,
+    reply: Option<(Subject, Vec<u8>)>,
+    /// For a command: when it arrived and its type, for the latency histogram.
+    command: Option<(Instant, &'static str)>,
+}
+
+impl Outcome {
+    fn nothing(flow: Flow) -> Self {
+        Outcome {
+            flow,
+            events: Vec::new(),
+            reply: None,
+            command: None,
+        }
+    }
+}
+
+/// A room this engine owns.
 pub struct Room {
     ctx: Arc<Context>,
-    game: Game,
+    code: RoomCode,
+    record: RoomRecord,
+    revision: u64,
     history: History,
+    /// Whether the room's log has been read into `history` (after a takeover, on the first
+    /// `since` that needs it).
+    log_read: bool,
+    listing: Listing,
     /// The phase and player count last reported to the gauges.
     phase: Phase,
     players: usize,
-    /// What the lobby was last told of this room; `None` for a private room.
-    listed: Option<LobbyRoom>,
 }
 
 impl Room {
-    pub fn new(ctx: Arc<Context>, game: Game) -> Self {
-        let history = History::new(ctx.history);
-        gauge!(m::ROOMS, "phase" => game.phase().as_str()).increment(1.0);
-        Room {
-            ctx,
-            phase: game.phase(),
-            game,
-            history,
-            players: 0,
-            listed: None,
+    /// Subscribes the room's subjects and runs it on the engine's task tracker. `resumed`
+    /// says the room was committed by an engine before this one (a takeover or a restart).
+    pub async fn start(
+        ctx: &Arc<Context>,
+        record: RoomRecord,
+        revision: u64,
+        resumed: bool,
+    ) -> Result<(), async_nats::SubscribeError> {
+        let code = record.game.code().clone();
+        let commands = ctx
+            .client
+            .queue_subscribe(ctx.subjects.room_cmd(&code), OWNER_QUEUE_GROUP.into())
+            .await?;
+        let snaps = ctx
+            .client
+            .queue_subscribe(ctx.subjects.room_snap(&code), OWNER_QUEUE_GROUP.into())
+            .await?;
+        // A new room's history is complete from its first event; a resumed one knows its
+        // last step, and reads the rest from the log when a `since` needs it.
+        let first_known = record.last_id - record.outbox.len() as u64;
+        let mut history = History::after(ctx.history, first_known);
+        for event in &record.outbox {
+            history.record(event.clone());
         }
+        let phase = record.game.phase();
+        gauge!(m::ROOMS, "phase" => phase.as_str()).increment(1.0);
+        let room = Room {
+            ctx: ctx.clone(),
+            code,
+            revision,
+            history,
+            log_read: !resumed,
+            listing: Listing::default(),
+            phase,
+            players: 0,
+            record,
+        };
+        ctx.tasks.spawn(room.run(commands, snaps, resumed));
+        Ok(())
     }
 
-    /// Serves the room until it closes or the engine shuts down.
-    ///
-    /// Handlers only compute; this loop does the I/O in the order the contract needs: stop
-    /// listening if the room closed (so no command is accepted after `room_closed`), publish
-    /// the events in id order, then reply.
-    pub async fn run(mut self, mut commands: Subscriber, mut snaps: Subscriber) {
-        self.update_lobby();
+    /// Serves the room until it closes, another engine takes it, or this engine stops.
+    async fn run(mut self, mut commands: Subscriber, mut snaps: Subscriber, resumed: bool) {
+        if resumed {
+            self.resume().await;
+        }
+        self.count_players();
+        self.listing = Listing::read(&self.ctx, &self.code).await;
+        self.sync_lobby().await;
         let shutdown = self.ctx.shutdown.clone();
-        let mut alarm: Option<Alarm> = None;
-        loop {
-            let deadline = self.game.deadline();
-            let at = deadline.into_std();
+        let mut recheck = self.ctx.recheck.subscribe();
+        let mut alarm: Option<(u64, Alarm)> = None;
+        let flow = loop {
+            let deadline = self.record.game.deadline_ms();
             let alarm = match &mut alarm {
-                Some(set) => {
-                    if !set.is_pending() || set.at() != at {
-                        set.reset(at);
+                Some((at, set)) => {
+                    if *at != deadline || !set.is_pending() {
+                        set.reset(instant_of(deadline).into_std());
+                        *at = deadline;
                     }
                     set
                 }
-                None => alarm.insert(self.ctx.scheduler.alarm(at)),
-            };
-            let (fx, reply) = tokio::select! {
-                Some(msg) = commands.next() => self.on_command(msg),
-                Some(msg) = snaps.next() => { self.on_snap(msg).await; continue }
-                () = alarm.fired() => (self.on_deadline(deadline), None),
-                // The engine is stopping and its rooms live only in memory: tell the players.
-                () = shutdown.cancelled() => {
-                    let mut fx = Effects::default();
-                    self.game.close(&mut fx);
-                    (fx, None)
+                None => {
+                    let set = self.ctx.scheduler.alarm(instant_of(deadline).into_std());
+                    &mut alarm.insert((deadline, set)).1
                 }
-                else => break,
             };
-            let closed = fx.closed;
-            if closed {
+            let outcome = tokio::select! {
+                Some(msg) = commands.next() => self.on_command(msg),
+                Some(msg) = snaps.next() => {
+                    self.on_snap(msg).await;
+                    Outcome::nothing(Flow::Continue)
+                }
+                () = alarm.fired() => self.on_deadline(),
+                Ok(()) = recheck.changed() => Outcome::nothing(self.recheck().await),
+                // The engine is stopping: the room stays in JetStream for another engine.
+                () = shutdown.cancelled() => Outcome::nothing(Flow::Gone),
+                else => Outcome::nothing(Flow::Gone),
+            };
+            let outcome = self.commit(outcome).await;
+            if outcome.flow != Flow::Continue {
+                // Stop listening before `room_closed` goes out, so that no request reaches
+                // a room that no longer answers.
                 let _ = commands.unsubscribe().await;
                 let _ = snaps.unsubscribe().await;
             }
-            self.apply(fx).await;
-            if let Some((to, body)) = reply {
+            self.publish(outcome.events).await;
+            if let Some((to, body)) = outcome.reply {
                 self.ctx.reply(to, body, "a room command").await;
             }
-            if closed {
-                break;
+            if let Some((started, kind)) = outcome.command {
+                let seconds = started.elapsed().as_secs_f64();
+                histogram!(m::COMMAND_SECONDS, "type" => kind).record(seconds);
+            }
+            self.sync_lobby().await;
+            if outcome.flow != Flow::Continue {
+                break outcome.flow;
+            }
+        };
+        if flow == Flow::Closed {
+            let index = format!("{}.{}", self.ctx.engine_id, self.code);
+            if let Err(e) = self.ctx.store.owners.delete(&index).await {
+                tracing::warn!(room = %self.code, error = %e, "could not drop a closed room's index key");
             }
         }
         gauge!(m::ROOMS, "phase" => self.phase.as_str()).decrement(1.0);
         gauge!(m::PLAYERS).decrement(self.players as f64);
     }
 
-    /// Applies a command; returns its effects and the reply to send after them.
-    fn on_command(&mut self, msg: Message) -> (Effects, Option<(Subject, Vec<u8>)>) {
-        let started = Instant::now();
-        let mut fx = Effects::default();
-        let mut kind = "unknown";
-        let result = decode_request::<Command>(&msg.payload).and_then(|cmd| {
-            kind = cmd.kind();
-            let ack = self
-                .game
-                .handle(cmd, Now::system(), &mut rand::rng(), &mut fx)?;
-            self.ack(ack)
-        });
-        let result_label = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.error.as_str(),
+    /// After a takeover: publish the last step again (its owner may have died before it did;
+    /// gateways drop what they have already delivered) and make sure the log holds it.
+    async fn resume(&mut self) {
+        for event in &self.record.outbox {
+            publish::room_event(&self.ctx, &self.code, event).await;
+        }
+        let logged = match self.ctx.store.last_logged_id(&self.code).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(room = %self.code, error = %e, "cannot read the room's log");
+                0
+            }
         };
-        counter!(m::COMMANDS, "type" => kind, "result" => result_label).increment(1);
-        let reply = msg.reply.map(|to| (to, Reply::from(result).to_bytes()));
-        histogram!(m::COMMAND_SECONDS, "type" => kind).record(started.elapsed().as_secs_f64());
-        (fx, reply)
+        let missing: Vec<Logged> = (self.record.outbox.iter())
+            .filter(|e| e.id > logged)
+            .cloned()
+            .collect();
+        let _ = (self.ctx.store)
+            .append(&self.code, &missing, &self.ctx.shutdown)
+            .await;
+    }
+
+    /// A command: replayed from memory if its `request_id` was seen, else applied; its
+    /// reply goes out after its events.
+    fn on_command(&mut self, msg: Message) -> Outcome {
+        let started = Instant::now();
+        let Some(reply_to) = msg.reply.clone() else {
+            // Nobody waits for an answer, and nothing unanswerable may change a room.
+            return Outcome::nothing(Flow::Continue);
+        };
+        let answer = |body: Vec<u8>| Outcome {
+            reply: Some((reply_to.clone(), body)),
+            ..Outcome::nothing(Flow::Continue)
+        };
+        if self.record.closed {
+            return answer(Reply::<()>::Err(no_such_room()).to_bytes());
+        }
+        let (cmd, request_id) = match decode_command(&msg.payload) {
+            Ok(decoded) => decoded,
+            Err(rejection) => {
+                counter!(m::COMMANDS, "type" => "unknown", "result" => rejection.error.as_str())
+                    .increment(1);
+                return answer(Reply::<()>::Err(rejection).to_bytes());
+            }
+        };
+        let kind = cmd.kind();
+        let key = request_id.map(|id| format!("{}/{}", actor(&cmd), id.as_str()));
+        if let Some(reply) = key.as_deref().and_then(|k| self.record.remembered(k)) {
+            counter!(m::COMMANDS, "type" => kind, "result" => "replayed").increment(1);
+            return answer(reply.get().as_bytes().to_vec());
+        }
+        let mut fx = Effects::default();
+        let result = self
+            .record
+            .game
+            .handle(cmd, Now::system(), &mut rand::rng(), &mut fx)
+            .and_then(|ack| self.ack(ack));
+        let label = result.as_ref().map_or_else(|e| e.error.as_str(), |_| "ok");
+        counter!(m::COMMANDS, "type" => kind, "result" => label).increment(1);
+        let body = Reply::from(result).to_bytes();
+        // The rules change nothing when they refuse, so only an applied command is kept.
+        if let Some(key) = key.filter(|_| !fx.events.is_empty()) {
+            let reply = String::from_utf8(body.clone()).expect("replies are UTF-8");
+            self.record
+                .remember(key, RawValue::from_string(reply).expect("replies are JSON"));
+        }
+        Outcome {
+            reply: Some((reply_to, body)),
+            command: Some((started, kind)),
+            ..self.events_of(fx)
+        }
     }
 
     fn ack(&self, ack: Ack) -> Result<CommandOk, Rejection> {
         Ok(match ack {
             Ack::Joined(player_id) => {
-                let name = self.game.name_of(&player_id).expect("just joined");
-                let token = self
-                    .ctx
-                    .signer
-                    .sign(self.game.code(), &player_id, name.as_str())?;
+                let game = &self.record.game;
+                let name = game.name_of(&player_id).expect("just joined");
+                let token = self.ctx.signer.sign(game.code(), &player_id, name.as_str())?;
                 CommandOk::Joined { player_id, token }
             }
             Ack::Investigated { mafia } => CommandOk::Investigated { mafia },
@@ -141,16 +283,29 @@ impl Room {
 
     async fn on_snap(&mut self, msg: Message) {
         let Some(reply_to) = msg.reply else { return };
-        let reply = decode_request::<SnapRequest>(&msg.payload).and_then(|req| {
+        let request = proto::command::decode_request::<SnapRequest>(&msg.payload);
+        if let Ok(req) = &request {
+            if !self.log_read && self.history.lacks(req.since) {
+                self.log_read = true;
+                match self.ctx.store.read_log(&self.code).await {
+                    Ok(events) => self.history.backfill(events),
+                    Err(e) => tracing::warn!(room = %self.code, error = %e, "cannot read the log"),
+                }
+            }
+        }
+        let reply = request.and_then(|req| {
+            let game = &self.record.game;
+            if self.record.closed {
+                return Err(no_such_room());
+            }
             if let Some(viewer) = &req.viewer {
-                if !self.game.is_player(viewer) {
+                if !game.is_player(viewer) {
                     return Err(Rejection::new(
                         ErrorCode::NoSuchPlayer,
                         "no such player in this room",
                     ));
                 }
             }
-            let game = &self.game;
             Ok(self.history.reply(req.viewer.as_ref(), req.since, || {
                 serde_json::to_string(&game.snapshot(req.viewer.as_ref()))
                     .expect("snapshots serialise infallibly")
@@ -160,86 +315,176 @@ impl Room {
         self.ctx.reply(reply_to, body, "a room snapshot").await;
     }
 
-    /// The deadline passed: record how late we are and move the game on. The next phase is
-    /// timed from the deadline itself, not from when we woke, so lateness never accumulates.
-    fn on_deadline(&mut self, deadline: Instant) -> Effects {
-        let late = Instant::now().saturating_duration_since(deadline);
-        histogram!(m::SCHEDULER_LATENESS).record(late.as_secs_f64());
-        let mut now = Now::system();
-        now.instant = deadline;
-        now.unix_ms = now.unix_ms.saturating_sub(late.as_millis() as u64);
+    /// The deadline passed: move the game on. The next phase is timed from the deadline
+    /// itself, so lateness never accumulates, unless the deadline is long past
+    /// ([`LATE_LIMIT_MS`]).
+    fn on_deadline(&mut self) -> Outcome {
+        let deadline = self.record.game.deadline_ms();
+        let now = unix_ms_now();
+        let late = now.saturating_sub(deadline);
+        histogram!(m::SCHEDULER_LATENESS).record(late as f64 / 1000.0);
         let mut fx = Effects::default();
-        self.game.on_deadline(now, &mut fx);
-        fx
+        (self.record.game).on_deadline(next_phase_from(deadline, now), &mut fx);
+        self.events_of(fx)
     }
 
-    /// Records and publishes the events in id order, then tells the lobby.
-    async fn apply(&mut self, fx: Effects) {
-        for event in fx.events {
-            let recorded = self.history.record(event);
-            publish(&self.ctx, self.game.code(), recorded).await;
+    /// Numbers a step's events from the room's counter.
+    fn events_of(&mut self, fx: Effects) -> Outcome {
+        let events = fx
+            .events
+            .into_iter()
+            .map(|out| {
+                self.record.last_id += 1;
+                Logged {
+                    id: self.record.last_id,
+                    event: out.name.to_owned(),
+                    audience: out.audience,
+                    data: RawValue::from_string(out.data).expect("events are JSON"),
+                }
+            })
+            .collect();
+        self.record.closed |= fx.closed;
+        Outcome {
+            flow: if fx.closed { Flow::Closed } else { Flow::Continue },
+            events,
+            reply: None,
+            command: None,
         }
-        let phase = self.game.phase();
+    }
+
+    /// Commits a step that has events; if the room is no longer ours, nothing of it goes out
+    /// and its requester is told to try again.
+    async fn commit(&mut self, step: Outcome) -> Outcome {
+        if step.events.is_empty() {
+            return step;
+        }
+        self.record.outbox = step.events.clone();
+        let store = &self.ctx.store;
+        match (store.commit(&self.code, &self.record, self.revision, &self.ctx.shutdown)).await {
+            Ok(revision) => {
+                self.revision = revision;
+                step
+            }
+            Err(lost) => {
+                if lost == CommitError::Fenced {
+                    counter!(m::OWNERSHIP_LOST).increment(1);
+                    tracing::warn!(room = %self.code, "another engine owns this room now");
+                }
+                let retry = Reply::<()>::Err(changing_hands()).to_bytes();
+                Outcome {
+                    reply: step.reply.map(|(to, _)| (to, retry)),
+                    command: step.command,
+                    ..Outcome::nothing(Flow::Gone)
+                }
+            }
+        }
+    }
+
+    /// Publishes committed events, then appends them to the log: after the publishes on the
+    /// same connection, so that once the log has a step NATS has its events, and a successor
+    /// need only repeat the last step.
+    async fn publish(&mut self, events: Vec<Logged>) {
+        if events.is_empty() {
+            return;
+        }
+        for event in &events {
+            publish::room_event(&self.ctx, &self.code, event).await;
+        }
+        let _ = (self.ctx.store)
+            .append(&self.code, &events, &self.ctx.shutdown)
+            .await;
+        for event in events {
+            self.history.record(event);
+        }
+        self.count_players();
+    }
+
+    /// This engine's lease may have lapsed: carry on only if the record is still ours.
+    async fn recheck(&mut self) -> Flow {
+        match self.ctx.store.rooms.entry(self.code.as_str()).await {
+            Ok(Some(entry)) if entry.revision == self.revision => Flow::Continue,
+            Ok(_) => {
+                counter!(m::OWNERSHIP_LOST).increment(1);
+                tracing::warn!(room = %self.code, "another engine took this room over");
+                Flow::Gone
+            }
+            // Cannot tell; the next commit will.
+            Err(_) => Flow::Continue,
+        }
+    }
+
+    /// Keeps the phase and player gauges in step with the game.
+    fn count_players(&mut self) {
+        let phase = self.record.game.phase();
         if phase != self.phase {
             gauge!(m::ROOMS, "phase" => self.phase.as_str()).decrement(1.0);
             gauge!(m::ROOMS, "phase" => phase.as_str()).increment(1.0);
             self.phase = phase;
         }
-        let players = self.game.player_count();
+        let players = self.record.game.player_count();
         if players != self.players {
             gauge!(m::PLAYERS).increment(players as f64 - self.players as f64);
             self.players = players;
         }
-        if fx.closed {
-            if self.listed.is_some() {
-                let _ = self
-                    .ctx
-                    .lobby
-                    .send(LobbyChange::Closed(self.game.code().clone()));
-            }
-        } else {
-            self.update_lobby();
-        }
     }
 
-    /// Tells the lobby when its view of this room has changed. Compared rather than flagged
+    /// Brings the room's entry in the lobby bucket up to date. Compared rather than flagged
     /// by each rule, so that no change the lobby shows can go unannounced.
-    fn update_lobby(&mut self) {
-        let entry = self.game.lobby_entry();
-        if entry != self.listed {
-            if let Some(entry) = &entry {
-                let _ = self.ctx.lobby.send(LobbyChange::Upsert(entry.clone()));
-            }
-            self.listed = entry;
-        }
+    async fn sync_lobby(&mut self) {
+        let entry = (!self.record.closed)
+            .then(|| self.record.game.lobby_entry())
+            .flatten();
+        self.listing.update(&self.ctx, &self.code, entry).await;
     }
 }
 
-/// Publishes one recorded event to the subjects of its audience, with `Sse-Id`/`Sse-Event`.
-async fn publish(ctx: &Context, code: &proto::RoomCode, event: &Recorded) {
-    let subjects = match &event.audience {
-        Audience::Public => vec![ctx.subjects.room_events(code)],
-        Audience::Players(ids) => ids
-            .iter()
-            .map(|id| ctx.subjects.player_events(code, id))
-            .collect(),
-    };
-    for subject in subjects {
-        send_event(ctx, subject, event).await;
+/// Who a `request_id` belongs to: the acting player, or for a join the name asked for.
+fn actor(cmd: &Command) -> String {
+    match cmd {
+        Command::Join { name } => format!("join:{}", name.trim().to_lowercase()),
+        Command::Leave { player }
+        | Command::Start { player }
+        | Command::Vote { player, .. }
+        | Command::Skill { player, .. }
+        | Command::Chat { player, .. } => player.to_string(),
     }
 }
 
-/// Publishes one event with its headers; shared by rooms and the lobby.
-pub async fn send_event(ctx: &Context, subject: String, event: &Recorded) {
-    let mut headers = HeaderMap::new();
-    headers.insert(SSE_ID, event.id.to_string().as_str());
-    headers.insert(SSE_EVENT, event.name);
-    match ctx
-        .client
-        .publish_with_headers(subject, headers, event.data.clone())
-        .await
-    {
-        Ok(()) => counter!(m::EVENTS_PUBLISHED).increment(1),
-        Err(e) => tracing::warn!(error = %e, "could not publish an event"),
+/// When the phase after `deadline` starts if it fires at `now`: at the deadline itself, so
+/// that small lateness never accumulates, unless it is more than [`LATE_LIMIT_MS`] late.
+fn next_phase_from(deadline: u64, now: u64) -> Now {
+    let late = now.saturating_sub(deadline);
+    Now {
+        unix_ms: if late <= LATE_LIMIT_MS { deadline } else { now },
+    }
+}
+
+/// The monotonic instant of a unix-ms deadline, by this machine's wall clock.
+fn instant_of(deadline_ms: u64) -> Instant {
+    let now = unix_ms_now();
+    Instant::now() + std::time::Duration::from_millis(deadline_ms.saturating_sub(now))
+}
+
+fn no_such_room() -> Rejection {
+    Rejection::new(ErrorCode::NoSuchRoom, "this room has closed")
+}
+
+fn changing_hands() -> Rejection {
+    Rejection::new(
+        ErrorCode::Unavailable,
+        "the room is moving to another engine; try again",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_deadline_restarts_the_clock_instead_of_bunching_phases() {
+        assert_eq!(next_phase_from(10_000, 10_003).unix_ms, 10_000, "3 ms late: on schedule");
+        assert_eq!(next_phase_from(10_000, 9_999).unix_ms, 10_000, "early clocks too");
+        let after_outage = next_phase_from(10_000, 10_000 + LATE_LIMIT_MS + 1);
+        assert_eq!(after_outage.unix_ms, 10_000 + LATE_LIMIT_MS + 1, "timed from now");
     }
 }

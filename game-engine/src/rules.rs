@@ -3,7 +3,9 @@
 //! A [`Game`] takes commands and deadlines and answers with [`Effects`]: the events to publish,
 //! each with its audience, and whether the room closed. It never touches NATS or a
 //! clock of its own (the caller passes [`Now`]), so every rule is testable in microseconds and
-//! the room task around it stays a thin loop.
+//! the room task around it stays a thin loop. It is plain data (`Serialize`/`Deserialize`):
+//! the whole game is what the room commits to JetStream after every step, so that any engine
+//! can carry it on.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -12,13 +14,15 @@ pub use proto::event::Role;
 use proto::event::{
     Channel, Chat, Death, DeathCause, GameOver, Investigation, MafiaPick, Phase, PhaseChanged,
     PlayerJoined, PlayerLeft, PlayerView, Protection, RoleDealt, RolesRevealed, RoomClosed,
-    RoomEvent, RoomSnapshot, Team, VoteCast,
+    RoomSnapshot, Team, VoteCast,
 };
 use proto::lobby::{CreateRoom, LobbyPhase, LobbyRoom};
 use proto::{ChatText, Command, ErrorCode, PlayerId, PlayerName, Rejection, RoomCode};
 use rand::seq::SliceRandom;
 use rand::Rng;
-use tokio::time::Instant;
+use serde::{Deserialize, Serialize};
+
+pub use crate::outgoing::{Ack, Audience, Effects, Now, Outgoing};
 
 /// A waiting room with no activity for this long closes.
 pub const WAITING_IDLE: Duration = Duration::from_secs(12 * 60 * 60);
@@ -30,89 +34,12 @@ pub const EMPTY_GRACE: Duration = Duration::from_secs(5 * 60);
 pub const IDLE_ROUNDS: u32 = 3;
 /// How many chat lines a snapshot carries.
 const SNAPSHOT_CHAT_LINES: usize = 50;
-/// Chat lines kept for snapshots (more than a snapshot shows, since each viewer sees a subset).
-const CHAT_KEPT: usize = 500;
-
-/// The current time, in both clocks a room needs: the monotonic one its deadlines are on, and
-/// unix milliseconds for the `ends_at` that browsers count down to.
-#[derive(Clone, Copy, Debug)]
-pub struct Now {
-    pub instant: Instant,
-    pub unix_ms: u64,
-}
-
-impl Now {
-    pub fn system() -> Self {
-        let unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Now {
-            instant: Instant::now(),
-            unix_ms,
-        }
-    }
-}
-
-/// Who receives an event.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Audience {
-    Public,
-    Players(Vec<PlayerId>),
-}
-
-impl Audience {
-    pub fn includes(&self, viewer: Option<&PlayerId>) -> bool {
-        match (self, viewer) {
-            (Audience::Public, _) => true,
-            (Audience::Players(ids), Some(v)) => ids.contains(v),
-            (Audience::Players(_), None) => false,
-        }
-    }
-}
-
-/// One event to publish: its SSE name, audience and JSON data.
-#[derive(Clone, Debug)]
-pub struct Outgoing {
-    pub audience: Audience,
-    pub name: &'static str,
-    pub data: String,
-}
-
-/// What handling a command or a deadline produced.
-#[derive(Debug, Default)]
-pub struct Effects {
-    pub events: Vec<Outgoing>,
-    /// The room is over and must be dropped.
-    pub closed: bool,
-}
-
-impl Outgoing {
-    pub fn new<E: RoomEvent>(audience: Audience, event: &E) -> Self {
-        Outgoing {
-            audience,
-            name: E::NAME,
-            data: serde_json::to_string(event).expect("events serialise infallibly"),
-        }
-    }
-}
-
-impl Effects {
-    fn emit<E: RoomEvent>(&mut self, audience: Audience, event: &E) {
-        self.events.push(Outgoing::new(audience, event));
-    }
-}
-
-/// A successful command's result, before the room task adds anything (a token) to it.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Ack {
-    Joined(PlayerId),
-    Investigated { mafia: bool },
-    Done,
-}
+/// Chat lines kept for snapshots (more than a snapshot shows, since each viewer sees a subset;
+/// few enough that the room's record, written on every step, stays small).
+const CHAT_KEPT: usize = 120;
 
 /// Phase durations, resolved from the defaults and the room's overrides.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Durations {
     pub day_intro: Duration,
     pub notice: Duration,
@@ -154,7 +81,7 @@ impl Durations {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Player {
     id: PlayerId,
     name: PlayerName,
@@ -170,7 +97,7 @@ impl Player {
 }
 
 /// One room's whole state.
-#[derive(Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Game {
     code: RoomCode,
     settings: CreateRoom,
@@ -179,7 +106,9 @@ pub struct Game {
     host: Option<PlayerId>,
     phase: Phase,
     round: u32,
-    deadline: Instant,
+    /// When the room next needs [`Game::on_deadline`], in unix ms: wall-clock time, so that
+    /// another engine (with another monotonic clock) can re-arm it.
+    deadline_ms: u64,
     ends_at: Option<u64>,
     votes: BTreeMap<PlayerId, Option<PlayerId>>,
     mafia_pick: Option<PlayerId>,
@@ -241,7 +170,7 @@ impl Game {
             host: None,
             phase: Phase::Waiting,
             round: 0,
-            deadline: now.instant + EMPTY_GRACE,
+            deadline_ms: now.after(EMPTY_GRACE),
             ends_at: None,
             votes: BTreeMap::new(),
             mafia_pick: None,
@@ -262,9 +191,9 @@ impl Game {
         self.phase
     }
 
-    /// When the room next needs [`Game::on_deadline`].
-    pub fn deadline(&self) -> Instant {
-        self.deadline
+    /// When the room next needs [`Game::on_deadline`], in unix ms.
+    pub fn deadline_ms(&self) -> u64 {
+        self.deadline_ms
     }
 
     /// Players who have not left.
@@ -678,8 +607,8 @@ impl Game {
             _ => {}
         }
         self.phase = phase;
-        self.deadline = now.instant + duration;
-        let ends_at = now.unix_ms + duration.as_millis() as u64;
+        let ends_at = now.after(duration);
+        self.deadline_ms = ends_at;
         self.ends_at = Some(ends_at);
         fx.emit(
             Audience::Public,
@@ -832,7 +761,7 @@ impl Game {
         } else {
             WAITING_IDLE
         };
-        self.deadline = now.instant + idle;
+        self.deadline_ms = now.after(idle);
     }
 
     fn index_of(&self, id: &PlayerId) -> Result<usize, Rejection> {

@@ -1,68 +1,50 @@
-//! The engine process: connects to NATS, serves `game.lobby.create`, runs rooms and the lobby,
-//! and stops cleanly.
+//! The engine process: connects to NATS and JetStream, serves `game.lobby.create`, runs the
+//! rooms it owns and the lobby, takes over the rooms of engines that are gone, and on SIGTERM
+//! hands its own rooms over.
 //!
-//! Each room subscribes to its own `cmd` and `snap` subjects when it is created, so several
-//! engines share one NATS without coordination: `lobby.create` reaches one of them through the
-//! queue group, and that engine alone answers for the room from then on. A command for a room
-//! that no engine holds gets NATS's "no responders" at once.
+//! Rooms live in JetStream ([`crate::store`]), not in this process: any number of engines
+//! share one NATS, `lobby.create` reaches one of them through the queue group, that engine
+//! owns the new room until it stops or dies, and then another carries it on
+//! ([`crate::ownership`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use async_nats::{Client, Message};
+use async_nats::Message;
 use futures::StreamExt;
 use metrics::gauge;
 use proto::command::decode_request;
 use proto::lobby::{CreateRoom, Created};
 use proto::subject::ENGINE_QUEUE_GROUP;
-use proto::{Reply, RoomCode, Subjects};
+use proto::{ErrorCode, Rejection, Reply, RoomCode, StoreNames, Subjects};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenSigner;
 use crate::config::Config;
-use crate::lobby::{Lobby, LobbyChange};
+use crate::context::Context;
+use crate::lobby::Lobby;
 use crate::metrics as m;
-use crate::room::game::{random_token, Game, Now};
+use crate::outgoing::Now;
+use crate::ownership;
 use crate::room::Room;
+use crate::rules::{random_token, Game};
 use crate::scheduler::{Scheduler, SchedulerThread};
-
-/// What every room and the lobby share.
-pub struct Context {
-    pub client: Client,
-    pub subjects: Subjects,
-    pub signer: TokenSigner,
-    pub lobby: mpsc::UnboundedSender<LobbyChange>,
-    pub history: usize,
-    pub min_phase: std::time::Duration,
-    pub scheduler: Scheduler,
-    pub shutdown: CancellationToken,
-}
-
-impl Context {
-    /// Publishes a reply to a request; one that cannot be sent is logged (`what` says which),
-    /// and its requester times out.
-    pub async fn reply(&self, to: async_nats::Subject, body: Vec<u8>, what: &str) {
-        if let Err(e) = self.client.publish(to, body.into()).await {
-            tracing::warn!(error = %e, "could not reply to {what}");
-        }
-    }
-}
+use crate::store::{RoomRecord, Store, StoreLimits};
 
 /// A configured engine, connected and bound, not yet serving.
 pub struct Engine {
     ctx: Arc<Context>,
     config: Config,
     admin: TcpListener,
-    lobby_changes: mpsc::UnboundedReceiver<LobbyChange>,
     scheduler: SchedulerThread,
 }
 
 impl Engine {
-    /// Checks the config (key file first), connects to NATS, then binds the admin listener.
+    /// Checks the config (key file first), connects to NATS, opens the JetStream store, then
+    /// binds the admin listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let key_file = config
             .auth
@@ -70,6 +52,7 @@ impl Engine {
             .as_deref()
             .context("auth.signing_key_file is required (a PKCS#8 PEM Ed25519 private key)")?;
         let signer = TokenSigner::from_pem_file(key_file, config.auth.token_ttl)?;
+        let engine_id = config.engine_id()?;
         m::install();
         let client = async_nats::ConnectOptions::new()
             .name("phasecast-engine")
@@ -84,6 +67,15 @@ impl Engine {
             .await
             .with_context(|| format!("nats.url: cannot connect to {}", config.nats.url))?;
         gauge!(m::NATS_CONNECTED).set(1.0);
+        let limits = StoreLimits {
+            replicas: config.store.replicas,
+            retention: config.store_retention(),
+            history: config.engine.history,
+            max_bytes: config.store.max_bytes as i64,
+        };
+        let store = Store::open(client.clone(), StoreNames::new(&config.subject_prefix), &limits)
+            .await
+            .context("store: is JetStream enabled on the NATS server (nats-server -js)?")?;
         let admin = TcpListener::bind(config.engine.admin_listen)
             .await
             .with_context(|| {
@@ -92,23 +84,25 @@ impl Engine {
                     config.engine.admin_listen
                 )
             })?;
-        let (lobby, lobby_changes) = mpsc::unbounded_channel();
         let (scheduler, scheduler_thread) = Scheduler::start();
         let ctx = Arc::new(Context {
             client,
             subjects: Subjects::new(config.subject_prefix.clone()),
+            store,
             signer,
-            lobby,
+            engine_id,
+            lease: config.engine.lease,
             history: config.engine.history,
             min_phase: config.engine.min_phase,
             scheduler,
             shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            recheck: tokio::sync::watch::Sender::new(0),
         });
         Ok(Engine {
             ctx,
             config,
             admin,
-            lobby_changes,
             scheduler: scheduler_thread,
         })
     }
@@ -118,8 +112,13 @@ impl Engine {
         self.admin.local_addr().expect("bound listener")
     }
 
-    /// Serves until `shutdown` resolves, then gives rooms `engine.shutdown_grace` to stop and
-    /// drains the NATS connection.
+    /// This engine's id in the heartbeat bucket and in the records of the rooms it owns.
+    pub fn id(&self) -> &str {
+        &self.ctx.engine_id
+    }
+
+    /// Serves until `shutdown` resolves, then stops its rooms (within
+    /// `engine.shutdown_grace`), hands them over to the other engines and drains NATS.
     pub async fn run_until(
         self,
         shutdown: impl std::future::Future<Output = ()>,
@@ -128,34 +127,42 @@ impl Engine {
             ctx,
             config,
             admin,
-            lobby_changes,
             scheduler,
         } = self;
-        let tasks = TaskTracker::new();
+        let tasks = &ctx.tasks;
         let client = &ctx.client;
         let mut creates = client
             .queue_subscribe(ctx.subjects.lobby_create(), ENGINE_QUEUE_GROUP.into())
             .await?;
-        let lobby_snaps = client.subscribe(ctx.subjects.lobby_snap()).await?;
-        tasks.spawn(Lobby::new(ctx.clone()).run(lobby_changes, lobby_snaps));
+        let lobby_snaps = client
+            .queue_subscribe(ctx.subjects.lobby_snap(), ENGINE_QUEUE_GROUP.into())
+            .await?;
+        tasks.spawn(Lobby::new(ctx.clone()).run(lobby_snaps));
+        tasks.spawn(ownership::run(ctx.clone()));
         tasks.spawn(proto::process::serve_admin(
             admin,
             m::install(),
             ctx.shutdown.clone(),
         ));
         client.flush().await?;
-        tracing::info!(nats = %config.nats.url, prefix = %config.subject_prefix, "engine ready");
+        tracing::info!(
+            engine = %ctx.engine_id,
+            nats = %config.nats.url,
+            prefix = %config.subject_prefix,
+            replicas = config.store.replicas,
+            "engine ready"
+        );
 
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                Some(msg) = creates.next() => create_room(&ctx, &tasks, msg).await,
+                Some(msg) = creates.next() => create_room(&ctx, msg).await,
                 () = &mut shutdown => break,
                 else => break,
             }
         }
 
-        tracing::info!("shutting down");
+        tracing::info!("shutting down: handing rooms over");
         let _ = creates.unsubscribe().await;
         ctx.shutdown.cancel();
         tasks.close();
@@ -165,36 +172,50 @@ impl Engine {
         {
             tracing::warn!("rooms did not stop within engine.shutdown_grace");
         }
+        ownership::hand_over(&ctx).await;
         drop(scheduler);
         ctx.client.drain().await?;
         Ok(())
     }
 }
 
-/// `game.lobby.create`: validate, subscribe the new room's subjects, start it, reply.
-async fn create_room(ctx: &Arc<Context>, tasks: &TaskTracker, msg: Message) {
+/// Attempts at drawing a free room code before giving up (a collision is already one in
+/// 10^17; this bounds the loop, not the odds).
+const CODE_ATTEMPTS: usize = 8;
+
+/// `game.lobby.create`: validate, store the room under a code no room has (create-if-absent
+/// in the rooms bucket, so two engines can never hand out one code), start it, reply.
+async fn create_room(ctx: &Arc<Context>, msg: Message) {
     let Some(reply_to) = msg.reply.clone() else {
         return;
     };
     let result = async {
         let settings: CreateRoom = decode_request(&msg.payload)?;
-        let code: RoomCode = random_token(&mut rand::rng(), 10);
-        let game = Game::new(code.clone(), settings, ctx.min_phase, Now::system())?;
-        let subscribed = async {
-            let commands = ctx.client.subscribe(ctx.subjects.room_cmd(&code)).await?;
-            let snaps = ctx.client.subscribe(ctx.subjects.room_snap(&code)).await?;
-            Ok::<_, async_nats::SubscribeError>((commands, snaps))
+        let cannot = |e: &dyn std::fmt::Display| {
+            tracing::error!(error = %e, "cannot store a new room");
+            Rejection::new(ErrorCode::Unavailable, "the engine cannot open rooms now")
+        };
+        for _ in 0..CODE_ATTEMPTS {
+            let code: RoomCode = random_token(&mut rand::rng(), 10);
+            let game = Game::new(code.clone(), settings.clone(), ctx.min_phase, Now::system())?;
+            let record = RoomRecord::new(ctx.engine_id.clone(), game);
+            // The index first: a room is never stored without a way for others to find it.
+            let index = format!("{}.{code}", ctx.engine_id);
+            (ctx.store.owners.put(&index, bytes::Bytes::new()).await).map_err(|e| cannot(&e))?;
+            match ctx.store.create(&code, &record).await {
+                Ok(Some(revision)) => {
+                    Room::start(ctx, record, revision, false)
+                        .await
+                        .map_err(|e| cannot(&e))?;
+                    return Ok(Created { code });
+                }
+                Ok(None) => {
+                    let _ = ctx.store.owners.delete(&index).await;
+                }
+                Err(e) => return Err(cannot(&e)),
+            }
         }
-        .await;
-        let (commands, snaps) = subscribed.map_err(|e| {
-            tracing::error!(error = %e, "cannot subscribe a new room");
-            proto::Rejection::new(
-                proto::ErrorCode::Internal,
-                "the engine cannot open rooms now",
-            )
-        })?;
-        tasks.spawn(Room::new(ctx.clone(), game).run(commands, snaps));
-        Ok(Created { code })
+        Err(cannot(&"no free room code"))
     }
     .await;
     ctx.reply(reply_to, Reply::from(result).to_bytes(), "a create")

@@ -1,32 +1,29 @@
-//! Phase deadlines as the rules set them, under paused time: each phase is timed from the
-//! previous deadline, so lateness never accumulates, and idle rooms close. (The thread that
-//! fires deadlines is tested in `src/scheduler.rs`.)
+//! Phase deadlines as the rules set them: each phase is timed from the time the room hands
+//! them (the previous deadline, when it fired on time), so lateness never accumulates, and
+//! idle rooms close. (The thread that fires deadlines is tested in `src/scheduler.rs`, the
+//! policy for a late deadline in `src/room.rs`.)
 
 use std::time::Duration;
 
-use game_engine::room::game::{Ack, Effects, Game, Now, IDLE_ROUNDS};
+use game_engine::rules::{Ack, Effects, Game, Now, IDLE_ROUNDS};
 use proto::event::Phase;
 use proto::lobby::CreateRoom;
 use proto::{Command, PlayerId, RoomCode};
-use tokio::time::{sleep_until, Instant};
 
-fn now() -> Now {
-    Now {
-        instant: Instant::now(),
-        unix_ms: 1_000_000,
-    }
-}
+const START: Now = Now {
+    unix_ms: 1_000_000,
+};
 
 /// A room of three with these settings, everyone seated; started when `start` is true.
 fn seated(settings: serde_json::Value, start: bool) -> (Game, Effects) {
     let settings: CreateRoom = serde_json::from_value(settings).unwrap();
     let code = RoomCode::parse("Ab12Cd34").unwrap();
-    let mut game = Game::new(code, settings, Duration::ZERO, now()).unwrap();
+    let mut game = Game::new(code, settings, Duration::ZERO, START).unwrap();
     let mut fx = Effects::default();
     let mut host: Option<PlayerId> = None;
     for name in ["a", "b", "c"] {
         let join = Command::Join { name: name.into() };
-        if let Ok(Ack::Joined(id)) = game.handle(join, now(), &mut rand::rng(), &mut fx) {
+        if let Ok(Ack::Joined(id)) = game.handle(join, START, &mut rand::rng(), &mut fx) {
             host.get_or_insert(id);
         }
     }
@@ -34,22 +31,21 @@ fn seated(settings: serde_json::Value, start: bool) -> (Game, Effects) {
         let start = Command::Start {
             player: host.unwrap(),
         };
-        game.handle(start, now(), &mut rand::rng(), &mut fx)
+        game.handle(start, START, &mut rand::rng(), &mut fx)
             .unwrap();
     }
     (game, fx)
 }
 
-#[tokio::test(start_paused = true)]
-async fn phases_fire_exactly_at_their_deadlines() {
-    let start = Instant::now();
+#[test]
+fn each_phase_is_timed_from_the_deadline_before_it() {
     let (mut game, mut fx) = seated(
         serde_json::json!({"title": "t", "total": 3, "mafia": 1,
             "durations_ms": {"day_intro": 1000, "notice": 2000, "day_per_player": 300,
                 "vote": 4000, "vote_result": 500, "night_intro": 600, "night": 7000}}),
         true,
     );
-
+    assert_eq!(game.deadline_ms(), START.unix_ms + 1000, "day_intro lasts 1 s");
     // (phase entered, ms after the start): day is 300 ms per living player.
     let expected = [
         (Phase::Notice, 1000),
@@ -61,62 +57,55 @@ async fn phases_fire_exactly_at_their_deadlines() {
         (Phase::DayIntro, 16000),
     ];
     for (phase, at_ms) in expected {
-        let deadline = game.deadline();
-        assert!(
-            deadline > Instant::now(),
-            "the next deadline is ahead, late wake-ups notwithstanding"
-        );
-        sleep_until(deadline).await;
-        // Pretend the wake-up came 3 ms late: the next deadline is still set from this one.
-        let late = Now {
-            instant: deadline,
-            unix_ms: 0,
-        };
-        tokio::time::advance(Duration::from_millis(3)).await;
-        game.on_deadline(late, &mut fx);
+        let deadline = game.deadline_ms();
+        assert_eq!(deadline - START.unix_ms, at_ms, "{phase:?} is due on schedule");
+        game.on_deadline(Now { unix_ms: deadline }, &mut fx);
         assert_eq!(game.phase(), phase);
-        assert_eq!(
-            deadline.duration_since(start),
-            Duration::from_millis(at_ms),
-            "{phase:?} began on schedule despite the late wake-ups"
+        let ends_at = fx.events.last().unwrap().data.clone();
+        assert!(
+            ends_at.contains(&format!("\"ends_at\":{}", game.deadline_ms())),
+            "the phase event carries its deadline: {ends_at}"
         );
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_empty_room_has_five_minutes_and_a_waiting_one_twelve_hours() {
+#[test]
+fn an_empty_room_has_five_minutes_and_a_waiting_one_twelve_hours() {
     let settings: CreateRoom =
         serde_json::from_value(serde_json::json!({"title": "t", "total": 3, "mafia": 1})).unwrap();
-    let created = Instant::now();
     let mut game = Game::new(
         RoomCode::parse("Ab12Cd34").unwrap(),
         settings,
         Duration::ZERO,
-        now(),
+        START,
     )
     .unwrap();
-    assert_eq!(game.deadline() - created, Duration::from_secs(300));
+    assert_eq!(game.deadline_ms() - START.unix_ms, 300_000);
     let mut fx = Effects::default();
     let ack = game.handle(
         Command::Join { name: "a".into() },
-        now(),
+        START,
         &mut rand::rng(),
         &mut fx,
     );
     assert!(ack.is_ok());
     assert_eq!(
-        game.deadline() - created,
-        Duration::from_secs(12 * 3600),
+        game.deadline_ms() - START.unix_ms,
+        12 * 3600 * 1000,
         "someone is waiting"
     );
-    sleep_until(game.deadline()).await;
-    game.on_deadline(now(), &mut fx);
+    game.on_deadline(
+        Now {
+            unix_ms: game.deadline_ms(),
+        },
+        &mut fx,
+    );
     assert!(fx.closed);
     assert_eq!(fx.events.last().unwrap().name, "room_closed");
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_abandoned_game_closes_instead_of_cycling_for_ever() {
+#[test]
+fn an_abandoned_game_closes_instead_of_cycling_for_ever() {
     let (mut game, mut fx) = seated(
         serde_json::json!({"title": "t", "total": 3, "mafia": 1}),
         true,
@@ -127,8 +116,33 @@ async fn an_abandoned_game_closes_instead_of_cycling_for_ever() {
             days += 1;
             assert!(days <= 10, "the game never closed");
         }
-        game.on_deadline(now(), &mut fx);
+        game.on_deadline(
+            Now {
+                unix_ms: game.deadline_ms(),
+            },
+            &mut fx,
+        );
     }
     assert_eq!(days, 1 + IDLE_ROUNDS, "closed after the idle rounds");
     assert_eq!(fx.events.last().unwrap().name, "room_closed");
+}
+
+#[test]
+fn a_game_survives_serialisation_mid_play() {
+    let (game, _) = seated(
+        serde_json::json!({"title": "t", "total": 3, "mafia": 1}),
+        true,
+    );
+    let json = serde_json::to_string(&game).unwrap();
+    let back: Game = serde_json::from_str(&json).unwrap();
+    assert_eq!(serde_json::to_string(&back).unwrap(), json);
+    assert_eq!(back.phase(), Phase::DayIntro);
+    assert_eq!(back.deadline_ms(), game.deadline_ms());
+    for viewer in game.snapshot(None).players.iter().map(|p| p.player_id.clone()) {
+        assert_eq!(
+            back.snapshot(Some(&viewer)),
+            game.snapshot(Some(&viewer)),
+            "every viewer sees the same game after a round trip"
+        );
+    }
 }

@@ -53,6 +53,27 @@ impl Command {
 /// Decodes a request body, telling apart the ways it can be wrong: too large, not a JSON
 /// object, an unknown `type`, a bad field.
 pub fn decode_request<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
+    from_object(parse_object(body)?)
+}
+
+/// Decodes a room command and its optional `request_id`: a retry carrying the `request_id` of
+/// a command already applied gets that command's reply again and changes nothing.
+pub fn decode_command(body: &[u8]) -> Result<(Command, Option<RequestId>), Rejection> {
+    let value = parse_object(body)?;
+    let request_id = match value.get("request_id") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(id)) => Some(RequestId::parse(id)?),
+        Some(_) => {
+            return Err(Rejection::new(
+                ErrorCode::InvalidField,
+                "request_id is a string",
+            ))
+        }
+    };
+    Ok((from_object(value)?, request_id))
+}
+
+fn parse_object(body: &[u8]) -> Result<serde_json::Value, Rejection> {
     if body.len() > MAX_REQUEST_BYTES {
         return Err(Rejection::new(
             ErrorCode::TooLarge,
@@ -67,6 +88,10 @@ pub fn decode_request<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> 
             "the request must be a JSON object",
         ));
     }
+    Ok(value)
+}
+
+fn from_object<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Rejection> {
     serde_json::from_value(value).map_err(|e| {
         let message = e.to_string();
         let code = if message.starts_with("unknown variant") || message.contains("field `type`") {
@@ -76,6 +101,49 @@ pub fn decode_request<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> 
         };
         Rejection::new(code, message)
     })
+}
+
+/// A client's name for one attempt at a command, so that retrying it is safe: 1 to 64
+/// printable ASCII characters (a UUID fits).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RequestId(String);
+
+impl RequestId {
+    pub const MAX_CHARS: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<Self, Rejection> {
+        if raw.is_empty()
+            || raw.len() > Self::MAX_CHARS
+            || !raw.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(Rejection::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "request_id has 1 to {} printable ASCII characters",
+                    Self::MAX_CHARS
+                ),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RequestId {
+    type Error = Rejection;
+    fn try_from(raw: String) -> Result<Self, Rejection> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<RequestId> for String {
+    fn from(id: RequestId) -> String {
+        id.0
+    }
 }
 
 /// What a successful command returns besides `"ok": true`.
@@ -172,5 +240,20 @@ mod tests {
         );
         let big = format!(r#"{{"type":"join","name":"{}"}}"#, "x".repeat(70_000));
         assert_eq!(err(big.as_bytes()), ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn a_request_id_rides_beside_any_command() {
+        let (cmd, id) = decode_command(br#"{"type":"join","name":"Ann","request_id":"r-1"}"#)
+            .unwrap();
+        assert_eq!(cmd, Command::Join { name: "Ann".into() });
+        assert_eq!(id.unwrap().as_str(), "r-1");
+        let (_, none) = decode_command(br#"{"type":"join","name":"Ann"}"#).unwrap();
+        assert!(none.is_none());
+        for bad in [r#""""#, "7", r#""a b""#, &format!(r#""{}""#, "x".repeat(65))] {
+            let body = format!(r#"{{"type":"join","name":"Ann","request_id":{bad}}}"#);
+            let err = decode_command(body.as_bytes()).unwrap_err();
+            assert_eq!(err.error, ErrorCode::InvalidField, "{bad}");
+        }
     }
 }

@@ -85,9 +85,22 @@ token_newtype!(
 );
 
 /// A display name: 1 to 20 characters after trimming, no control characters.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct PlayerName(String);
+
+impl TryFrom<String> for PlayerName {
+    type Error = Rejection;
+    fn try_from(raw: String) -> Result<Self, Rejection> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<PlayerName> for String {
+    fn from(name: PlayerName) -> String {
+        name.0
+    }
+}
 
 impl PlayerName {
     pub const MAX_CHARS: usize = 20;

@@ -16,12 +16,14 @@ pub mod ids;
 pub mod lobby;
 pub mod process;
 pub mod snap;
+pub mod store;
 pub mod subject;
 
-pub use command::{Command, CommandOk, Reply};
+pub use command::{Command, CommandOk, Reply, RequestId};
 pub use error::{ErrorCode, Rejection};
 pub use ids::{ChatText, PlayerId, PlayerName, RoomCode};
 pub use snap::{SnapEvent, SnapReply, SnapRequest};
+pub use store::StoreNames;
 pub use subject::Subjects;
 
 /// NATS header names carried by every published event.

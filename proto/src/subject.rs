@@ -8,6 +8,10 @@ use crate::ids::{PlayerId, RoomCode};
 /// The queue group engines share `lobby.create` in, so each create reaches one engine.
 pub const ENGINE_QUEUE_GROUP: &str = "game-engine";
 
+/// The queue group a room's owner listens to its `cmd` and `snap` subjects in: while a room
+/// changes hands two engines may briefly both listen, and each request still reaches one.
+pub const OWNER_QUEUE_GROUP: &str = "room-owner";
+
 /// Builds every subject under one configurable prefix (`game` by default).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subjects {

@@ -30,6 +30,9 @@ impl NatsServer {
                 "127.0.0.1".into(),
                 "-p".into(),
                 "-1".into(),
+                // JetStream on, in the server's own store: the engine keeps rooms there, and
+                // a restart on the same store is how tests prove they survive one.
+                "-js".into(),
                 "-sd".into(),
                 store.path().display().to_string(),
             ],

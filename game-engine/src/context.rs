@@ -1,0 +1,47 @@
+//! What every part of a running engine shares: its NATS connection and JetStream store, its
+//! identity, the scheduler, and the signals to stop or to re-check ownership.
+//!
+//! A leaf module: rooms, the lobby and ownership all depend on it, and it on none of them.
+
+use std::time::Duration;
+
+use async_nats::Client;
+use proto::Subjects;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::TokenSigner;
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+
+pub struct Context {
+    pub client: Client,
+    pub subjects: Subjects,
+    pub store: Store,
+    pub signer: TokenSigner,
+    /// This engine's name in the heartbeat bucket and in every room record it owns.
+    pub engine_id: String,
+    /// How long an engine may go without a heartbeat before others take its rooms.
+    pub lease: Duration,
+    pub history: usize,
+    pub min_phase: Duration,
+    pub scheduler: Scheduler,
+    /// Cancelled when the engine stops: rooms stop serving and are handed over.
+    pub shutdown: CancellationToken,
+    /// Every room task and the engine's own tasks, awaited on shutdown.
+    pub tasks: TaskTracker,
+    /// Bumped when this engine's lease may have lapsed (it could not renew its heartbeat in
+    /// time, say after SIGSTOP): every room then checks that it still owns its record.
+    pub recheck: watch::Sender<u64>,
+}
+
+impl Context {
+    /// Publishes a reply to a request; one that cannot be sent is logged (`what` says which),
+    /// and its requester times out.
+    pub async fn reply(&self, to: async_nats::Subject, body: Vec<u8>, what: &str) {
+        if let Err(e) = self.client.publish(to, body.into()).await {
+            tracing::warn!(error = %e, "could not reply to {what}");
+        }
+    }
+}

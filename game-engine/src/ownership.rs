@@ -1,0 +1,313 @@
+//! Which engine runs which room, and taking over the rooms of an engine that died or left.
+//!
+//! Each engine puts its heartbeat in the engines bucket every quarter of the lease and
+//! watches everyone else's. An engine whose heartbeat has not changed for a lease (measured
+//! on the watcher's own clock, so no clocks need agree), or whose last heartbeat says
+//! `leaving` (SIGTERM), is gone: the others list its rooms in the owners index and claim them,
+//! each first the rooms that rendezvous hashing gives it, then after another lease any left
+//! over. A claim is a compare-and-set of the room's record to the new owner and the next
+//! epoch; whoever loses the race moves on. Correctness never rests on the lease: the commit's
+//! compare-and-set fences a stale owner whatever the clocks say. See `docs/durability.md`.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::kv::{Entry, Operation};
+use futures::{StreamExt, TryStreamExt};
+use metrics::counter;
+use proto::RoomCode;
+use tokio::time::Instant;
+
+use crate::context::Context;
+use crate::metrics as m;
+use crate::room::Room;
+
+/// A heartbeat's value while the engine runs.
+const ALIVE: &str = "alive";
+/// The last heartbeat of an engine that stopped on purpose: take its rooms now.
+const LEAVING: &str = "leaving";
+/// Rooms claimed at once: enough to take 10,000 rooms in seconds, few enough not to flood
+/// JetStream.
+const CLAIMS_IN_FLIGHT: usize = 64;
+
+/// What this engine knows of another.
+struct Peer {
+    /// When its heartbeat last changed, on our clock.
+    seen: Instant,
+    revision: u64,
+    leaving: bool,
+}
+
+type Peers = Arc<Mutex<HashMap<String, Peer>>>;
+
+/// Runs the heartbeat, the watch over other engines and the takeovers, until shutdown.
+pub async fn run(ctx: Arc<Context>) {
+    let peers: Peers = Arc::default();
+    // A previous life of this very engine id (a restart with a fixed `engine.id`) left rooms
+    // that nobody else will see as orphaned.
+    adopt(&ctx, &peers, ctx.engine_id.clone(), None).await;
+    tokio::join!(heartbeat(&ctx), watch(&ctx, &peers));
+}
+
+/// Puts this engine's heartbeat every quarter lease. A beat that comes after more than a
+/// lease (the process was paused, or NATS unreachable) means others may have taken rooms:
+/// every room re-checks its record.
+async fn heartbeat(ctx: &Context) {
+    let mut last_beat = Instant::now();
+    let mut ticks = tokio::time::interval(ctx.lease / 4);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = ctx.shutdown.cancelled() => return,
+        }
+        match ctx.store.engines.put(&ctx.engine_id, ALIVE.into()).await {
+            Ok(_) => {
+                if last_beat.elapsed() > ctx.lease {
+                    tracing::warn!("heartbeat lapsed beyond the lease; rooms re-check ownership");
+                    ctx.recheck.send_modify(|n| *n += 1);
+                }
+                last_beat = Instant::now();
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat not written"),
+        }
+    }
+}
+
+/// Marks this engine as leaving, once its rooms have stopped: the others take them at once.
+pub async fn hand_over(ctx: &Context) {
+    if let Err(e) = ctx.store.engines.put(&ctx.engine_id, LEAVING.into()).await {
+        tracing::warn!(error = %e, "could not announce the handover; rooms move after the lease");
+    }
+}
+
+/// Follows every engine's heartbeat and starts a takeover for each engine that is gone.
+async fn watch(ctx: &Arc<Context>, peers: &Peers) {
+    let mut adopting: HashSet<String> = HashSet::new();
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut ticks = tokio::time::interval(ctx.lease / 4);
+    let mut beats = None;
+    loop {
+        let Some(watch) = &mut beats else {
+            match ctx.store.engines.watch_all().await {
+                Ok(watch) => beats = Some(watch),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch heartbeats");
+                    tokio::select! {
+                        () = tokio::time::sleep(ctx.lease / 4) => {}
+                        () = ctx.shutdown.cancelled() => return,
+                    }
+                }
+            }
+            continue;
+        };
+        tokio::select! {
+            beat = watch.next() => match beat {
+                Some(Ok(entry)) => note(ctx, peers, entry),
+                Some(Err(e)) => tracing::warn!(error = %e, "heartbeat watch"),
+                None => beats = None,
+            },
+            _ = ticks.tick() => {}
+            Some(engine) = done.recv() => { adopting.remove(&engine); }
+            () = ctx.shutdown.cancelled() => return,
+        }
+        for (engine, revision) in gone(ctx, peers) {
+            if adopting.insert(engine.clone()) {
+                let (ctx, peers, done_tx) = (ctx.clone(), peers.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    adopt(&ctx, &peers, engine.clone(), Some(revision)).await;
+                    let _ = done_tx.send(engine);
+                });
+            }
+        }
+    }
+}
+
+fn note(ctx: &Context, peers: &Peers, entry: Entry) {
+    if entry.key == ctx.engine_id {
+        return;
+    }
+    let mut peers = peers.lock().expect("peers lock");
+    match entry.operation {
+        Operation::Put => {
+            peers.insert(
+                entry.key,
+                Peer {
+                    seen: Instant::now(),
+                    revision: entry.revision,
+                    leaving: entry.value.as_ref() == LEAVING.as_bytes(),
+                },
+            );
+        }
+        Operation::Delete | Operation::Purge => {
+            peers.remove(&entry.key);
+        }
+    }
+}
+
+/// Engines that left or whose heartbeat is older than the lease, with their last revision.
+fn gone(ctx: &Context, peers: &Peers) -> Vec<(String, u64)> {
+    let peers = peers.lock().expect("peers lock");
+    peers
+        .iter()
+        .filter(|(_, p)| p.leaving || p.seen.elapsed() > ctx.lease)
+        .map(|(id, p)| (id.clone(), p.revision))
+        .collect()
+}
+
+/// The engines alive now, this one included.
+fn alive(ctx: &Context, peers: &Peers) -> Vec<String> {
+    let peers = peers.lock().expect("peers lock");
+    let mut ids: Vec<String> = peers
+        .iter()
+        .filter(|(_, p)| !p.leaving && p.seen.elapsed() <= ctx.lease)
+        .map(|(id, _)| id.clone())
+        .collect();
+    ids.push(ctx.engine_id.clone());
+    ids
+}
+
+/// Takes over the rooms of engine `from`: first those rendezvous hashing gives this engine,
+/// then, a lease later, any that no one else took. Ends when `from` owns no room, deleting
+/// its heartbeat (unless it beat again meanwhile: then it is alive, and keeps the rest).
+async fn adopt(ctx: &Arc<Context>, peers: &Peers, from: String, revision: Option<u64>) {
+    let prefix = format!("{from}.");
+    let mut round = 0;
+    loop {
+        if ctx.shutdown.is_cancelled() {
+            return;
+        }
+        let codes: Vec<RoomCode> = match ctx.store.owners.keys().await {
+            Ok(keys) => match keys.try_collect::<Vec<String>>().await {
+                Ok(keys) => keys
+                    .iter()
+                    .filter_map(|k| k.strip_prefix(&prefix))
+                    .filter_map(|code| RoomCode::parse(code).ok())
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list rooms to take over");
+                    Vec::new()
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list rooms to take over");
+                Vec::new()
+            }
+        };
+        if codes.is_empty() && round > 0 {
+            if let Some(revision) = revision {
+                let _ = ctx
+                    .store
+                    .engines
+                    .delete_expect_revision(&from, Some(revision))
+                    .await;
+            }
+            return;
+        }
+        if from != ctx.engine_id && revision.is_some() {
+            let still_gone = gone(ctx, peers).iter().any(|(id, _)| *id == from);
+            if !still_gone {
+                return;
+            }
+        }
+        let live = alive(ctx, peers);
+        let mine: Vec<RoomCode> = codes
+            .into_iter()
+            .filter(|code| round > 0 || from == ctx.engine_id || winner(code, &live) == ctx.engine_id)
+            .collect();
+        if !mine.is_empty() {
+            tracing::info!(engine = %from, rooms = mine.len(), "taking rooms over");
+        }
+        futures::stream::iter(mine)
+            .for_each_concurrent(CLAIMS_IN_FLIGHT, |code| claim(ctx, &from, code))
+            .await;
+        if from == ctx.engine_id {
+            return;
+        }
+        round += 1;
+        tokio::select! {
+            () = tokio::time::sleep(if round == 1 { ctx.lease } else { ctx.lease / 4 }) => {}
+            () = ctx.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Claims one room of engine `from`: the index first (so the room is never unlisted), then
+/// the record by compare-and-set, then it runs here.
+async fn claim(ctx: &Arc<Context>, from: &str, code: RoomCode) {
+    let store = &ctx.store;
+    let old_index = format!("{from}.{code}");
+    let record = match store.load(&code).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(room = %code, error = %e, "cannot read a room to take over");
+            return;
+        }
+    };
+    let Some((mut record, revision)) = record.filter(|(r, _)| !r.closed && r.owner == from) else {
+        // Closed, gone, or someone else's already: the index entry is stale.
+        if from != ctx.engine_id {
+            let _ = store.owners.delete(&old_index).await;
+        }
+        return;
+    };
+    let new_index = format!("{}.{code}", ctx.engine_id);
+    if let Err(e) = store.owners.put(&new_index, bytes::Bytes::new()).await {
+        tracing::warn!(room = %code, error = %e, "cannot index a room to take over");
+        return;
+    }
+    record.owner = ctx.engine_id.clone();
+    record.epoch += 1;
+    let value = serde_json::to_vec(&record).expect("records serialise");
+    match store.rooms.update(code.as_str(), value.into(), revision).await {
+        Ok(revision) => {
+            if from != ctx.engine_id {
+                let _ = store.owners.delete(&old_index).await;
+            }
+            counter!(m::ROOMS_TAKEN_OVER).increment(1);
+            if let Err(e) = Room::start(ctx, record, revision, true).await {
+                tracing::error!(room = %code, error = %e, "cannot subscribe a room taken over");
+            }
+        }
+        Err(e) => {
+            tracing::info!(room = %code, error = %e, "another engine took the room first");
+            let _ = store.owners.delete(&new_index).await;
+        }
+    }
+}
+
+/// The engine that rendezvous hashing picks for a room among `engines`: each room goes to
+/// one engine, and losing an engine moves only that engine's rooms.
+fn winner<'a>(code: &RoomCode, engines: &'a [String]) -> &'a str {
+    engines
+        .iter()
+        .max_by_key(|engine| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (code.as_str(), engine.as_str()).hash(&mut hasher);
+            hasher.finish()
+        })
+        .map_or("", String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_spreads_rooms_and_moves_only_the_lost_engines_share() {
+        let three: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let two: Vec<String> = ["a", "c"].map(String::from).to_vec();
+        let codes: Vec<RoomCode> = (0..300)
+            .map(|n| RoomCode::parse(&format!("room{n:06}")).unwrap())
+            .collect();
+        let mut counts = HashMap::new();
+        for code in &codes {
+            let before = winner(code, &three);
+            *counts.entry(before).or_insert(0) += 1;
+            if before != "b" {
+                assert_eq!(winner(code, &two), before, "{code} moved needlessly");
+            }
+        }
+        assert!(counts.values().all(|&n| n > 60), "{counts:?}");
+    }
+}

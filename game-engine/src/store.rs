@@ -1,0 +1,367 @@
+//! Rooms in NATS JetStream: the record every step commits, and each room's event log.
+//!
+//! A room's record (its whole [`Game`], owner, epoch, id counter, the last step's events and
+//! recent replies) is one KV entry, written with compare-and-set on its revision. That write
+//! is the commit of a step and the fence against a stale owner: an engine whose revision is
+//! no longer the latest can commit nothing, and an event is published only once committed.
+//! Each step's events are then appended to the room's own subject of the log stream, which
+//! answers `since` after a takeover. See `docs/durability.md` for the invariants.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::kv::{self, UpdateErrorKind};
+use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
+use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
+use futures::StreamExt;
+use proto::{RoomCode, StoreNames};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+use crate::outgoing::Audience;
+use crate::rules::Game;
+
+/// How JetStream keeps what the engine stores.
+#[derive(Clone, Debug)]
+pub struct StoreLimits {
+    /// Copies of every bucket and stream (1 on one server, 3 on a cluster).
+    pub replicas: usize,
+    /// How long a room's record, log and lobby entry outlive their last write; at least the
+    /// token lifetime, so that a closed room's code is never drawn again while a token for it
+    /// is valid.
+    pub retention: Duration,
+    /// Steps kept per room in the log (each step holds one or more events).
+    pub history: usize,
+    /// Upper bound of the rooms bucket and of the log stream, in bytes.
+    pub max_bytes: i64,
+}
+
+/// One committed event: its id, SSE name, audience and JSON data.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Logged {
+    pub id: u64,
+    pub event: String,
+    pub audience: Audience,
+    pub data: Box<RawValue>,
+}
+
+/// One step's events as the log stores them.
+#[derive(Serialize, Deserialize)]
+struct LogEntry {
+    events: Vec<Logged>,
+}
+
+/// A reply remembered under the request id of the command that produced it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredReply {
+    /// `<player_id or join name>/<request_id>`: a request id alone never finds another
+    /// player's reply.
+    pub key: String,
+    pub reply: Box<RawValue>,
+}
+
+/// A room as committed: everything another engine needs to carry it on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomRecord {
+    /// The engine that may commit the next step.
+    pub owner: String,
+    /// Raised by every takeover, so that a record names its owner's tenure exactly.
+    pub epoch: u64,
+    /// The room has ended (`room_closed` was its last event); kept as a tombstone so that its
+    /// code is not drawn again.
+    pub closed: bool,
+    /// The last event id given.
+    pub last_id: u64,
+    /// The last step's events: committed, and re-published by whoever takes the room over,
+    /// since the owner may have died before it published them.
+    pub outbox: Vec<Logged>,
+    /// The latest replies to commands that carried a `request_id`, oldest first.
+    pub replies: VecDeque<StoredReply>,
+    pub game: Game,
+}
+
+impl RoomRecord {
+    /// Replies remembered per room: enough for every player's last few retries.
+    pub const REPLIES_KEPT: usize = 64;
+
+    pub fn new(owner: String, game: Game) -> Self {
+        RoomRecord {
+            owner,
+            epoch: 1,
+            closed: false,
+            last_id: 0,
+            outbox: Vec::new(),
+            replies: VecDeque::new(),
+            game,
+        }
+    }
+
+    pub fn remembered(&self, key: &str) -> Option<&RawValue> {
+        self.replies
+            .iter()
+            .find(|r| r.key == key)
+            .map(|r| &*r.reply)
+    }
+
+    pub fn remember(&mut self, key: String, reply: Box<RawValue>) {
+        if self.replies.len() == Self::REPLIES_KEPT {
+            self.replies.pop_front();
+        }
+        self.replies.push_back(StoredReply { key, reply });
+    }
+}
+
+/// Why a commit did not happen.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CommitError {
+    /// Another engine has written the room since we last did: we no longer own it.
+    Fenced,
+    /// The engine is stopping and JetStream did not take the write in time.
+    Stopped,
+}
+
+/// The engine's handles on JetStream.
+#[derive(Clone)]
+pub struct Store {
+    pub js: jetstream::Context,
+    pub names: StoreNames,
+    pub rooms: kv::Store,
+    pub owners: kv::Store,
+    pub engines: kv::Store,
+    pub lobby: kv::Store,
+    log: stream::Stream,
+}
+
+/// How long to wait between attempts while JetStream is unavailable.
+const RETRY: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+impl Store {
+    /// Creates the buckets and the log stream if they are missing, so that the first engine
+    /// of a deployment needs no set-up step. (Existing ones are used as they are: changing
+    /// their limits is an operator's `nats stream edit`.)
+    pub async fn open(
+        client: async_nats::Client,
+        names: StoreNames,
+        limits: &StoreLimits,
+    ) -> anyhow::Result<Store> {
+        let js = jetstream::new(client);
+        let rooms = open_bucket(&js, names.rooms_bucket(), limits, limits.retention).await?;
+        let owners = open_bucket(&js, names.owners_bucket(), limits, Duration::ZERO).await?;
+        // Heartbeats never expire on their own: a dead engine's key is how the others find
+        // its rooms, even after a full restart; whoever takes its rooms deletes it.
+        let engines = open_bucket(&js, names.engines_bucket(), limits, Duration::ZERO).await?;
+        let lobby = open_bucket(&js, names.lobby_bucket(), limits, limits.retention).await?;
+        let log = js
+            .get_or_create_stream(stream::Config {
+                name: names.log_stream(),
+                subjects: vec![names.log_subjects()],
+                max_messages_per_subject: limits.history as i64,
+                max_age: limits.retention,
+                max_bytes: limits.max_bytes,
+                max_message_size: 1024 * 1024,
+                discard: stream::DiscardPolicy::Old,
+                duplicate_window: Duration::from_secs(120),
+                num_replicas: limits.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("JetStream: cannot open the stream {}", names.log_stream()))?;
+        Ok(Store {
+            js,
+            names,
+            rooms,
+            owners,
+            engines,
+            lobby,
+            log,
+        })
+    }
+
+    /// The room's record and its revision; `None` if no such room was ever stored (or it has
+    /// aged out).
+    pub async fn load(&self, code: &RoomCode) -> anyhow::Result<Option<(RoomRecord, u64)>> {
+        let Some(entry) = self.rooms.entry(code.as_str()).await? else {
+            return Ok(None);
+        };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        let record = serde_json::from_slice(&entry.value)
+            .with_context(|| format!("room {code}: unreadable record"))?;
+        Ok(Some((record, entry.revision)))
+    }
+
+    /// Stores a new room under a code nobody has used; `None` if the code is taken.
+    pub async fn create(&self, code: &RoomCode, record: &RoomRecord) -> anyhow::Result<Option<u64>> {
+        let value = serde_json::to_vec(record)?;
+        match self.rooms.create(code.as_str(), value.into()).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Commits `record` over revision `revision` and returns the new revision. Waits out a
+    /// JetStream outage (a room pauses rather than skipping ahead); a write whose ack was lost
+    /// is recognised by reading it back.
+    pub async fn commit(
+        &self,
+        code: &RoomCode,
+        record: &RoomRecord,
+        revision: u64,
+        stop: &CancellationToken,
+    ) -> Result<u64, CommitError> {
+        let value = Bytes::from(serde_json::to_vec(record).expect("records serialise"));
+        let mut wait = RETRY;
+        loop {
+            match self.rooms.update(code.as_str(), value.clone(), revision).await {
+                Ok(revision) => return Ok(revision),
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                    match self.rooms.entry(code.as_str()).await {
+                        Ok(Some(entry)) if entry.value == value && entry.revision > revision => {
+                            return Ok(entry.revision)
+                        }
+                        Ok(_) => return Err(CommitError::Fenced),
+                        Err(e) => tracing::warn!(room = %code, error = %e, "reading a record back"),
+                    }
+                }
+                Err(e) => tracing::warn!(room = %code, error = %e, "commit failed; retrying"),
+            }
+            if pause(&mut wait, stop).await {
+                return Err(CommitError::Stopped);
+            }
+        }
+    }
+
+    /// Appends one step's events to the room's log, waiting out an outage. The message id
+    /// makes a repeated append (by a successor, or after a lost ack) a no-op.
+    pub async fn append(
+        &self,
+        code: &RoomCode,
+        events: &[Logged],
+        stop: &CancellationToken,
+    ) -> Result<(), CommitError> {
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        let body = Bytes::from(
+            serde_json::to_vec(&LogEntry {
+                events: events.to_vec(),
+            })
+            .expect("log entries serialise"),
+        );
+        let mut wait = RETRY;
+        loop {
+            let publish = PublishMessage::build()
+                .payload(body.clone())
+                .message_id(format!("{code}:{}", first.id));
+            let sent = self.js.send_publish(self.names.room_log(code), publish).await;
+            match sent {
+                Ok(ack) => match ack.await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => tracing::warn!(room = %code, error = %e, "log append not acked"),
+                },
+                Err(e) => tracing::warn!(room = %code, error = %e, "log append failed"),
+            }
+            if pause(&mut wait, stop).await {
+                return Err(CommitError::Stopped);
+            }
+        }
+    }
+
+    /// The id of the last event in the room's log, 0 if it has none.
+    pub async fn last_logged_id(&self, code: &RoomCode) -> anyhow::Result<u64> {
+        match self
+            .log
+            .get_last_raw_message_by_subject(&self.names.room_log(code))
+            .await
+        {
+            Ok(msg) => Ok(serde_json::from_slice::<LogEntry>(&msg.payload)?
+                .events
+                .last()
+                .map_or(0, |e| e.id)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every event the log holds for the room, oldest first, each id once (a step appended
+    /// twice, by a stale owner after its successor, is read once).
+    pub async fn read_log(&self, code: &RoomCode) -> anyhow::Result<Vec<Logged>> {
+        let subject = self.names.room_log(code);
+        let last = match self.log.get_last_raw_message_by_subject(&subject).await {
+            Ok(msg) => msg.sequence,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let reader = self
+            .log
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = reader.messages().await?;
+        let mut events: Vec<Logged> = Vec::new();
+        while let Some(msg) = messages.next().await {
+            let msg = msg?;
+            let sequence = msg.info().map_err(anyhow::Error::msg)?.stream_sequence;
+            let entry: LogEntry = serde_json::from_slice(&msg.payload)?;
+            let after = events.last().map_or(0, |e| e.id);
+            events.extend(entry.events.into_iter().filter(|e| e.id > after));
+            if sequence >= last {
+                break;
+            }
+        }
+        Ok(events)
+    }
+}
+
+/// Opens a KV bucket, creating its stream first if need be. The stream is made here, as
+/// `kv::Config` would make it, because async-nats 0.51's `create_key_value` first reads the
+/// account's JetStream info and cannot parse nats-server 2.9's (it lacks `reserved_memory`).
+async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: String,
+    limits: &StoreLimits,
+    max_age: Duration,
+) -> anyhow::Result<kv::Store> {
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_bytes: limits.max_bytes,
+        max_age,
+        max_message_size: 1024 * 1024,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: limits.replicas,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("JetStream: cannot create the KV bucket {bucket}"))?;
+    js.get_key_value(&bucket)
+        .await
+        .with_context(|| format!("JetStream: cannot open the KV bucket {bucket}"))
+}
+
+/// Sleeps before the next attempt (doubling up to [`RETRY_MAX`]); true if the engine is
+/// stopping instead.
+async fn pause(wait: &mut Duration, stop: &CancellationToken) -> bool {
+    let stopped = tokio::select! {
+        () = tokio::time::sleep(*wait) => false,
+        () = stop.cancelled() => true,
+    };
+    *wait = (*wait * 2).min(RETRY_MAX);
+    stopped
+}
