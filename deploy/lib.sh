@@ -47,6 +47,16 @@ ensure_rust() {
     [ -e /usr/include/stdio.h ] || apt_install libc6-dev
 }
 
+# cargo_target_dir: the folder cargo builds into, as cargo itself reports it: CARGO_TARGET_DIR,
+# or a target-dir set in a .cargo/config.toml, or ./target. Call after ensure_rust.
+cargo_target_dir() {
+    local dir
+    dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
+        grep -o '"target_directory":"[^"]*"' | head -n 1 | cut -d'"' -f4) || true
+    [ -n "$dir" ] || dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+    printf '%s\n' "$dir"
+}
+
 # port_busy PORT: true if something accepts connections on 127.0.0.1:PORT.
 port_busy() { (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 

@@ -5,7 +5,9 @@
 // folder, and is waited for by polling its health endpoint under a deadline (never a fixed
 // sleep). `stopGateway(i)` / `startGateway(i)` make an outage of one gateway on its own port.
 //
-// PHASECAST_BIN_DIR (default ../target/debug, relative to web/) holds `game-engine` and `gateway`.
+// PHASECAST_BIN_DIR holds `game-engine` and `gateway` (relative to web/); by default the debug
+// build in $CARGO_TARGET_DIR when that is set (a relative one from the repository root), else
+// in ../target. deploy/test passes the folder cargo itself reports.
 
 import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -17,7 +19,9 @@ import { fileURLToPath } from 'node:url';
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const WEB_DIR = path.resolve(here, '..');
 export const REPO_DIR = path.resolve(WEB_DIR, '..');
-export const BIN_DIR = path.resolve(WEB_DIR, process.env.PHASECAST_BIN_DIR || '../target/debug');
+export const BIN_DIR = process.env.PHASECAST_BIN_DIR
+  ? path.resolve(WEB_DIR, process.env.PHASECAST_BIN_DIR)
+  : path.join(path.resolve(REPO_DIR, process.env.CARGO_TARGET_DIR || 'target'), 'debug');
 
 const live = new Set(); // every child still running, killed if this process exits
 process.on('exit', () => {

@@ -442,10 +442,14 @@ pub struct EngineProcess {
 
 impl EngineProcess {
     pub fn start(nats_url: &str, keys: &Keys, env: &[(&str, &str)]) -> Self {
+        // Another package's binary, so no CARGO_BIN_EXE_: it sits in the folder above this
+        // test's own (<target>/<profile>/deps/<test>-<hash>), wherever CARGO_TARGET_DIR put it.
         let bin = std::env::var_os("PHASECAST_ENGINE_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/game-engine")
+                let test = std::env::current_exe().unwrap();
+                let profile = test.parent().and_then(|deps| deps.parent()).unwrap();
+                profile.join(format!("game-engine{}", std::env::consts::EXE_SUFFIX))
             });
         assert!(
             bin.exists(),
