@@ -19,7 +19,10 @@ import { Stack, waitUntil, WEB_DIR } from './stack.mjs';
 const CHROMIUM = process.env.PHASECAST_CHROMIUM || '/usr/bin/chromium';
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
-const SHOTS = path.join(WEB_DIR, 'screenshots');
+// Screenshots of the game go to web/test-results/screenshots/, which git ignores, so a test run
+// leaves the tree clean. PHASECAST_SCREENSHOTS names another folder: deploy/screenshots (or
+// `npm run screenshots`) points it at web/screenshots/ to refresh the README's on purpose.
+const SHOTS = path.resolve(WEB_DIR, process.env.PHASECAST_SCREENSHOTS || 'test-results/screenshots');
 const PHONE = { width: 390, height: 844 };
 const DESKTOP = { width: 1100, height: 800 };
 
