@@ -165,7 +165,8 @@ impl Lobby {
 
     async fn watch(&self) -> Result<kv::Watch, kv::WatchError> {
         match self.history.last_id() {
-            0 => self.ctx.store.lobby.watch_all().await,
+            // Every listing there is first, then each change.
+            0 => self.ctx.store.lobby.watch_with_history(">").await,
             last => self.ctx.store.lobby.watch_all_from_revision(last + 1).await,
         }
     }

@@ -89,7 +89,8 @@ async fn watch(ctx: &Arc<Context>, peers: &Peers) {
     let mut beats = None;
     loop {
         let Some(watch) = &mut beats else {
-            match ctx.store.engines.watch_all().await {
+            // The last heartbeat of every engine first (a dead one's too), then each new one.
+            match ctx.store.engines.watch_with_history(">").await {
                 Ok(watch) => beats = Some(watch),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch heartbeats");
@@ -113,6 +114,7 @@ async fn watch(ctx: &Arc<Context>, peers: &Peers) {
         }
         for (engine, revision) in gone(ctx, peers) {
             if adopting.insert(engine.clone()) {
+                tracing::info!(engine = %engine, "engine gone; taking its rooms over");
                 let (ctx, peers, done_tx) = (ctx.clone(), peers.clone(), done_tx.clone());
                 tokio::spawn(async move {
                     adopt(&ctx, &peers, engine.clone(), Some(revision)).await;

@@ -195,12 +195,10 @@ impl Room {
         gauge!(m::PLAYERS).decrement(self.players as f64);
     }
 
-    /// After a takeover: publish the last step again (its owner may have died before it did;
-    /// gateways drop what they have already delivered) and make sure the log holds it.
+    /// After a takeover: if the log lacks the last step, its owner may have died before
+    /// publishing it, so it is published (again: gateways deliver an id once) and logged.
+    /// If the log has it, NATS had its events before the log did (one connection, in order).
     async fn resume(&mut self) {
-        for event in &self.record.outbox {
-            publish::room_event(&self.ctx, &self.code, event).await;
-        }
         let logged = match self.ctx.store.last_logged_id(&self.code).await {
             Ok(id) => id,
             Err(e) => {
@@ -212,6 +210,12 @@ impl Room {
             .filter(|e| e.id > logged)
             .cloned()
             .collect();
+        if missing.is_empty() {
+            return;
+        }
+        for event in &self.record.outbox {
+            publish::room_event(&self.ctx, &self.code, event).await;
+        }
         let _ = (self.ctx.store)
             .append(&self.code, &missing, &self.ctx.shutdown)
             .await;

@@ -1,0 +1,504 @@
+//! Engines that die: real `game-engine` processes on a real nats-server with JetStream,
+//! killed (-9), paused (SIGSTOP), stopped (SIGTERM) and restarted while games run. A tap on
+//! every room subject checks the invariants of `docs/durability.md` throughout: an id never
+//! carries two payloads, and on each subject ids never go back.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use proto::headers::{SSE_EVENT, SSE_ID};
+use proto::{RoomCode, Subjects};
+use serde_json::{json, Value};
+use test_support::NatsServer;
+use tokio::time::{timeout, Instant};
+
+/// How long any single wait in these tests may take.
+const WAIT: Duration = Duration::from_secs(30);
+/// The lease the engines run with here: short, so a takeover test takes seconds.
+const LEASE: &str = "1s";
+
+/// A `game-engine` process.
+struct Engine {
+    child: Child,
+    id: String,
+    admin: std::net::SocketAddr,
+}
+
+impl Engine {
+    fn start(nats: &NatsServer, dir: &Path, id: &str) -> Engine {
+        let admin = free_port();
+        let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_game-engine"))
+            .env("PHASECAST_NATS__URL", nats.url())
+            .env("PHASECAST_ENGINE__ID", id)
+            .env("PHASECAST_ENGINE__LEASE", LEASE)
+            .env("PHASECAST_ENGINE__MIN_PHASE", "0s")
+            .env("PHASECAST_ENGINE__ADMIN_LISTEN", admin.to_string())
+            .env("PHASECAST_AUTH__SIGNING_KEY_FILE", dir.join("signing.pem"))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Engine {
+            child,
+            id: id.to_owned(),
+            admin,
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Waits (up to [`WAIT`]) for the process to exit; its exit status.
+    async fn exited(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit", self.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = timeout(WAIT, tokio::net::TcpStream::connect(self.admin))
+            .await
+            .unwrap()
+            .unwrap();
+        let request = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut text = String::new();
+        timeout(WAIT, stream.read_to_string(&mut text))
+            .await
+            .unwrap()
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The test's side: a NATS client, a JetStream handle to read records, and the tap.
+struct World {
+    nats: NatsServer,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn start() -> World {
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        test_support::write_test_keys(dir.path());
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        World {
+            nats,
+            client,
+            js,
+            subjects: Subjects::default(),
+            dir,
+        }
+    }
+
+    /// Starts an engine and waits until its heartbeat is in the bucket.
+    async fn engine(&self, id: &str) -> Engine {
+        let engine = Engine::start(&self.nats, self.dir.path(), id);
+        self.until(&format!("{id}'s heartbeat"), || async {
+            let kv = self.js.get_key_value("game_engines").await.ok()?;
+            let beat = kv.get(id).await.ok()??;
+            (beat.as_ref() == b"alive").then_some(())
+        })
+        .await;
+        engine
+    }
+
+    fn log(&self, id: &str) -> PathBuf {
+        self.dir.path().join(format!("{id}.log"))
+    }
+
+    /// Polls `probe` every 20 ms until it gives a value; fails after [`WAIT`].
+    async fn until<T, F: std::future::Future<Output = Option<T>>>(
+        &self,
+        what: &str,
+        mut probe: impl FnMut() -> F,
+    ) -> T {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(v) = probe().await {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "gave up waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A request answered by whichever engine owns the subject now: "no responders" and
+    /// `unavailable` (a room changing hands) are retried, as a client would.
+    async fn ask(&self, subject: String, body: Value) -> Value {
+        self.until(&format!("an answer on {subject}"), || async {
+            let reply = timeout(
+                Duration::from_secs(2),
+                self.client.request(subject.clone(), body.to_string().into()),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+            (reply["error"] != "unavailable").then_some(reply)
+        })
+        .await
+    }
+
+    async fn ok(&self, code: &RoomCode, body: Value) -> Value {
+        let reply = self.ask(self.subjects.room_cmd(code), body.clone()).await;
+        assert_eq!(reply["ok"], true, "{body} refused: {reply}");
+        reply
+    }
+
+    async fn create(&self, settings: Value) -> RoomCode {
+        let reply = self.ask(self.subjects.lobby_create(), settings).await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        RoomCode::parse(reply["code"].as_str().unwrap()).unwrap()
+    }
+
+    async fn record(&self, code: &RoomCode) -> Value {
+        let kv = self.js.get_key_value("game_rooms").await.unwrap();
+        let value = kv.get(code.as_str()).await.unwrap().expect("a stored room");
+        serde_json::from_slice(&value).unwrap()
+    }
+
+    async fn owner(&self, code: &RoomCode) -> String {
+        self.record(code).await["owner"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn tap(&self, code: &RoomCode) -> Tap {
+        let sub = self
+            .client
+            .subscribe(self.subjects.room_wildcard(code))
+            .await
+            .unwrap();
+        self.client.flush().await.unwrap();
+        Tap {
+            sub,
+            payloads: BTreeMap::new(),
+            last_on: BTreeMap::new(),
+            seen: Vec::new(),
+        }
+    }
+}
+
+impl Drop for World {
+    /// A failed test shows what the engines logged.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+                if entry.path().extension().is_some_and(|e| e == "log") {
+                    let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                    eprintln!("--- {}\n{log}", entry.path().display());
+                }
+            }
+        }
+    }
+}
+
+/// Every event of one room, as published, with the invariants checked as they arrive: an id
+/// seen again must carry the same bytes (a repeat), and a new id is above every id before
+/// it on its subject.
+struct Tap {
+    sub: async_nats::Subscriber,
+    /// id → (event name, data): one payload per id, whoever published it.
+    payloads: BTreeMap<u64, (String, String)>,
+    /// subject → the last id published on it.
+    last_on: BTreeMap<String, u64>,
+    /// (subject, id, name, data) in arrival order, first copies only (an event for several
+    /// players is one id on several subjects: its first copy).
+    seen: Vec<(String, u64, String, Value)>,
+}
+
+impl Tap {
+    /// The next event not seen before (re-published copies are checked, then skipped).
+    async fn next(&mut self) -> (String, u64, String, Value) {
+        loop {
+            let msg = timeout(WAIT, self.sub.next())
+                .await
+                .expect("an event in time")
+                .unwrap();
+            let Some(headers) = msg.headers else { continue };
+            let Some(id) = headers.get(SSE_ID) else { continue };
+            let id: u64 = id.as_str().parse().unwrap();
+            let name = headers.get(SSE_EVENT).unwrap().as_str().to_owned();
+            let data = String::from_utf8(msg.payload.to_vec()).unwrap();
+            let subject = msg.subject.to_string();
+            if let Some(before) = self.payloads.get(&id) {
+                // A repeat (a successor re-publishing a step): the same bytes, or a bug.
+                assert_eq!(before, &(name, data), "id {id} carried two payloads");
+                continue;
+            }
+            let last = self.last_on.insert(subject.clone(), id).unwrap_or(0);
+            assert!(id > last, "{subject}: new id {id} after {last}");
+            self.payloads.insert(id, (name.clone(), data.clone()));
+            let event = (subject, id, name, serde_json::from_str(&data).unwrap());
+            self.seen.push(event.clone());
+            return event;
+        }
+    }
+
+    async fn until(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let (_, _, n, data) = self.next().await;
+            if n == name && pred(&data) {
+                return data;
+            }
+        }
+    }
+
+    fn count(&self, name: &str, pred: impl Fn(&Value) -> bool) -> usize {
+        self.seen.iter().filter(|e| e.2 == name && pred(&e.3)).count()
+    }
+}
+
+/// Three players (one mafia) in a room whose night lasts `night_ms`; returns the code, the
+/// players' ids and the mafia's id, with the game started.
+async fn seated_game(w: &World, tap_night_ms: u64) -> (RoomCode, Tap, Vec<String>, String) {
+    let code = w
+        .create(json!({"title": "takeover", "total": 3, "mafia": 1,
+            "durations_ms": {"day_intro": 50, "notice": 50, "day_per_player": 20000,
+                "vote": 100, "vote_result": 50, "night_intro": 50, "night": tap_night_ms,
+                "ended": 60000}}))
+        .await;
+    let mut tap = w.tap(&code).await;
+    let mut ids = Vec::new();
+    for name in ["Ann", "Bob", "Cat"] {
+        let reply = w.ok(&code, json!({"type": "join", "name": name})).await;
+        ids.push(reply["player_id"].as_str().unwrap().to_owned());
+    }
+    w.ok(&code, json!({"type": "start", "player": ids[0]})).await;
+    let mut mafia = None;
+    while mafia.is_none() {
+        let (subject, _, name, data) = tap.next().await;
+        if name == "role" && data["role"] == "mafia" {
+            mafia = subject.rsplit('.').next().map(str::to_owned);
+        }
+    }
+    (code, tap, ids, mafia.unwrap())
+}
+
+/// Everyone abstains in the day, so the game reaches its first night.
+async fn to_night(w: &World, code: &RoomCode, tap: &mut Tap, ids: &[String]) {
+    tap.until("phase", |d| d["phase"] == "day").await;
+    for id in ids {
+        w.ok(code, json!({"type": "vote", "player": id, "target": null})).await;
+    }
+    tap.until("phase", |d| d["phase"] == "night").await;
+}
+
+#[tokio::test]
+async fn a_killed_owner_s_game_goes_on_elsewhere_with_its_deadline_fired_once() {
+    let w = World::start().await;
+    let mut engines = vec![w.engine("e1").await, w.engine("e2").await];
+    let (code, mut tap, ids, mafia) = seated_game(&w, 3000).await;
+    to_night(&w, &code, &mut tap, &ids).await;
+    let victim = ids.iter().find(|id| **id != mafia).unwrap().clone();
+    w.ok(&code, json!({"type": "skill", "player": mafia, "target": victim}))
+        .await;
+
+    let owner = w.owner(&code).await;
+    let at = engines.iter().position(|e| e.id == owner).unwrap();
+    engines[at].signal("KILL");
+    engines[at].exited().await;
+
+    // The survivor fires the night's deadline: the pick dies, one day begins.
+    let death = tap.until("death", |_| true).await;
+    assert_eq!(death["player_id"], json!(victim));
+    assert_eq!(death["cause"], "mafia");
+    tap.until("phase", |d| d["phase"] == "day_intro").await;
+    assert_ne!(w.owner(&code).await, owner, "another engine owns the room");
+    // Old player ids act (the survivor has the same signing key, so their tokens hold too).
+    w.ok(&code, json!({"type": "chat", "player": mafia, "text": "morning"}))
+        .await;
+    // Two left, one of them mafia: the mafia win when `notice` ends.
+    let over = tap.until("game_over", |_| true).await;
+    assert_eq!(over["winner"], "mafia");
+    assert_eq!(
+        tap.count("phase", |d| d["phase"] == "day_intro" && d["round"] == 1),
+        1,
+        "the night's deadline fired exactly once"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_hands_rooms_over_without_closing_them() {
+    let w = World::start().await;
+    let mut engines = vec![w.engine("e1").await, w.engine("e2").await];
+    let (code, mut tap, ids, _) = seated_game(&w, 60_000).await;
+    tap.until("phase", |d| d["phase"] == "day").await;
+    let owner = w.owner(&code).await;
+    let at = engines.iter().position(|e| e.id == owner).unwrap();
+    engines[at].signal("TERM");
+    assert!(engines[at].exited().await.success(), "a clean exit");
+    let handed = Instant::now();
+    // The game goes on: a vote is answered by the other engine, soon.
+    w.ok(&code, json!({"type": "chat", "player": ids[1], "text": "still here"}))
+        .await;
+    let pause = handed.elapsed();
+    assert!(pause < Duration::from_secs(3), "rooms moved in {pause:?}");
+    for id in &ids {
+        w.ok(&code, json!({"type": "vote", "player": id, "target": null})).await;
+    }
+    tap.until("phase", |d| d["phase"] == "vote").await;
+    assert_eq!(tap.count("room_closed", |_| true), 0, "no room_closed on handover");
+    assert_ne!(w.owner(&code).await, owner);
+}
+
+#[tokio::test]
+async fn after_every_engine_died_new_ones_resume_the_games_and_the_lobby() {
+    let w = World::start().await;
+    let mut lobby = w
+        .client
+        .subscribe(w.subjects.lobby_events())
+        .await
+        .unwrap();
+    let mut engines = vec![w.engine("e1").await, w.engine("e2").await];
+    let (code, mut tap, ids, _) = seated_game(&w, 60_000).await;
+    tap.until("phase", |d| d["phase"] == "day").await;
+    for engine in &mut engines {
+        engine.signal("KILL");
+        engine.exited().await;
+    }
+    let _fresh = w.engine("e3").await;
+    // The day resumes: its votes end it.
+    for id in &ids {
+        w.ok(&code, json!({"type": "vote", "player": id, "target": null})).await;
+    }
+    tap.until("phase", |d| d["phase"] == "vote").await;
+    // The lobby goes on with ids above every earlier one.
+    let later = w
+        .create(json!({"title": "after the restart", "total": 3, "mafia": 1}))
+        .await;
+    let mut last = 0;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let msg = timeout(deadline - Instant::now(), lobby.next())
+            .await
+            .expect("the new room in the lobby")
+            .unwrap();
+        let headers = msg.headers.unwrap();
+        let id: u64 = headers.get(SSE_ID).unwrap().as_str().parse().unwrap();
+        let data: Value = serde_json::from_slice(&msg.payload).unwrap();
+        if id > last {
+            last = id;
+            if data["code"] == json!(later) {
+                assert_eq!(headers.get(SSE_EVENT).unwrap().as_str(), "room_opened");
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_paused_owner_is_fenced_when_it_wakes() {
+    let w = World::start().await;
+    let engines = vec![w.engine("e1").await, w.engine("e2").await];
+    let (code, mut tap, ids, _) = seated_game(&w, 60_000).await;
+    tap.until("phase", |d| d["phase"] == "day").await;
+    let owner = w.owner(&code).await;
+    let stale = engines.iter().find(|e| e.id == owner).unwrap();
+    stale.signal("STOP");
+    // Beyond the lease another engine takes the room and the game goes on there.
+    w.until("the room to change hands", || async {
+        (w.owner(&code).await != owner).then_some(())
+    })
+    .await;
+    w.ok(&code, json!({"type": "vote", "player": ids[0], "target": null}))
+        .await;
+    stale.signal("CONT");
+    // The stale engine finds out, and stops serving the room.
+    w.until("the stale owner to notice", || async {
+        (stale.metric("phasecast_engine_ownership_lost_total").await >= 1.0).then_some(())
+    })
+    .await;
+    for id in &ids[1..] {
+        w.ok(&code, json!({"type": "vote", "player": id, "target": null})).await;
+    }
+    tap.until("phase", |d| d["phase"] == "vote").await;
+    assert_eq!(tap.count("phase", |d| d["phase"] == "vote"), 1, "no phase twice");
+    let log = std::fs::read_to_string(w.log(&owner)).unwrap();
+    assert!(log.contains("another engine"), "the stale owner says why it let go");
+}
+
+#[tokio::test]
+async fn engines_racing_give_unique_codes_and_one_lobby() {
+    let w = World::start().await;
+    let _engines = vec![w.engine("e1").await, w.engine("e2").await];
+    const ROOMS: usize = 1000;
+    let codes: Vec<RoomCode> = futures::stream::iter(0..ROOMS)
+        .map(|n| {
+            let w = &w;
+            async move {
+                w.create(json!({"title": format!("room {n}"), "total": 3, "mafia": 1}))
+                    .await
+            }
+        })
+        .buffer_unordered(100)
+        .collect()
+        .await;
+    let unique: HashSet<&RoomCode> = codes.iter().collect();
+    assert_eq!(unique.len(), ROOMS, "every create got its own code");
+    let owners: HashSet<String> = futures::future::join_all(codes.iter().map(|c| w.owner(c)))
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(owners.len(), 2, "both engines created rooms");
+    // Whichever engine answers, its lobby lists every room.
+    let listed = |reply: &Value| -> HashSet<String> {
+        let snapshot = &reply["events"][0]["data"];
+        snapshot["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["code"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all: HashSet<String> = codes.iter().map(|c| c.to_string()).collect();
+    w.until("every engine's lobby to list every room", || async {
+        let mut full = 0;
+        for _ in 0..10 {
+            let reply = w
+                .ask(w.subjects.lobby_snap(), json!({"viewer": null, "since": null}))
+                .await;
+            full += usize::from(listed(&reply) == all);
+        }
+        (full == 10).then_some(())
+    })
+    .await;
+}
