@@ -175,7 +175,10 @@ mod tests {
         let snap = || "{}".to_owned();
         assert!(h.lacks(Some(5)));
         assert!(!h.lacks(Some(6)), "the last step alone answers since=6");
-        assert_eq!(ids(&h.reply(None, Some(6), snap)), [(7, "chat"), (8, "chat")]);
+        assert_eq!(
+            ids(&h.reply(None, Some(6), snap)),
+            [(7, "chat"), (8, "chat")]
+        );
         h.backfill((4..=8).map(|id| event(Audience::Public, id)).collect());
         assert!(!h.lacks(Some(5)));
         assert_eq!(

@@ -75,7 +75,11 @@ impl Listing {
         let lobby = &ctx.store.lobby;
         let key = code.as_str();
         let written = match (&room, self.revision) {
-            (Some(room), None) => lobby.create(key, listed(RoomOpened::NAME, room)).await.map(Some).map_err(|e| e.to_string()),
+            (Some(room), None) => lobby
+                .create(key, listed(RoomOpened::NAME, room))
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string()),
             (Some(room), Some(revision)) => lobby
                 .update(key, listed(RoomUpdated::NAME, room), revision)
                 .await

@@ -215,7 +215,9 @@ async fn adopt(ctx: &Arc<Context>, peers: &Peers, from: String, revision: Option
         let live = alive(ctx, peers);
         let mine: Vec<RoomCode> = codes
             .into_iter()
-            .filter(|code| round > 0 || from == ctx.engine_id || winner(code, &live) == ctx.engine_id)
+            .filter(|code| {
+                round > 0 || from == ctx.engine_id || winner(code, &live) == ctx.engine_id
+            })
             .collect();
         if !mine.is_empty() {
             tracing::info!(engine = %from, rooms = mine.len(), "taking rooms over");
@@ -261,7 +263,11 @@ async fn claim(ctx: &Arc<Context>, from: &str, code: RoomCode) {
     record.owner = ctx.engine_id.clone();
     record.epoch += 1;
     let value = serde_json::to_vec(&record).expect("records serialise");
-    match store.rooms.update(code.as_str(), value.into(), revision).await {
+    match store
+        .rooms
+        .update(code.as_str(), value.into(), revision)
+        .await
+    {
         Ok(revision) => {
             if from != ctx.engine_id {
                 let _ = store.owners.delete(&old_index).await;

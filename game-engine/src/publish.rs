@@ -29,7 +29,11 @@ pub async fn send(ctx: &Context, subject: String, event: &Logged) {
     headers.insert(SSE_ID, event.id.to_string().as_str());
     headers.insert(SSE_EVENT, event.event.as_str());
     let data = Bytes::copy_from_slice(event.data.get().as_bytes());
-    match ctx.client.publish_with_headers(subject, headers, data).await {
+    match ctx
+        .client
+        .publish_with_headers(subject, headers, data)
+        .await
+    {
         Ok(()) => counter!(m::EVENTS_PUBLISHED).increment(1),
         Err(e) => tracing::warn!(error = %e, "could not publish an event"),
     }

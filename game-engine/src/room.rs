@@ -18,9 +18,7 @@ use metrics::{counter, gauge, histogram};
 use proto::command::decode_command;
 use proto::event::Phase;
 use proto::subject::OWNER_QUEUE_GROUP;
-use proto::{
-    Command, CommandOk, ErrorCode, Rejection, Reply, RoomCode, SnapReply, SnapRequest,
-};
+use proto::{Command, CommandOk, ErrorCode, Rejection, Reply, RoomCode, SnapReply, SnapRequest};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
@@ -277,7 +275,10 @@ impl Room {
             Ack::Joined(player_id) => {
                 let game = &self.record.game;
                 let name = game.name_of(&player_id).expect("just joined");
-                let token = self.ctx.signer.sign(game.code(), &player_id, name.as_str())?;
+                let token = self
+                    .ctx
+                    .signer
+                    .sign(game.code(), &player_id, name.as_str())?;
                 CommandOk::Joined { player_id, token }
             }
             Ack::Investigated { mafia } => CommandOk::Investigated { mafia },
@@ -349,7 +350,11 @@ impl Room {
             .collect();
         self.record.closed |= fx.closed;
         Outcome {
-            flow: if fx.closed { Flow::Closed } else { Flow::Continue },
+            flow: if fx.closed {
+                Flow::Closed
+            } else {
+                Flow::Continue
+            },
             events,
             reply: None,
             command: None,
@@ -486,9 +491,21 @@ mod tests {
 
     #[test]
     fn a_late_deadline_restarts_the_clock_instead_of_bunching_phases() {
-        assert_eq!(next_phase_from(10_000, 10_003).unix_ms, 10_000, "3 ms late: on schedule");
-        assert_eq!(next_phase_from(10_000, 9_999).unix_ms, 10_000, "early clocks too");
+        assert_eq!(
+            next_phase_from(10_000, 10_003).unix_ms,
+            10_000,
+            "3 ms late: on schedule"
+        );
+        assert_eq!(
+            next_phase_from(10_000, 9_999).unix_ms,
+            10_000,
+            "early clocks too"
+        );
         let after_outage = next_phase_from(10_000, 10_000 + LATE_LIMIT_MS + 1);
-        assert_eq!(after_outage.unix_ms, 10_000 + LATE_LIMIT_MS + 1, "timed from now");
+        assert_eq!(
+            after_outage.unix_ms,
+            10_000 + LATE_LIMIT_MS + 1,
+            "timed from now"
+        );
     }
 }

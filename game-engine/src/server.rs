@@ -73,9 +73,13 @@ impl Engine {
             history: config.engine.history,
             max_bytes: config.store.max_bytes as i64,
         };
-        let store = Store::open(client.clone(), StoreNames::new(&config.subject_prefix), &limits)
-            .await
-            .context("store: is JetStream enabled on the NATS server (nats-server -js)?")?;
+        let store = Store::open(
+            client.clone(),
+            StoreNames::new(&config.subject_prefix),
+            &limits,
+        )
+        .await
+        .context("store: is JetStream enabled on the NATS server (nats-server -js)?")?;
         let admin = TcpListener::bind(config.engine.admin_listen)
             .await
             .with_context(|| {

@@ -11,8 +11,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::kv::{self, UpdateErrorKind};
+use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
@@ -198,7 +198,11 @@ impl Store {
     }
 
     /// Stores a new room under a code nobody has used; `None` if the code is taken.
-    pub async fn create(&self, code: &RoomCode, record: &RoomRecord) -> anyhow::Result<Option<u64>> {
+    pub async fn create(
+        &self,
+        code: &RoomCode,
+        record: &RoomRecord,
+    ) -> anyhow::Result<Option<u64>> {
         let value = serde_json::to_vec(record)?;
         match self.rooms.create(code.as_str(), value.into()).await {
             Ok(revision) => Ok(Some(revision)),
@@ -220,7 +224,11 @@ impl Store {
         let value = Bytes::from(serde_json::to_vec(record).expect("records serialise"));
         let mut wait = RETRY;
         loop {
-            match self.rooms.update(code.as_str(), value.clone(), revision).await {
+            match self
+                .rooms
+                .update(code.as_str(), value.clone(), revision)
+                .await
+            {
                 Ok(revision) => return Ok(revision),
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
                     match self.rooms.entry(code.as_str()).await {
@@ -261,7 +269,10 @@ impl Store {
             let publish = PublishMessage::build()
                 .payload(body.clone())
                 .message_id(format!("{code}:{}", first.id));
-            let sent = self.js.send_publish(self.names.room_log(code), publish).await;
+            let sent = self
+                .js
+                .send_publish(self.names.room_log(code), publish)
+                .await;
             match sent {
                 Ok(ack) => match ack.await {
                     Ok(_) => return Ok(()),

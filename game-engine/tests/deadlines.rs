@@ -10,9 +10,7 @@ use proto::event::Phase;
 use proto::lobby::CreateRoom;
 use proto::{Command, PlayerId, RoomCode};
 
-const START: Now = Now {
-    unix_ms: 1_000_000,
-};
+const START: Now = Now { unix_ms: 1_000_000 };
 
 /// A room of three with these settings, everyone seated; started when `start` is true.
 fn seated(settings: serde_json::Value, start: bool) -> (Game, Effects) {
@@ -45,7 +43,11 @@ fn each_phase_is_timed_from_the_deadline_before_it() {
                 "vote": 4000, "vote_result": 500, "night_intro": 600, "night": 7000}}),
         true,
     );
-    assert_eq!(game.deadline_ms(), START.unix_ms + 1000, "day_intro lasts 1 s");
+    assert_eq!(
+        game.deadline_ms(),
+        START.unix_ms + 1000,
+        "day_intro lasts 1 s"
+    );
     // (phase entered, ms after the start): day is 300 ms per living player.
     let expected = [
         (Phase::Notice, 1000),
@@ -58,7 +60,11 @@ fn each_phase_is_timed_from_the_deadline_before_it() {
     ];
     for (phase, at_ms) in expected {
         let deadline = game.deadline_ms();
-        assert_eq!(deadline - START.unix_ms, at_ms, "{phase:?} is due on schedule");
+        assert_eq!(
+            deadline - START.unix_ms,
+            at_ms,
+            "{phase:?} is due on schedule"
+        );
         game.on_deadline(Now { unix_ms: deadline }, &mut fx);
         assert_eq!(game.phase(), phase);
         let ends_at = fx.events.last().unwrap().data.clone();
@@ -138,7 +144,12 @@ fn a_game_survives_serialisation_mid_play() {
     assert_eq!(serde_json::to_string(&back).unwrap(), json);
     assert_eq!(back.phase(), Phase::DayIntro);
     assert_eq!(back.deadline_ms(), game.deadline_ms());
-    for viewer in game.snapshot(None).players.iter().map(|p| p.player_id.clone()) {
+    for viewer in game
+        .snapshot(None)
+        .players
+        .iter()
+        .map(|p| p.player_id.clone())
+    {
         assert_eq!(
             back.snapshot(Some(&viewer)),
             game.snapshot(Some(&viewer)),

@@ -165,7 +165,8 @@ impl World {
         self.until(&format!("an answer on {subject}"), || async {
             let reply = timeout(
                 Duration::from_secs(2),
-                self.client.request(subject.clone(), body.to_string().into()),
+                self.client
+                    .request(subject.clone(), body.to_string().into()),
             )
             .await
             .ok()?
@@ -221,7 +222,11 @@ impl Drop for World {
     /// A failed test shows what the engines logged.
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+            for entry in std::fs::read_dir(self.dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 if entry.path().extension().is_some_and(|e| e == "log") {
                     let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
                     eprintln!("--- {}\n{log}", entry.path().display());
@@ -254,7 +259,9 @@ impl Tap {
                 .expect("an event in time")
                 .unwrap();
             let Some(headers) = msg.headers else { continue };
-            let Some(id) = headers.get(SSE_ID) else { continue };
+            let Some(id) = headers.get(SSE_ID) else {
+                continue;
+            };
             let id: u64 = id.as_str().parse().unwrap();
             let name = headers.get(SSE_EVENT).unwrap().as_str().to_owned();
             let data = String::from_utf8(msg.payload.to_vec()).unwrap();
@@ -283,7 +290,10 @@ impl Tap {
     }
 
     fn count(&self, name: &str, pred: impl Fn(&Value) -> bool) -> usize {
-        self.seen.iter().filter(|e| e.2 == name && pred(&e.3)).count()
+        self.seen
+            .iter()
+            .filter(|e| e.2 == name && pred(&e.3))
+            .count()
     }
 }
 
@@ -302,7 +312,8 @@ async fn seated_game(w: &World, tap_night_ms: u64) -> (RoomCode, Tap, Vec<String
         let reply = w.ok(&code, json!({"type": "join", "name": name})).await;
         ids.push(reply["player_id"].as_str().unwrap().to_owned());
     }
-    w.ok(&code, json!({"type": "start", "player": ids[0]})).await;
+    w.ok(&code, json!({"type": "start", "player": ids[0]}))
+        .await;
     let mut mafia = None;
     while mafia.is_none() {
         let (subject, _, name, data) = tap.next().await;
@@ -317,7 +328,8 @@ async fn seated_game(w: &World, tap_night_ms: u64) -> (RoomCode, Tap, Vec<String
 async fn to_night(w: &World, code: &RoomCode, tap: &mut Tap, ids: &[String]) {
     tap.until("phase", |d| d["phase"] == "day").await;
     for id in ids {
-        w.ok(code, json!({"type": "vote", "player": id, "target": null})).await;
+        w.ok(code, json!({"type": "vote", "player": id, "target": null}))
+            .await;
     }
     tap.until("phase", |d| d["phase"] == "night").await;
 }
@@ -325,12 +337,15 @@ async fn to_night(w: &World, code: &RoomCode, tap: &mut Tap, ids: &[String]) {
 #[tokio::test]
 async fn a_killed_owner_s_game_goes_on_elsewhere_with_its_deadline_fired_once() {
     let w = World::start().await;
-    let mut engines = vec![w.engine("e1").await, w.engine("e2").await];
+    let mut engines = [w.engine("e1").await, w.engine("e2").await];
     let (code, mut tap, ids, mafia) = seated_game(&w, 3000).await;
     to_night(&w, &code, &mut tap, &ids).await;
     let victim = ids.iter().find(|id| **id != mafia).unwrap().clone();
-    w.ok(&code, json!({"type": "skill", "player": mafia, "target": victim}))
-        .await;
+    w.ok(
+        &code,
+        json!({"type": "skill", "player": mafia, "target": victim}),
+    )
+    .await;
 
     let owner = w.owner(&code).await;
     let at = engines.iter().position(|e| e.id == owner).unwrap();
@@ -344,8 +359,11 @@ async fn a_killed_owner_s_game_goes_on_elsewhere_with_its_deadline_fired_once() 
     tap.until("phase", |d| d["phase"] == "day_intro").await;
     assert_ne!(w.owner(&code).await, owner, "another engine owns the room");
     // Old player ids act (the survivor has the same signing key, so their tokens hold too).
-    w.ok(&code, json!({"type": "chat", "player": mafia, "text": "morning"}))
-        .await;
+    w.ok(
+        &code,
+        json!({"type": "chat", "player": mafia, "text": "morning"}),
+    )
+    .await;
     // Two left, one of them mafia: the mafia win when `notice` ends.
     let over = tap.until("game_over", |_| true).await;
     assert_eq!(over["winner"], "mafia");
@@ -359,7 +377,7 @@ async fn a_killed_owner_s_game_goes_on_elsewhere_with_its_deadline_fired_once() 
 #[tokio::test]
 async fn sigterm_hands_rooms_over_without_closing_them() {
     let w = World::start().await;
-    let mut engines = vec![w.engine("e1").await, w.engine("e2").await];
+    let mut engines = [w.engine("e1").await, w.engine("e2").await];
     let (code, mut tap, ids, _) = seated_game(&w, 60_000).await;
     tap.until("phase", |d| d["phase"] == "day").await;
     let owner = w.owner(&code).await;
@@ -368,27 +386,31 @@ async fn sigterm_hands_rooms_over_without_closing_them() {
     assert!(engines[at].exited().await.success(), "a clean exit");
     let handed = Instant::now();
     // The game goes on: a vote is answered by the other engine, soon.
-    w.ok(&code, json!({"type": "chat", "player": ids[1], "text": "still here"}))
-        .await;
+    w.ok(
+        &code,
+        json!({"type": "chat", "player": ids[1], "text": "still here"}),
+    )
+    .await;
     let pause = handed.elapsed();
     assert!(pause < Duration::from_secs(3), "rooms moved in {pause:?}");
     for id in &ids {
-        w.ok(&code, json!({"type": "vote", "player": id, "target": null})).await;
+        w.ok(&code, json!({"type": "vote", "player": id, "target": null}))
+            .await;
     }
     tap.until("phase", |d| d["phase"] == "vote").await;
-    assert_eq!(tap.count("room_closed", |_| true), 0, "no room_closed on handover");
+    assert_eq!(
+        tap.count("room_closed", |_| true),
+        0,
+        "no room_closed on handover"
+    );
     assert_ne!(w.owner(&code).await, owner);
 }
 
 #[tokio::test]
 async fn after_every_engine_died_new_ones_resume_the_games_and_the_lobby() {
     let w = World::start().await;
-    let mut lobby = w
-        .client
-        .subscribe(w.subjects.lobby_events())
-        .await
-        .unwrap();
-    let mut engines = vec![w.engine("e1").await, w.engine("e2").await];
+    let mut lobby = w.client.subscribe(w.subjects.lobby_events()).await.unwrap();
+    let mut engines = [w.engine("e1").await, w.engine("e2").await];
     let (code, mut tap, ids, _) = seated_game(&w, 60_000).await;
     tap.until("phase", |d| d["phase"] == "day").await;
     for engine in &mut engines {
@@ -398,7 +420,8 @@ async fn after_every_engine_died_new_ones_resume_the_games_and_the_lobby() {
     let _fresh = w.engine("e3").await;
     // The day resumes: its votes end it.
     for id in &ids {
-        w.ok(&code, json!({"type": "vote", "player": id, "target": null})).await;
+        w.ok(&code, json!({"type": "vote", "player": id, "target": null}))
+            .await;
     }
     tap.until("phase", |d| d["phase"] == "vote").await;
     // The lobby goes on with ids above every earlier one.
@@ -428,7 +451,7 @@ async fn after_every_engine_died_new_ones_resume_the_games_and_the_lobby() {
 #[tokio::test]
 async fn a_paused_owner_is_fenced_when_it_wakes() {
     let w = World::start().await;
-    let engines = vec![w.engine("e1").await, w.engine("e2").await];
+    let engines = [w.engine("e1").await, w.engine("e2").await];
     let (code, mut tap, ids, _) = seated_game(&w, 60_000).await;
     tap.until("phase", |d| d["phase"] == "day").await;
     let owner = w.owner(&code).await;
@@ -439,8 +462,11 @@ async fn a_paused_owner_is_fenced_when_it_wakes() {
         (w.owner(&code).await != owner).then_some(())
     })
     .await;
-    w.ok(&code, json!({"type": "vote", "player": ids[0], "target": null}))
-        .await;
+    w.ok(
+        &code,
+        json!({"type": "vote", "player": ids[0], "target": null}),
+    )
+    .await;
     stale.signal("CONT");
     // The stale engine finds out, and stops serving the room.
     w.until("the stale owner to notice", || async {
@@ -448,18 +474,26 @@ async fn a_paused_owner_is_fenced_when_it_wakes() {
     })
     .await;
     for id in &ids[1..] {
-        w.ok(&code, json!({"type": "vote", "player": id, "target": null})).await;
+        w.ok(&code, json!({"type": "vote", "player": id, "target": null}))
+            .await;
     }
     tap.until("phase", |d| d["phase"] == "vote").await;
-    assert_eq!(tap.count("phase", |d| d["phase"] == "vote"), 1, "no phase twice");
+    assert_eq!(
+        tap.count("phase", |d| d["phase"] == "vote"),
+        1,
+        "no phase twice"
+    );
     let log = std::fs::read_to_string(w.log(&owner)).unwrap();
-    assert!(log.contains("another engine"), "the stale owner says why it let go");
+    assert!(
+        log.contains("another engine"),
+        "the stale owner says why it let go"
+    );
 }
 
 #[tokio::test]
 async fn engines_racing_give_unique_codes_and_one_lobby() {
     let w = World::start().await;
-    let _engines = vec![w.engine("e1").await, w.engine("e2").await];
+    let _engines = [w.engine("e1").await, w.engine("e2").await];
     const ROOMS: usize = 1000;
     let codes: Vec<RoomCode> = futures::stream::iter(0..ROOMS)
         .map(|n| {
@@ -494,7 +528,10 @@ async fn engines_racing_give_unique_codes_and_one_lobby() {
         let mut full = 0;
         for _ in 0..10 {
             let reply = w
-                .ask(w.subjects.lobby_snap(), json!({"viewer": null, "since": null}))
+                .ask(
+                    w.subjects.lobby_snap(),
+                    json!({"viewer": null, "since": null}),
+                )
                 .await;
             full += usize::from(listed(&reply) == all);
         }

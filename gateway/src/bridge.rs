@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use metrics::histogram;
-use proto::{CommandOk, ErrorCode, Rejection, Reply};
+use proto::{CommandOk, ErrorCode, Rejection, Reply, RoomCode};
 use serde_json::{Map, Value};
 
 use crate::auth::{cookie_for, token_of};
@@ -26,7 +26,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let body = json_object(body)?;
     let subject = state.subjects.lobby_create();
-    relay(ask(&state, subject, body, ErrorCode::Unavailable).await?)
+    relay(ask(&state, subject, body, None).await?)
 }
 
 /// `POST /v1/rooms/<code>/join`: `{"name"}` → `{"player_id", "token"}`, and the token cookie.
@@ -38,13 +38,7 @@ pub async fn join(
     let code = room_code(&code)?;
     let mut body = json_object(body)?;
     body.insert("type".into(), "join".into());
-    let reply = ask(
-        &state,
-        state.subjects.room_cmd(&code),
-        body,
-        ErrorCode::NoSuchRoom,
-    )
-    .await?;
+    let reply = ask(&state, state.subjects.room_cmd(&code), body, Some(&code)).await?;
     let parsed: Result<CommandOk, Rejection> = serde_json::from_slice::<Reply<CommandOk>>(&reply)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("bad join reply: {e}")))?
         .into();
@@ -82,15 +76,7 @@ pub async fn command(
         ));
     }
     body.insert("player".into(), claims.sub.as_str().into());
-    relay(
-        ask(
-            &state,
-            state.subjects.room_cmd(&code),
-            body,
-            ErrorCode::NoSuchRoom,
-        )
-        .await?,
-    )
+    relay(ask(&state, state.subjects.room_cmd(&code), body, Some(&code)).await?)
 }
 
 /// Sends a request to the engine, timing it for the command latency histogram.
@@ -98,11 +84,11 @@ async fn ask(
     state: &AppState,
     subject: String,
     body: Map<String, Value>,
-    no_responders: ErrorCode,
+    room: Option<&RoomCode>,
 ) -> Result<Bytes, ApiError> {
     let started = Instant::now();
     let body = serde_json::to_vec(&body).expect("a JSON map serialises");
-    let reply = nats_request(state, subject, body.into(), no_responders).await;
+    let reply = nats_request(state, subject, body.into(), room).await;
     histogram!(m::COMMAND_SECONDS).record(started.elapsed().as_secs_f64());
     reply
 }

@@ -176,10 +176,12 @@ async fn run_topic(
     ready: watch::Sender<Option<bool>>,
 ) {
     let subscribed = subscribe(&hub, &key).await;
+    // Counted before the topic says it is ready, so that a stream that has its first event
+    // is already in the gauge.
+    let count = subscribed.as_ref().map_or(0.0, |subs| subs.len() as f64);
+    gauge!(m::NATS_SUBSCRIPTIONS).increment(count);
     let _ = ready.send(Some(subscribed.is_some()));
     if let Some(subs) = subscribed {
-        let count = subs.len() as f64;
-        gauge!(m::NATS_SUBSCRIPTIONS).increment(count);
         let mut events = Ordered::new(subs);
         let mut heartbeats = tokio::time::interval(hub.heartbeat);
         heartbeats.set_missed_tick_behavior(MissedTickBehavior::Delay);

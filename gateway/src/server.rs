@@ -18,7 +18,8 @@ use axum::Router;
 use bytes::Bytes;
 use metrics::gauge;
 use metrics_exporter_prometheus::PrometheusHandle;
-use proto::{ErrorCode, RoomCode, Subjects};
+use proto::store::RoomStatus;
+use proto::{ErrorCode, RoomCode, StoreNames, Subjects};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +41,8 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub client: Client,
     pub subjects: Subjects,
+    /// Where engines keep rooms, to tell a room changing hands from one that is gone.
+    pub store: StoreNames,
     pub hub: Hub,
     pub verifier: Verifier,
     pub config: GatewayConfig,
@@ -62,13 +65,14 @@ impl AppState {
     }
 }
 
-/// A request to the engine under `gateway.request_timeout`: no responders becomes
-/// `no_responders` (no such room, or no engine), a timeout 504, anything else 503.
+/// A request to the engine under `gateway.request_timeout`, for `room` or (`None`) the lobby:
+/// a timeout is 504, no responders 404 for a room that does not exist, else 503 with
+/// `Retry-After` (no engine, or the room is moving to another engine).
 pub async fn nats_request(
     state: &AppState,
     subject: String,
     body: Bytes,
-    no_responders: ErrorCode,
+    room: Option<&RoomCode>,
 ) -> Result<Bytes, ApiError> {
     if !state.nats_connected() {
         return Err(ApiError::unavailable(
@@ -79,9 +83,14 @@ pub async fn nats_request(
     let request = state.client.request(subject, body);
     match tokio::time::timeout(state.config.request_timeout, request).await {
         Ok(Ok(msg)) => Ok(msg.payload),
-        Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => Err(match no_responders {
-            ErrorCode::NoSuchRoom => ApiError::new(no_responders, "no such room"),
-            _ => ApiError::unavailable("no engine is answering", state.config.retry),
+        Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => Err(match room {
+            Some(code) if !room_is_stored(state, code).await => {
+                ApiError::new(ErrorCode::NoSuchRoom, "no such room")
+            }
+            Some(_) => {
+                ApiError::unavailable("the room is moving to another engine", state.config.retry)
+            }
+            None => ApiError::unavailable("no engine is answering", state.config.retry),
         }),
         Ok(Err(e)) if e.kind() != RequestErrorKind::TimedOut => Err(ApiError::unavailable(
             format!("NATS: {e}"),
@@ -91,6 +100,22 @@ pub async fn nats_request(
             ErrorCode::Timeout,
             "the engine did not answer in time",
         )),
+    }
+}
+
+/// Whether a room nobody answers for is still in the store and open: then an engine is taking
+/// it over (or about to be started), and the client should try again. A backend that keeps
+/// no store (the bucket does not exist) has no such rooms.
+async fn room_is_stored(state: &AppState, code: &RoomCode) -> bool {
+    let js = async_nats::jetstream::new(state.client.clone());
+    let Ok(rooms) = js.get_key_value(state.store.rooms_bucket()).await else {
+        return false;
+    };
+    match rooms.get(code.as_str()).await {
+        Ok(Some(record)) => serde_json::from_slice::<RoomStatus>(&record)
+            .map(|status| !status.closed)
+            .unwrap_or(false),
+        _ => false,
     }
 }
 
@@ -229,6 +254,7 @@ impl Gateway {
         );
         let state = AppState(Arc::new(Inner {
             client,
+            store: StoreNames::new(&config.subject_prefix),
             subjects,
             hub,
             verifier,

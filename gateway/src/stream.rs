@@ -162,16 +162,16 @@ async fn catch_up(
     viewer: Option<&PlayerId>,
     since: Option<u64>,
 ) -> Result<Vec<Frame>, ApiError> {
-    let (subject, missing) = match key {
-        StreamKey::Lobby => (state.subjects.lobby_snap(), ErrorCode::Unavailable),
-        StreamKey::Room(code) => (state.subjects.room_snap(code), ErrorCode::NoSuchRoom),
+    let (subject, room) = match key {
+        StreamKey::Lobby => (state.subjects.lobby_snap(), None),
+        StreamKey::Room(code) => (state.subjects.room_snap(code), Some(code)),
     };
     let request = SnapRequest {
         viewer: viewer.cloned(),
         since,
     };
     let body = serde_json::to_vec(&request).expect("requests serialise infallibly");
-    let reply = nats_request(state, subject, body.into(), missing).await?;
+    let reply = nats_request(state, subject, body.into(), room).await?;
     let reply: SnapAnswer = serde_json::from_slice(&reply)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("bad snapshot reply: {e}")))?;
     if !reply.ok {

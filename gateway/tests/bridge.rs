@@ -254,3 +254,66 @@ async fn cors_allows_only_the_configured_origins() {
         .unwrap();
     assert!(!other.headers().contains_key("access-control-allow-origin"));
 }
+
+/// A room nobody answers for is 503 (try again) while the store says it is open, as when
+/// its engine died and another is taking it over; 404 once it has closed or never existed.
+/// The store here is a stand-in: the bucket and records as `proto::store` describes them.
+#[tokio::test]
+async fn a_room_between_engines_is_503_and_a_gone_one_404() {
+    use async_nats::jetstream;
+    let s = Setup::new(|_| {}).await;
+    let names = proto::StoreNames::new("game");
+    let js = jetstream::new(s.client.clone());
+    let join = |code: &str| s.gateway.url(&format!("/v1/rooms/{code}/join"));
+
+    // No store at all (a backend that keeps none): no responders means no such room.
+    let (status, _, body) = post(&join("Moving12"), r#"{"name":"Ann"}"#, &[]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_such_room"))
+    );
+
+    let bucket = names.rooms_bucket();
+    js.create_stream(jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let rooms = js.get_key_value(&bucket).await.unwrap();
+    rooms
+        .put("Moving12", r#"{"owner":"e1","closed":false}"#.into())
+        .await
+        .unwrap();
+    rooms
+        .put("Closed12", r#"{"owner":"e1","closed":true}"#.into())
+        .await
+        .unwrap();
+
+    let (status, headers, body) = post(&join("Moving12"), r#"{"name":"Ann"}"#, &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "unavailable");
+    assert!(headers.contains_key("retry-after"));
+    for gone in ["Closed12", "Never123"] {
+        let (status, _, body) = post(&join(gone), r#"{"name":"Ann"}"#, &[]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{gone}: {body}");
+    }
+    // A stream of a room between engines is refused the same way, for EventSource to retry.
+    let url = s.gateway.url("/v1/rooms/Moving12/events");
+    let code = proto::RoomCode::parse("Moving12").unwrap();
+    let ann = proto::PlayerId::parse("ann12345").unwrap();
+    let token = common::token(&code, &ann, 60);
+    let resp = timeout(
+        WAIT,
+        reqwest::Client::new()
+            .get(format!("{url}?token={token}"))
+            .send(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+}

@@ -244,13 +244,18 @@ mod tests {
 
     #[test]
     fn a_request_id_rides_beside_any_command() {
-        let (cmd, id) = decode_command(br#"{"type":"join","name":"Ann","request_id":"r-1"}"#)
-            .unwrap();
+        let (cmd, id) =
+            decode_command(br#"{"type":"join","name":"Ann","request_id":"r-1"}"#).unwrap();
         assert_eq!(cmd, Command::Join { name: "Ann".into() });
         assert_eq!(id.unwrap().as_str(), "r-1");
         let (_, none) = decode_command(br#"{"type":"join","name":"Ann"}"#).unwrap();
         assert!(none.is_none());
-        for bad in [r#""""#, "7", r#""a b""#, &format!(r#""{}""#, "x".repeat(65))] {
+        for bad in [
+            r#""""#,
+            "7",
+            r#""a b""#,
+            &format!(r#""{}""#, "x".repeat(65)),
+        ] {
             let body = format!(r#"{{"type":"join","name":"Ann","request_id":{bad}}}"#);
             let err = decode_command(body.as_bytes()).unwrap_err();
             assert_eq!(err.error, ErrorCode::InvalidField, "{bad}");
