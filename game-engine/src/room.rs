@@ -20,6 +20,8 @@ use proto::event::Phase;
 use proto::subject::OWNER_QUEUE_GROUP;
 use proto::{Command, CommandOk, ErrorCode, Rejection, Reply, RoomCode, SnapReply, SnapRequest};
 use serde_json::value::RawValue;
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use crate::context::Context;
@@ -35,6 +37,10 @@ use crate::store::{CommitError, Logged, RoomRecord};
 /// next phase from now rather than from the deadline: otherwise every phase shorter than the
 /// delay would follow at once, and players would get zero-length phases.
 const LATE_LIMIT_MS: u64 = 500;
+
+/// How long a room waits after a commit JetStream did not take, doubling up to the maximum.
+const PAUSE_MIN: Duration = Duration::from_millis(100);
+const PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// How a room's loop goes on after a step.
 #[derive(Debug, PartialEq, Eq)]
@@ -54,6 +60,8 @@ struct Outcome {
     reply: Option<(Subject, Vec<u8>)>,
     /// For a command: when it arrived and its type, for the latency histogram.
     command: Option<(Instant, &'static str)>,
+    /// The record before the step, to return to if the step cannot be committed.
+    undo: Option<Box<RoomRecord>>,
 }
 
 impl Outcome {
@@ -63,6 +71,7 @@ impl Outcome {
             events: Vec::new(),
             reply: None,
             command: None,
+            undo: None,
         }
     }
 }
@@ -81,6 +90,8 @@ pub struct Room {
     /// The phase and player count last reported to the gauges.
     phase: Phase,
     players: usize,
+    /// Set while JetStream refuses commits: how long the room waits before its next step.
+    pause: Option<Duration>,
 }
 
 impl Room {
@@ -119,6 +130,7 @@ impl Room {
             listing: Listing::default(),
             phase,
             players: 0,
+            pause: None,
             record,
         };
         ctx.tasks.spawn(room.run(commands, snaps, resumed));
@@ -181,6 +193,12 @@ impl Room {
             self.sync_lobby().await;
             if outcome.flow != Flow::Continue {
                 break outcome.flow;
+            }
+            if let Some(wait) = self.pause {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.cancelled() => break Flow::Gone,
+                }
             }
         };
         if flow == Flow::Closed {
@@ -248,6 +266,7 @@ impl Room {
             counter!(m::COMMANDS, "type" => kind, "result" => "replayed").increment(1);
             return answer(reply.get().as_bytes().to_vec());
         }
+        let undo = Box::new(self.record.clone());
         let mut fx = Effects::default();
         let result = self
             .record
@@ -266,6 +285,7 @@ impl Room {
         Outcome {
             reply: Some((reply_to, body)),
             command: Some((started, kind)),
+            undo: Some(undo),
             ..self.events_of(fx)
         }
     }
@@ -328,9 +348,13 @@ impl Room {
         let now = unix_ms_now();
         let late = now.saturating_sub(deadline);
         histogram!(m::SCHEDULER_LATENESS).record(late as f64 / 1000.0);
+        let undo = Box::new(self.record.clone());
         let mut fx = Effects::default();
         (self.record.game).on_deadline(next_phase_from(deadline, now), &mut fx);
-        self.events_of(fx)
+        Outcome {
+            undo: Some(undo),
+            ..self.events_of(fx)
+        }
     }
 
     /// Numbers a step's events from the room's counter.
@@ -358,34 +382,69 @@ impl Room {
             events,
             reply: None,
             command: None,
+            undo: None,
         }
     }
 
-    /// Commits a step that has events; if the room is no longer ours, nothing of it goes out
-    /// and its requester is told to try again.
+    /// Commits a step that has events. If the room is no longer ours, nothing of it goes
+    /// out; if JetStream did not take it, the room returns to its state before the step and
+    /// pauses (the step is computed again later: a deadline then times its phase from then).
+    /// Either way a requester is told to try again.
     async fn commit(&mut self, step: Outcome) -> Outcome {
         if step.events.is_empty() {
             return step;
         }
         self.record.outbox = step.events.clone();
         let store = &self.ctx.store;
-        match (store.commit(&self.code, &self.record, self.revision, &self.ctx.shutdown)).await {
+        // Not even tried while NATS is down: the client would hold the write and send it on
+        // reconnecting, committing a step timed for a moment long gone.
+        let connected =
+            self.ctx.client.connection_state() == async_nats::connection::State::Connected;
+        let committed = if connected {
+            store.commit(&self.code, &self.record, self.revision).await
+        } else {
+            Err(CommitError::Unavailable)
+        };
+        let lost = match committed {
             Ok(revision) => {
                 self.revision = revision;
-                step
+                self.pause = None;
+                return step;
             }
-            Err(lost) => {
-                if lost == CommitError::Fenced {
-                    counter!(m::OWNERSHIP_LOST).increment(1);
-                    tracing::warn!(room = %self.code, "another engine owns this room now");
-                }
-                let retry = Reply::<()>::Err(changing_hands()).to_bytes();
-                Outcome {
-                    reply: step.reply.map(|(to, _)| (to, retry)),
-                    command: step.command,
-                    ..Outcome::nothing(Flow::Gone)
-                }
+            Err(lost) => lost,
+        };
+        let flow = match lost {
+            CommitError::Fenced => {
+                counter!(m::OWNERSHIP_LOST).increment(1);
+                tracing::warn!(room = %self.code, "another engine owns this room now");
+                Flow::Gone
             }
+            CommitError::Unavailable => {
+                if let Some(undo) = step.undo {
+                    self.record = *undo;
+                }
+                let wait = self.pause.map_or(PAUSE_MIN, |p| (p * 2).min(PAUSE_MAX));
+                self.pause = Some(wait);
+                Flow::Continue
+            }
+            CommitError::Landed(stored, revision) => {
+                // An earlier step did commit: it is the room now, published like a takeover's.
+                self.record = *stored;
+                self.revision = revision;
+                self.resume().await;
+                let last = self.history.last_id();
+                for event in self.record.outbox.iter().filter(|e| e.id > last) {
+                    self.history.record(event.clone());
+                }
+                self.count_players();
+                Flow::Continue
+            }
+        };
+        let retry = Reply::<()>::Err(changing_hands()).to_bytes();
+        Outcome {
+            reply: step.reply.map(|(to, _)| (to, retry)),
+            command: step.command,
+            ..Outcome::nothing(flow)
         }
     }
 

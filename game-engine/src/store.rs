@@ -116,13 +116,20 @@ impl RoomRecord {
 }
 
 /// Why a commit did not happen.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum CommitError {
     /// Another engine has written the room since we last did: we no longer own it.
     Fenced,
-    /// The engine is stopping and JetStream did not take the write in time.
-    Stopped,
+    /// JetStream did not take the write (an outage, a timeout): nothing was committed, as
+    /// far as we know.
+    Unavailable,
+    /// An earlier write of ours whose ack was lost did land: the record as it stands.
+    Landed(Box<RoomRecord>, u64),
 }
+
+/// Why an append did not happen.
+#[derive(Debug)]
+pub struct Stopped;
 
 /// The engine's handles on JetStream.
 #[derive(Clone)]
@@ -211,38 +218,35 @@ impl Store {
         }
     }
 
-    /// Commits `record` over revision `revision` and returns the new revision. Waits out a
-    /// JetStream outage (a room pauses rather than skipping ahead); a write whose ack was lost
-    /// is recognised by reading it back.
+    /// Commits `record` over revision `revision` and returns the new revision. One attempt:
+    /// a room whose commit fails pauses and computes its step again later (so a deadline
+    /// step is timed from when it finally happens). Only this owner writes with its epoch, so
+    /// a newer record with our epoch is an earlier write of ours whose ack was lost.
     pub async fn commit(
         &self,
         code: &RoomCode,
         record: &RoomRecord,
         revision: u64,
-        stop: &CancellationToken,
     ) -> Result<u64, CommitError> {
         let value = Bytes::from(serde_json::to_vec(record).expect("records serialise"));
-        let mut wait = RETRY;
-        loop {
-            match self
-                .rooms
-                .update(code.as_str(), value.clone(), revision)
-                .await
+        match self.rooms.update(code.as_str(), value, revision).await {
+            Ok(revision) => Ok(revision),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => match self.load(code).await
             {
-                Ok(revision) => return Ok(revision),
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
-                    match self.rooms.entry(code.as_str()).await {
-                        Ok(Some(entry)) if entry.value == value && entry.revision > revision => {
-                            return Ok(entry.revision)
-                        }
-                        Ok(_) => return Err(CommitError::Fenced),
-                        Err(e) => tracing::warn!(room = %code, error = %e, "reading a record back"),
-                    }
+                Ok(Some((stored, at)))
+                    if stored.owner == record.owner && stored.epoch == record.epoch =>
+                {
+                    Err(CommitError::Landed(Box::new(stored), at))
                 }
-                Err(e) => tracing::warn!(room = %code, error = %e, "commit failed; retrying"),
-            }
-            if pause(&mut wait, stop).await {
-                return Err(CommitError::Stopped);
+                Ok(_) => Err(CommitError::Fenced),
+                Err(e) => {
+                    tracing::warn!(room = %code, error = %e, "reading a record back");
+                    Err(CommitError::Unavailable)
+                }
+            },
+            Err(e) => {
+                tracing::warn!(room = %code, error = %e, "commit failed");
+                Err(CommitError::Unavailable)
             }
         }
     }
@@ -254,7 +258,7 @@ impl Store {
         code: &RoomCode,
         events: &[Logged],
         stop: &CancellationToken,
-    ) -> Result<(), CommitError> {
+    ) -> Result<(), Stopped> {
         let Some(first) = events.first() else {
             return Ok(());
         };
@@ -281,7 +285,7 @@ impl Store {
                 Err(e) => tracing::warn!(room = %code, error = %e, "log append failed"),
             }
             if pause(&mut wait, stop).await {
-                return Err(CommitError::Stopped);
+                return Err(Stopped);
             }
         }
     }

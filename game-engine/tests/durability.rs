@@ -1,0 +1,113 @@
+//! What survives without another engine: a retried command, and a nats-server restarted
+//! with its store under a running engine. (Engines dying are in `takeover.rs`.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::{fast_room, Harness};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_retried_command_gets_its_first_reply_and_changes_nothing() {
+    let h = Harness::start().await;
+    let code = h.room(fast_room(3, 1, 0, 0)).await;
+    let join = json!({"type": "join", "name": "Ann", "request_id": "join-1"});
+    let first = h.ok(&code, join.clone()).await;
+    let again = h.ok(&code, join.clone()).await;
+    assert_eq!(
+        first, again,
+        "the same player, the same token: no ghost seat"
+    );
+    let ann = first["player_id"].as_str().unwrap();
+    // Another attempt (a new request id) at the same name is a new join, and refused.
+    h.refuses(
+        &code,
+        json!({"type": "join", "name": "Ann", "request_id": "join-2"}),
+        "name_taken",
+    )
+    .await;
+    // The same request id from someone else finds nothing of Ann's.
+    let bob = h
+        .ok(
+            &code,
+            json!({"type": "join", "name": "Bob", "request_id": "join-1"}),
+        )
+        .await;
+    assert_ne!(bob["player_id"], first["player_id"]);
+    let chat = json!({"type": "chat", "player": ann, "text": "hello", "request_id": "c1"});
+    let mut public = h.watch(&code, None).await;
+    h.ok(&code, chat.clone()).await;
+    h.ok(&code, chat).await;
+    h.ok(&code, json!({"type": "chat", "player": ann, "text": "bye"}))
+        .await;
+    public.until("chat", |d| d["text"] == "bye").await;
+    assert_eq!(
+        public.names(),
+        ["chat", "chat"],
+        "hello once, then bye: the retry said nothing"
+    );
+    let snap = h.snap(&code, None, None).await;
+    assert_eq!(
+        snap["events"][0]["data"]["players"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_nats_restart_keeps_rooms_and_history_and_bunches_no_phases() {
+    let mut h = Harness::start().await;
+    let settings = json!({"title": "outage", "total": 3, "mafia": 1,
+        "durations_ms": {"day_intro": 300, "notice": 300, "day_per_player": 60000,
+            "vote": 300, "vote_result": 300, "night_intro": 300, "night": 60000}});
+    let code = h.room(settings).await;
+    let mut ids = Vec::new();
+    for name in ["Ann", "Bob", "Cat"] {
+        ids.push(h.join(&code, name).await);
+    }
+    let mut public = h.watch(&code, None).await;
+    h.ok(&code, json!({"type": "start", "player": ids[0]}))
+        .await;
+    public.phase("day").await;
+    // Everyone abstains: the day ends into `vote`, 300 ms, and the server goes down for
+    // longer than `vote`, `vote_result` and `night_intro` together.
+    for id in &ids {
+        h.ok(&code, json!({"type": "vote", "player": id, "target": null}))
+            .await;
+    }
+    let vote = public.phase("vote").await;
+    h.nats.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h.nats.restart();
+
+    // The game goes on from its store, and each phase after the outage gets its length from
+    // when it began: timed from the deadlines missed during the outage, they would already
+    // be over when announced.
+    let mut public = h.watch(&code, None).await;
+    loop {
+        let phase = public.until("phase", |_| true).await.data;
+        let received = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let left = phase["ends_at"].as_u64().unwrap() as i64 - received as i64;
+        assert!(
+            left > 200,
+            "{} announced with {left} ms left of 300: bunched after the outage",
+            phase["phase"]
+        );
+        if phase["phase"] == "night" {
+            break;
+        }
+    }
+    // History from before the outage still answers `since`.
+    let replay = h.snap(&code, None, Some(vote.id - 1)).await;
+    let first = &replay["events"][0];
+    assert_eq!(
+        (first["id"].as_u64(), first["event"].as_str()),
+        (Some(vote.id), Some("phase"))
+    );
+}
