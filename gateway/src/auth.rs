@@ -75,7 +75,7 @@ impl Verifier {
     }
 }
 
-/// The request's token: `Authorization: Bearer`, else the cookie, else `?token=`; an empty
+/// The request's token: `Authorization: Bearer`, else `?token=`, else the cookie; an empty
 /// value counts as absent.
 pub fn token_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     let bearer = headers
@@ -99,11 +99,14 @@ pub fn token_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned())
     };
+    // A credential the client names (the header, then the query) wins over the ambient
+    // cookie: two players of one room in one browser share the cookie jar, and the cookie
+    // holds whoever joined last.
     bearer
-        .or_else(cookie)
         .map(str::to_owned)
         .or_else(query)
         .filter(|t| !t.is_empty())
+        .or_else(|| cookie().map(str::to_owned))
 }
 
 /// The `Set-Cookie` value that lets a room's `EventSource` and commands carry the token.
@@ -120,14 +123,20 @@ mod tests {
     use axum::http::HeaderValue;
 
     #[test]
-    fn bearer_wins_then_cookie_then_query() {
+    fn bearer_wins_then_query_then_cookie() {
         let mut h = HeaderMap::new();
         assert_eq!(token_of(&h, Some("a=1&token=q%2Bq")), Some("q+q".into()));
         h.insert(
             header::COOKIE,
             HeaderValue::from_static("x=1; phasecast_token=c"),
         );
-        assert_eq!(token_of(&h, Some("token=q")), Some("c".into()));
+        assert_eq!(
+            token_of(&h, Some("token=q")),
+            Some("q".into()),
+            "the token a tab names beats the cookie of whoever joined last"
+        );
+        assert_eq!(token_of(&h, None), Some("c".into()));
+        assert_eq!(token_of(&h, Some("token=")), Some("c".into()));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
         assert_eq!(token_of(&h, Some("token=q")), Some("b".into()));
         assert_eq!(token_of(&HeaderMap::new(), Some("token=")), None);

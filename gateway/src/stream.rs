@@ -16,7 +16,7 @@ use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use metrics::{counter, gauge, histogram, Counter};
-use proto::{ErrorCode, PlayerId, SnapEvent, SnapRequest};
+use proto::{PlayerId, SnapReply, SnapRequest};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::auth::token_of;
@@ -172,14 +172,7 @@ async fn catch_up(
     };
     let body = serde_json::to_vec(&request).expect("requests serialise infallibly");
     let reply = nats_request(state, subject, body.into(), room).await?;
-    let reply: SnapAnswer = serde_json::from_slice(&reply)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("bad snapshot reply: {e}")))?;
-    if !reply.ok {
-        return Err(ApiError::new(
-            reply.error.unwrap_or(ErrorCode::Internal),
-            reply.message.unwrap_or_default(),
-        ));
-    }
+    let reply = SnapReply::decode(&reply)?;
     Ok(reply
         .events
         .into_iter()
@@ -191,17 +184,6 @@ async fn catch_up(
 /// any snapshot, which resets the client whatever its id.
 fn is_newer(frame: &Frame, last: Option<u64>) -> bool {
     frame.snapshot || last.is_none_or(|last| frame.id > last)
-}
-
-/// A snapshot reply read in one pass: the events' `data` stays raw JSON (a generic `Reply`
-/// would go through `serde_json::Value` and re-encode every snapshot).
-#[derive(serde::Deserialize)]
-struct SnapAnswer {
-    ok: bool,
-    #[serde(default)]
-    events: Vec<SnapEvent>,
-    error: Option<ErrorCode>,
-    message: Option<String>,
 }
 
 /// A connection's place in the open-connection count; freeing it is dropping it.

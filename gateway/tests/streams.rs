@@ -411,3 +411,76 @@ async fn public_and_private_events_reach_a_player_in_publication_order() {
         );
     }
 }
+
+/// A backend written from PROTOCOL.md alone: it answers snapshot requests with
+/// `{"events": [...]}` and no `"ok"`, and puts the viewer it was asked for in the data.
+async fn contract_backend(s: &Setup, subject: String) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    let mut requests = s.client.subscribe(subject).await.unwrap();
+    s.client.flush().await.unwrap();
+    let client = s.client.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = requests.next().await {
+            let request: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+            let reply = serde_json::json!({"events": [{"id": 7, "event": "snapshot",
+                "data": {"viewer": request["viewer"], "rooms": []}}]});
+            let to = msg.reply.unwrap();
+            client.publish(to, reply.to_string().into()).await.unwrap();
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_snapshot_reply_exactly_as_the_contract_writes_it_is_served() {
+    let s = Setup::new(|_| {}).await;
+    let _backend = contract_backend(&s, s.subjects.lobby_snap()).await;
+    let mut sse = Sse::connect(&s.gateway.url("/v1/lobby/events"), &[]).await;
+    let snapshot = sse.next().await.expect("a snapshot");
+    assert_eq!(
+        (snapshot.id, snapshot.event.as_str()),
+        (Some(7), "snapshot")
+    );
+    assert_eq!(snapshot.json()["rooms"], serde_json::json!([]));
+}
+
+/// Two players of one room in one browser: one cookie jar, holding the token of whoever
+/// joined last. A tab that names its own token is served as its own player.
+#[tokio::test]
+async fn the_token_a_tab_names_beats_the_shared_cookie() {
+    let s = Setup::new(|_| {}).await;
+    let _backend = contract_backend(&s, s.subjects.room_snap(&room())).await;
+    let ann = PlayerId::parse("ann12345").unwrap();
+    let bob = PlayerId::parse("bob12345").unwrap();
+    let cookie = format!("phasecast_token={}", token(&room(), &bob, 60));
+    let url = s.gateway.url(&format!("/v1/rooms/{}/events", room()));
+    let viewer = |mut sse: Sse| async move { sse.next().await.unwrap().json()["viewer"].clone() };
+
+    let named = Sse::connect(
+        &format!("{url}?token={}", token(&room(), &ann, 60)),
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(viewer(named).await, serde_json::json!(ann), "?token= wins");
+    let header = Sse::connect(
+        &url,
+        &[
+            ("cookie", &cookie),
+            (
+                "authorization",
+                &format!("Bearer {}", token(&room(), &ann, 60)),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(
+        viewer(header).await,
+        serde_json::json!(ann),
+        "Authorization wins"
+    );
+    let ambient = Sse::connect(&url, &[("cookie", &cookie)]).await;
+    assert_eq!(
+        viewer(ambient).await,
+        serde_json::json!(bob),
+        "else the cookie"
+    );
+}
