@@ -188,7 +188,9 @@ export class Stack {
     const rustLog = { RUST_LOG: process.env.RUST_LOG || 'info' };
     this.natsUrl = `nats://127.0.0.1:${natsPort}`;
 
-    this.nats = this.#proc('nats', 'nats-server', ['-a', '127.0.0.1', '-p', String(natsPort)], {});
+    // JetStream on, with its store in this stack's folder: the engine keeps its rooms there.
+    this.nats = this.#proc('nats', 'nats-server',
+      ['-a', '127.0.0.1', '-p', String(natsPort), '-js', '-sd', path.join(this.dir, 'nats')], {});
     this.nats.start();
     await waitUntil(() => tcpBanner(natsPort, 'INFO '), { timeoutMs: startTimeoutMs, what: 'nats-server', proc: this.nats });
 
