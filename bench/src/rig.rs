@@ -256,12 +256,23 @@ impl Nginx {
 /// Options every benchmark through the real game takes.
 #[derive(clap::Args, Debug)]
 pub struct GameRigArgs {
-    /// The engine binary (built with `cargo build --release -p game-engine`).
-    #[arg(long, default_value = "target/release/game-engine")]
-    pub engine: PathBuf,
-    /// The gateway binary (built with `cargo build --release -p gateway`).
-    #[arg(long, default_value = "target/release/gateway")]
-    pub gateway: PathBuf,
+    /// The engine binary; default: `game-engine` next to this binary (target/release/,
+    /// wherever CARGO_TARGET_DIR puts it, built with `cargo build --release -p game-engine`).
+    #[arg(long)]
+    pub engine: Option<PathBuf>,
+    /// The gateway binary; default: `gateway` next to this binary (built with
+    /// `cargo build --release -p gateway`).
+    #[arg(long)]
+    pub gateway: Option<PathBuf>,
+}
+
+impl GameRigArgs {
+    fn binary(given: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
+        match given {
+            Some(path) => Ok(path.clone()),
+            None => Ok(std::env::current_exe()?.with_file_name(name)),
+        }
+    }
 }
 
 /// nats-server, game-engine and gateway, running; stopped when dropped, gateway first.
@@ -286,11 +297,12 @@ impl GameRig {
         max_connections: usize,
         heartbeat: Option<&str>,
     ) -> anyhow::Result<GameRig> {
-        check_built(&args.engine, "game-engine")?;
+        let engine_binary = GameRigArgs::binary(&args.engine, "game-engine")?;
+        check_built(&engine_binary, "game-engine")?;
         let nats = NatsServer::start();
         let dir = tempfile::tempdir()?;
         let (signing, verify) = test_support::write_test_keys(dir.path());
-        let mut engine = Command::new(&args.engine);
+        let mut engine = Command::new(&engine_binary);
         engine
             .env("PHASECAST_NATS__URL", nats.url())
             .env(
@@ -315,7 +327,7 @@ impl GameRig {
         engine.wait_ready(answers).await?;
         let gateway = Gateway::start(
             "gateway",
-            &args.gateway,
+            &GameRigArgs::binary(&args.gateway, "gateway")?,
             &nats.url(),
             &verify,
             max_connections,
