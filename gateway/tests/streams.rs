@@ -416,10 +416,10 @@ async fn public_and_private_events_reach_a_player_in_publication_order() {
 /// `{"events": [...]}` and no `"ok"`, and puts the viewer it was asked for in the data.
 async fn contract_backend(s: &Setup, subject: String) -> tokio::task::JoinHandle<()> {
     use futures::StreamExt;
-    let mut requests = s.client.subscribe(subject).await.unwrap();
+    let mut requests = s.client.subscribe(subject.clone()).await.unwrap();
     s.client.flush().await.unwrap();
     let client = s.client.clone();
-    tokio::spawn(async move {
+    let backend = tokio::spawn(async move {
         while let Some(msg) = requests.next().await {
             let request: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
             let reply = serde_json::json!({"events": [{"id": 7, "event": "snapshot",
@@ -427,7 +427,11 @@ async fn contract_backend(s: &Setup, subject: String) -> tokio::task::JoinHandle
             let to = msg.reply.unwrap();
             client.publish(to, reply.to_string().into()).await.unwrap();
         }
-    })
+    });
+    // It answers before any test relies on it.
+    let probe = s.client.request(subject, "{}".into());
+    timeout(WAIT, probe).await.unwrap().unwrap();
+    backend
 }
 
 #[tokio::test]
