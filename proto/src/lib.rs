@@ -4,8 +4,9 @@
 //! header names, request and reply bodies, event payloads and the validated identifiers that
 //! appear in them. `docs/protocol.md` is the prose version of this crate; the shapes are tested
 //! against the JSON of PROTOCOL.md in `tests/shapes.rs`. It also holds what both processes
-//! do alike around that contract: loading their config ([`config`]), logging, stopping and
-//! serving metrics ([`process`]).
+//! do alike around that contract: loading their config ([`config`]), and, behind the
+//! `process` feature (so that the wire types alone bring no tokio or axum), logging, stopping
+//! and serving metrics.
 
 pub mod auth;
 pub mod command;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod lobby;
+#[cfg(feature = "process")]
 pub mod process;
 pub mod snap;
 pub mod store;
