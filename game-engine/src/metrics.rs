@@ -13,6 +13,7 @@ pub const EVENTS_PUBLISHED: &str = "phasecast_engine_events_published_total";
 pub const NATS_CONNECTED: &str = "phasecast_engine_nats_connected";
 pub const ROOMS_TAKEN_OVER: &str = "phasecast_engine_rooms_taken_over_total";
 pub const OWNERSHIP_LOST: &str = "phasecast_engine_ownership_lost_total";
+pub const STEPS_DEFERRED: &str = "phasecast_engine_steps_deferred_total";
 
 /// Latency buckets from 50 µs to 5 s: scheduler lateness lives at the low end, a command
 /// queued behind a slow NATS at the high end.
@@ -50,6 +51,10 @@ fn describe() {
         OWNERSHIP_LOST,
         "Rooms this engine found another engine owned (a commit fenced, or a lapsed lease)"
     );
+    describe_counter!(
+        STEPS_DEFERRED,
+        "Room steps undone because JetStream did not take their commit (retried later)"
+    );
     for phase in Phase::ALL {
         gauge!(ROOMS, "phase" => phase.as_str()).increment(0.0);
     }
@@ -57,6 +62,7 @@ fn describe() {
     metrics::counter!(EVENTS_PUBLISHED).absolute(0);
     metrics::counter!(ROOMS_TAKEN_OVER).absolute(0);
     metrics::counter!(OWNERSHIP_LOST).absolute(0);
+    metrics::counter!(STEPS_DEFERRED).absolute(0);
     metrics::counter!(COMMANDS, "type" => "join", "result" => "ok").absolute(0);
     // Registering the histograms makes them render (empty) before their first sample.
     let _ = histogram!(SCHEDULER_LATENESS);

@@ -285,7 +285,9 @@ async fn claim(ctx: &Arc<Context>, from: &str, code: RoomCode) {
 }
 
 /// The engine that rendezvous hashing picks for a room among `engines`: each room goes to
-/// one engine, and losing an engine moves only that engine's rooms.
+/// one engine, and losing an engine moves only that engine's rooms. (`DefaultHasher::new()`
+/// hashes alike in every process of one build; engines of different builds would only pick
+/// differently, and the record's compare-and-set still gives each room one owner.)
 fn winner<'a>(code: &RoomCode, engines: &'a [String]) -> &'a str {
     engines
         .iter()

@@ -176,6 +176,7 @@ impl Room {
                 else => Outcome::nothing(Flow::Gone),
             };
             let outcome = self.commit(outcome).await;
+            let stepped = !outcome.events.is_empty();
             if outcome.flow != Flow::Continue {
                 // Stop listening before `room_closed` goes out, so that no request reaches
                 // a room that no longer answers.
@@ -190,7 +191,9 @@ impl Room {
                 let seconds = started.elapsed().as_secs_f64();
                 histogram!(m::COMMAND_SECONDS, "type" => kind).record(seconds);
             }
-            self.sync_lobby().await;
+            if stepped || outcome.flow == Flow::Closed {
+                self.sync_lobby().await;
+            }
             if outcome.flow != Flow::Continue {
                 break outcome.flow;
             }
@@ -420,6 +423,7 @@ impl Room {
                 Flow::Gone
             }
             CommitError::Unavailable => {
+                counter!(m::STEPS_DEFERRED).increment(1);
                 if let Some(undo) = step.undo {
                     self.record = *undo;
                 }
@@ -437,7 +441,11 @@ impl Room {
                     self.history.record(event.clone());
                 }
                 self.count_players();
-                Flow::Continue
+                if self.record.closed {
+                    Flow::Closed
+                } else {
+                    Flow::Continue
+                }
             }
         };
         let retry = Reply::<()>::Err(changing_hands()).to_bytes();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{fast_room, Harness};
 use serde_json::json;
@@ -80,7 +80,14 @@ async fn a_nats_restart_keeps_rooms_and_history_and_bunches_no_phases() {
     }
     let vote = public.phase("vote").await;
     h.nats.stop();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The outage itself, not a wait for anything (nothing is observable while NATS is
+    // down): until 1 s after the vote's deadline, more than the 500 ms after which a late
+    // deadline restarts the clock.
+    let ends_at = UNIX_EPOCH + Duration::from_millis(vote.data["ends_at"].as_u64().unwrap());
+    let outage = ends_at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(outage + Duration::from_secs(1)).await;
     h.nats.restart();
 
     // The game goes on from its store, and each phase after the outage gets its length from
@@ -89,8 +96,8 @@ async fn a_nats_restart_keeps_rooms_and_history_and_bunches_no_phases() {
     let mut public = h.watch(&code, None).await;
     loop {
         let phase = public.until("phase", |_| true).await.data;
-        let received = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
+        let received = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
         let left = phase["ends_at"].as_u64().unwrap() as i64 - received as i64;
@@ -103,6 +110,15 @@ async fn a_nats_restart_keeps_rooms_and_history_and_bunches_no_phases() {
             break;
         }
     }
+    // The vote's deadline did fire while NATS was down (else this test proves nothing),
+    // and its step waited for the store rather than committing late.
+    let metrics = h.admin_get("/metrics").await;
+    let deferred = metrics.lines().find_map(|l| {
+        l.strip_prefix("phasecast_engine_steps_deferred_total ")?
+            .parse::<f64>()
+            .ok()
+    });
+    assert!(deferred >= Some(1.0), "no step was deferred: {deferred:?}");
     // History from before the outage still answers `since`.
     let replay = h.snap(&code, None, Some(vote.id - 1)).await;
     let first = &replay["events"][0];

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Stdio;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -21,9 +21,9 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The lease the engines run with here: short, so a takeover test takes seconds.
 const LEASE: &str = "1s";
 
-/// A `game-engine` process.
+/// A `game-engine` process, killed when dropped.
 struct Engine {
-    child: Child,
+    child: tokio::process::Child,
     id: String,
     admin: std::net::SocketAddr,
 }
@@ -32,7 +32,7 @@ impl Engine {
     fn start(nats: &NatsServer, dir: &Path, id: &str) -> Engine {
         let admin = free_port();
         let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_game-engine"))
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_game-engine"))
             .env("PHASECAST_NATS__URL", nats.url())
             .env("PHASECAST_ENGINE__ID", id)
             .env("PHASECAST_ENGINE__LEASE", LEASE)
@@ -40,8 +40,9 @@ impl Engine {
             .env("PHASECAST_ENGINE__ADMIN_LISTEN", admin.to_string())
             .env("PHASECAST_AUTH__SIGNING_KEY_FILE", dir.join("signing.pem"))
             .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
             .spawn()
             .unwrap();
         Engine {
@@ -52,8 +53,9 @@ impl Engine {
     }
 
     fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
+        let pid = self.child.id().expect("a running engine");
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
             .status()
             .unwrap();
         assert!(status.success(), "kill -{signal}");
@@ -61,14 +63,9 @@ impl Engine {
 
     /// Waits (up to [`WAIT`]) for the process to exit; its exit status.
     async fn exited(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{} did not exit", self.id);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let exit = timeout(WAIT, self.child.wait()).await;
+        exit.unwrap_or_else(|_| panic!("{} did not exit", self.id))
+            .unwrap()
     }
 
     async fn metric(&self, name: &str) -> f64 {
@@ -87,13 +84,6 @@ impl Engine {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("{name} not in /metrics"))
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -127,35 +117,53 @@ impl World {
         }
     }
 
-    /// Starts an engine and waits until its heartbeat is in the bucket.
+    /// Starts an engine and waits for its first heartbeat (watched as the KV put's own
+    /// message, so that it works before the first engine has made the bucket).
     async fn engine(&self, id: &str) -> Engine {
+        let mut beats = self
+            .client
+            .subscribe(format!("$KV.game_engines.{id}"))
+            .await
+            .unwrap();
+        self.client.flush().await.unwrap();
         let engine = Engine::start(&self.nats, self.dir.path(), id);
-        self.until(&format!("{id}'s heartbeat"), || async {
-            let kv = self.js.get_key_value("game_engines").await.ok()?;
-            let beat = kv.get(id).await.ok()??;
-            (beat.as_ref() == b"alive").then_some(())
-        })
-        .await;
-        engine
+        loop {
+            let beat = timeout(WAIT, beats.next())
+                .await
+                .unwrap_or_else(|_| panic!("no heartbeat from {id}"))
+                .unwrap();
+            if beat.payload.as_ref() == b"alive" {
+                return engine;
+            }
+        }
     }
 
     fn log(&self, id: &str) -> PathBuf {
         self.dir.path().join(format!("{id}.log"))
     }
 
-    /// Polls `probe` every 20 ms until it gives a value; fails after [`WAIT`].
+    /// Tries `probe` until it gives a value, again after each change of the engines' shared
+    /// state (a heartbeat, every quarter lease; a room's record written or claimed); fails
+    /// after [`WAIT`].
     async fn until<T, F: std::future::Future<Output = Option<T>>>(
         &self,
         what: &str,
         mut probe: impl FnMut() -> F,
     ) -> T {
         let deadline = Instant::now() + WAIT;
+        if let Some(v) = probe().await {
+            return v;
+        }
+        // A change missed between the probe and this subscription is no loss: heartbeats
+        // keep coming.
+        let mut changes = self.client.subscribe("$KV.>").await.unwrap();
+        self.client.flush().await.unwrap();
         loop {
             if let Some(v) = probe().await {
                 return v;
             }
-            assert!(Instant::now() < deadline, "gave up waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let changed = tokio::time::timeout_at(deadline, changes.next()).await;
+            assert!(changed.is_ok(), "gave up waiting for {what}");
         }
     }
 
