@@ -46,8 +46,11 @@ pub struct EngineConfig {
 pub struct StoreConfig {
     /// Copies of each bucket and stream: 1 on a single nats-server, 3 on a cluster.
     pub replicas: usize,
-    /// Upper bound, in bytes, of the rooms bucket and of the log stream (each).
-    pub max_bytes: u64,
+    /// Upper bound, in bytes, of the rooms bucket and of the log stream (each). Unset, they
+    /// have none of their own and share the server's `max_file_store`: JetStream reserves a
+    /// stream's `max_bytes` on disk when it is created, so a bound larger than the server can
+    /// reserve stops the engine from starting.
+    pub max_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -79,7 +82,7 @@ impl Default for Config {
             },
             store: StoreConfig {
                 replicas: 1,
-                max_bytes: 4 << 30,
+                max_bytes: None,
             },
             log: LogConfig::default(),
         }

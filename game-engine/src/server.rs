@@ -71,7 +71,7 @@ impl Engine {
             replicas: config.store.replicas,
             retention: config.store_retention(),
             history: config.engine.history,
-            max_bytes: config.store.max_bytes as i64,
+            max_bytes: config.store.max_bytes,
         };
         let store = Store::open(
             client.clone(),
@@ -79,7 +79,7 @@ impl Engine {
             &limits,
         )
         .await
-        .context("store: is JetStream enabled on the NATS server (nats-server -js)?")?;
+        .context("store: JetStream must be enabled (nats-server -js) with room for the buckets and the log")?;
         let admin = TcpListener::bind(config.engine.admin_listen)
             .await
             .with_context(|| {

@@ -36,8 +36,17 @@ pub struct StoreLimits {
     pub retention: Duration,
     /// Steps kept per room in the log (each step holds one or more events).
     pub history: usize,
-    /// Upper bound of the rooms bucket and of the log stream, in bytes.
-    pub max_bytes: i64,
+    /// Upper bound of the rooms bucket and of the log stream, in bytes; `None` leaves them
+    /// bounded by the server's `max_file_store` alone.
+    pub max_bytes: Option<u64>,
+}
+
+impl StoreLimits {
+    /// `max_bytes` as JetStream writes it (-1: no bound of the stream's own).
+    fn stream_max_bytes(&self) -> i64 {
+        self.max_bytes
+            .map_or(-1, |bytes| i64::try_from(bytes).unwrap_or(i64::MAX))
+    }
 }
 
 /// One committed event: its id, SSE name, audience and JSON data.
@@ -157,19 +166,31 @@ impl Store {
         limits: &StoreLimits,
     ) -> anyhow::Result<Store> {
         let js = jetstream::new(client);
-        let rooms = open_bucket(&js, names.rooms_bucket(), limits, limits.retention).await?;
-        let owners = open_bucket(&js, names.owners_bucket(), limits, Duration::ZERO).await?;
+        let replicas = limits.replicas;
+        let max_bytes = limits.stream_max_bytes();
+        // Only the rooms bucket and the log grow with the number of rooms; the other buckets
+        // hold a key per engine or per listed room and need no bound of their own.
+        let rooms = open_bucket(
+            &js,
+            names.rooms_bucket(),
+            replicas,
+            limits.retention,
+            max_bytes,
+        )
+        .await?;
+        let owners = open_bucket(&js, names.owners_bucket(), replicas, Duration::ZERO, -1).await?;
         // Heartbeats never expire on their own: a dead engine's key is how the others find
         // its rooms, even after a full restart; whoever takes its rooms deletes it.
-        let engines = open_bucket(&js, names.engines_bucket(), limits, Duration::ZERO).await?;
-        let lobby = open_bucket(&js, names.lobby_bucket(), limits, limits.retention).await?;
+        let engines =
+            open_bucket(&js, names.engines_bucket(), replicas, Duration::ZERO, -1).await?;
+        let lobby = open_bucket(&js, names.lobby_bucket(), replicas, limits.retention, -1).await?;
         let log = js
             .get_or_create_stream(stream::Config {
                 name: names.log_stream(),
                 subjects: vec![names.log_subjects()],
                 max_messages_per_subject: limits.history as i64,
                 max_age: limits.retention,
-                max_bytes: limits.max_bytes,
+                max_bytes,
                 max_message_size: 1024 * 1024,
                 discard: stream::DiscardPolicy::Old,
                 duplicate_window: Duration::from_secs(120),
@@ -345,21 +366,22 @@ impl Store {
 async fn open_bucket(
     js: &jetstream::Context,
     bucket: String,
-    limits: &StoreLimits,
+    replicas: usize,
     max_age: Duration,
+    max_bytes: i64,
 ) -> anyhow::Result<kv::Store> {
     js.get_or_create_stream(stream::Config {
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
-        max_bytes: limits.max_bytes,
+        max_bytes,
         max_age,
         max_message_size: 1024 * 1024,
         storage: stream::StorageType::File,
         allow_rollup: true,
         deny_delete: true,
         allow_direct: true,
-        num_replicas: limits.replicas,
+        num_replicas: replicas,
         discard: stream::DiscardPolicy::New,
         ..Default::default()
     })

@@ -10,6 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// Disk a test's JetStream may use: far more than any test writes, far less than a machine has.
+const JETSTREAM_FILE_BUDGET: u64 = 256 << 20;
+/// Memory a test's JetStream may use.
+const JETSTREAM_MEMORY_BUDGET: u64 = 64 << 20;
+
 /// A running `nats-server`, stopped when dropped.
 pub struct NatsServer {
     child: Option<Child>,
@@ -22,6 +27,21 @@ impl NatsServer {
     /// Starts `nats-server` on a random port and waits until it accepts clients.
     pub fn start() -> Self {
         let store = tempfile::tempdir().expect("temp dir for nats-server");
+        // JetStream on, in the server's own store: the engine keeps rooms there, and a restart
+        // on the same store is how tests prove they survive one. Its disk budget is small on
+        // purpose, as on a CI machine with little free disk (by default nats-server takes 75%
+        // of what is free): what the engine creates must fit, whatever the machine.
+        let config = store.path().join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "jetstream {{\n  store_dir: {:?}\n  max_file_store: {}\n  max_memory_store: {}\n}}\n",
+                store.path().join("js"),
+                JETSTREAM_FILE_BUDGET,
+                JETSTREAM_MEMORY_BUDGET,
+            ),
+        )
+        .expect("write nats.conf");
         let mut server = NatsServer {
             child: None,
             port: 0,
@@ -30,11 +50,8 @@ impl NatsServer {
                 "127.0.0.1".into(),
                 "-p".into(),
                 "-1".into(),
-                // JetStream on, in the server's own store: the engine keeps rooms there, and
-                // a restart on the same store is how tests prove they survive one.
-                "-js".into(),
-                "-sd".into(),
-                store.path().display().to_string(),
+                "-c".into(),
+                config.display().to_string(),
             ],
             _store: store,
         };
