@@ -97,8 +97,35 @@ nginx_test() {
     fi
     nginx -t -p "$tmp/nginx" -c "$tmp/nginx.conf" -e "$tmp/nginx/error.log"
 }
+# The same with HTTPS and HTTP/2 (render's TLS_LISTEN), on a throwaway self-signed certificate,
+# as deploy/up --https serves it (HTTPS only: LISTEN is -).
+nginx_tls_test() {
+    local web_root=web/public
+    [ -d "$web_root" ] || { web_root=$tmp/www; mkdir -p "$web_root"; }
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -subj /CN=localhost -keyout "$tmp/tls.key" -out "$tmp/tls.crt" 2>&1 || return 1
+    TLS_LISTEN=127.0.0.1:8443 TLS_CERT=$tmp/tls.crt TLS_KEY=$tmp/tls.key \
+        deploy/nginx/render "$tmp/nginx-tls" - "$PWD/$web_root" 60s 127.0.0.1:8080 >"$tmp/nginx-tls.conf" || return 1
+    grep -Eq 'listen 127\.0\.0\.1:8443 ssl( http2)?;' "$tmp/nginx-tls.conf" || { echo "no TLS listener rendered"; return 1; }
+    grep -Eq 'listen 127\.0\.0\.1:8443 ssl http2;|http2 on;' "$tmp/nginx-tls.conf" || { echo "HTTP/2 is not on"; return 1; }
+    nginx -t -p "$tmp/nginx-tls" -c "$tmp/nginx-tls.conf" -e "$tmp/nginx-tls/error.log"
+}
+# Tokens travel in room streams' query strings: the access log format must not log the query
+# ($request, $request_uri, $args, $query_string) or credentials (Authorization, Cookie).
+nginx_log_format() {
+    local fmt
+    fmt=$(deploy/nginx/render "$tmp/nginx-log" 127.0.0.1:8000 "$tmp" 60s 127.0.0.1:8080 |
+        awk '/log_format/,/;/') || return 1
+    [ -n "$fmt" ] || { echo "no log_format"; return 1; }
+    if grep -Eo '\$(request|request_uri|args|arg_[a-z_]+|query_string|http_authorization|http_cookie|cookie_[a-z_]+|http_referer)\b' <<<"$fmt"; then
+        echo "the access log format above logs a query string or a credential"
+        return 1
+    fi
+}
 if need nginx "apt-get install nginx"; then
     check "deploy/nginx renders (2 gateways) and passes nginx -t" nginx_test
+    check "deploy/nginx renders with HTTPS + HTTP/2 (TLS_LISTEN) and passes nginx -t" nginx_tls_test
+    check "nginx's access log format names no query string and no credential" nginx_log_format
 fi
 
 # --- systemd --------------------------------------------------------------------------------
