@@ -18,7 +18,9 @@ use metrics::{counter, gauge, histogram};
 use proto::command::decode_command;
 use proto::event::Phase;
 use proto::subject::OWNER_QUEUE_GROUP;
-use proto::{Command, CommandOk, ErrorCode, Rejection, Reply, RoomCode, SnapReply, SnapRequest};
+use proto::{
+    Command, CommandOk, ErrorCode, PlayerId, Rejection, Reply, RoomCode, SnapReply, SnapRequest,
+};
 use serde_json::value::RawValue;
 use std::time::Duration;
 
@@ -30,6 +32,7 @@ use crate::lobby::Listing;
 use crate::metrics as m;
 use crate::outgoing::{unix_ms_now, Ack, Effects, Now};
 use crate::publish;
+use crate::rules::Game;
 use crate::scheduler::Alarm;
 use crate::store::{CommitError, Logged, RoomRecord};
 
@@ -133,15 +136,13 @@ impl Room {
             pause: None,
             record,
         };
-        ctx.tasks.spawn(room.run(commands, snaps, resumed));
+        ctx.tasks.spawn(room.run(commands, snaps));
         Ok(())
     }
 
     /// Serves the room until it closes, another engine takes it, or this engine stops.
-    async fn run(mut self, mut commands: Subscriber, mut snaps: Subscriber, resumed: bool) {
-        if resumed {
-            self.resume().await;
-        }
+    async fn run(mut self, mut commands: Subscriber, mut snaps: Subscriber) {
+        self.resume().await;
         self.count_players();
         self.listing = Listing::read(&self.ctx, &self.code).await;
         self.sync_lobby().await;
@@ -214,10 +215,15 @@ impl Room {
         gauge!(m::PLAYERS).decrement(self.players as f64);
     }
 
-    /// After a takeover: if the log lacks the last step, its owner may have died before
-    /// publishing it, so it is published (again: gateways deliver an id once) and logged.
-    /// If the log has it, NATS had its events before the log did (one connection, in order).
+    /// At the start of a room's tenure: if the log lacks the last step, its owner may have
+    /// died before publishing it, so it is published (again: gateways deliver an id once)
+    /// and logged. If the log has it, NATS had its events before the log did (one
+    /// connection, in order). A room created with its creator seated starts this way too:
+    /// its first step is committed with the room, and goes out here.
     async fn resume(&mut self) {
+        if self.record.outbox.is_empty() {
+            return;
+        }
         let logged = match self.ctx.store.last_logged_id(&self.code).await {
             Ok(id) => id,
             Err(e) => {
@@ -296,12 +302,7 @@ impl Room {
     fn ack(&self, ack: Ack) -> Result<CommandOk, Rejection> {
         Ok(match ack {
             Ack::Joined(player_id) => {
-                let game = &self.record.game;
-                let name = game.name_of(&player_id).expect("just joined");
-                let token = self
-                    .ctx
-                    .signer
-                    .sign(game.code(), &player_id, name.as_str())?;
+                let token = join_token(&self.ctx, &self.record.game, &player_id)?;
                 CommandOk::Joined { player_id, token }
             }
             Ack::Investigated { mafia } => CommandOk::Investigated { mafia },
@@ -362,27 +363,10 @@ impl Room {
 
     /// Numbers a step's events from the room's counter.
     fn events_of(&mut self, fx: Effects) -> Outcome {
-        let events = fx
-            .events
-            .into_iter()
-            .map(|out| {
-                self.record.last_id += 1;
-                Logged {
-                    id: self.record.last_id,
-                    event: out.name.to_owned(),
-                    audience: out.audience,
-                    data: RawValue::from_string(out.data).expect("events are JSON"),
-                }
-            })
-            .collect();
-        self.record.closed |= fx.closed;
+        let closed = fx.closed;
         Outcome {
-            flow: if fx.closed {
-                Flow::Closed
-            } else {
-                Flow::Continue
-            },
-            events,
+            flow: if closed { Flow::Closed } else { Flow::Continue },
+            events: self.record.step(fx),
             reply: None,
             command: None,
             undo: None,
@@ -397,7 +381,6 @@ impl Room {
         if step.events.is_empty() {
             return step;
         }
-        self.record.outbox = step.events.clone();
         let store = &self.ctx.store;
         // Not even tried while NATS is down: the client would hold the write and send it on
         // reconnecting, committing a step timed for a moment long gone.
@@ -539,6 +522,12 @@ fn next_phase_from(deadline: u64, now: u64) -> Now {
 fn instant_of(deadline_ms: u64) -> Instant {
     let now = unix_ms_now();
     Instant::now() + std::time::Duration::from_millis(deadline_ms.saturating_sub(now))
+}
+
+/// The token of a player who just took a seat in `game`.
+pub fn join_token(ctx: &Context, game: &Game, player_id: &PlayerId) -> Result<String, Rejection> {
+    let name = game.name_of(player_id).expect("just joined");
+    ctx.signer.sign(game.code(), player_id, name.as_str())
 }
 
 fn no_such_room() -> Rejection {

@@ -842,7 +842,15 @@ fn reject(code: ErrorCode, message: impl Into<String>) -> Rejection {
     Rejection::new(code, message)
 }
 
-/// A random `[A-Za-z0-9]` token of `len` characters (room codes and player ids).
+/// A fresh room code: [`RoomCode::DRAWN_LEN`] characters of [`RoomCode::ALPHABET`].
+pub fn draw_room_code(rng: &mut impl Rng) -> RoomCode {
+    let code: String = (0..RoomCode::DRAWN_LEN)
+        .map(|_| char::from(RoomCode::ALPHABET[rng.random_range(0..RoomCode::ALPHABET.len())]))
+        .collect();
+    RoomCode::parse(&code).expect("drawn codes are valid codes")
+}
+
+/// A random `[A-Za-z0-9]` token of `len` characters (player ids, engine ids).
 pub fn random_token<T: TryFrom<String, Error = Rejection>>(rng: &mut impl Rng, len: usize) -> T {
     let s: String = (0..len)
         .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))

@@ -17,7 +17,7 @@ use metrics::gauge;
 use proto::command::decode_request;
 use proto::lobby::{CreateRoom, Created};
 use proto::subject::ENGINE_QUEUE_GROUP;
-use proto::{ErrorCode, Rejection, Reply, RoomCode, StoreNames, Subjects};
+use proto::{Command, ErrorCode, Rejection, Reply, StoreNames, Subjects};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,9 +28,10 @@ use crate::context::Context;
 use crate::lobby::Lobby;
 use crate::metrics as m;
 use crate::outgoing::Now;
+use crate::outgoing::{Ack, Effects};
 use crate::ownership;
-use crate::room::Room;
-use crate::rules::{random_token, Game};
+use crate::room::{join_token, Room};
+use crate::rules::{draw_room_code, Game};
 use crate::scheduler::{Scheduler, SchedulerThread};
 use crate::store::{RoomRecord, Store, StoreLimits};
 
@@ -184,25 +185,46 @@ impl Engine {
 }
 
 /// Attempts at drawing a free room code before giving up (a collision is already one in
-/// 10^17; this bounds the loop, not the odds).
+/// 10^18; this bounds the loop, not the odds).
 const CODE_ATTEMPTS: usize = 8;
 
 /// `game.lobby.create`: validate, store the room under a code no room has (create-if-absent
-/// in the rooms bucket, so two engines can never hand out one code), start it, reply.
+/// in the rooms bucket, so two engines can never hand out one code), start it, reply. With a
+/// `name`, the creator is seated in the room's first step, committed with the room itself:
+/// a public room is never listed, nor joinable by someone quicker, before its host is in.
 async fn create_room(ctx: &Arc<Context>, msg: Message) {
     let Some(reply_to) = msg.reply.clone() else {
         return;
     };
     let result = async {
-        let settings: CreateRoom = decode_request(&msg.payload)?;
+        let mut settings: CreateRoom = decode_request(&msg.payload)?;
+        let creator = settings.name.take();
         let cannot = |e: &dyn std::fmt::Display| {
             tracing::error!(error = %e, "cannot store a new room");
             Rejection::new(ErrorCode::Unavailable, "the engine cannot open rooms now")
         };
         for _ in 0..CODE_ATTEMPTS {
-            let code: RoomCode = random_token(&mut rand::rng(), 10);
-            let game = Game::new(code.clone(), settings.clone(), ctx.min_phase, Now::system())?;
-            let record = RoomRecord::new(ctx.engine_id.clone(), game);
+            let code = draw_room_code(&mut rand::rng());
+            let now = Now::system();
+            let game = Game::new(code.clone(), settings.clone(), ctx.min_phase, now)?;
+            let mut record = RoomRecord::new(ctx.engine_id.clone(), game);
+            let mut created = Created {
+                code: code.clone(),
+                player_id: None,
+                token: None,
+            };
+            if let Some(name) = &creator {
+                let mut fx = Effects::default();
+                let join = Command::Join { name: name.clone() };
+                let Ack::Joined(player_id) =
+                    record.game.handle(join, now, &mut rand::rng(), &mut fx)?
+                else {
+                    unreachable!("a join acknowledges a seat");
+                };
+                created.token = Some(join_token(ctx, &record.game, &player_id)?);
+                created.player_id = Some(player_id);
+                record.step(fx);
+            }
             // The index first: a room is never stored without a way for others to find it.
             let index = format!("{}.{code}", ctx.engine_id);
             (ctx.store.owners.put(&index, bytes::Bytes::new()).await).map_err(|e| cannot(&e))?;
@@ -211,7 +233,7 @@ async fn create_room(ctx: &Arc<Context>, msg: Message) {
                     Room::start(ctx, record, revision, false)
                         .await
                         .map_err(|e| cannot(&e))?;
-                    return Ok(Created { code });
+                    return Ok(created);
                 }
                 Ok(None) => {
                     let _ = ctx.store.owners.delete(&index).await;

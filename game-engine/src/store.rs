@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
-use crate::outgoing::Audience;
+use crate::outgoing::{Audience, Effects};
 use crate::rules::Game;
 
 /// How JetStream keeps what the engine stores.
@@ -107,6 +107,27 @@ impl RoomRecord {
             replies: VecDeque::new(),
             game,
         }
+    }
+
+    /// Numbers a step's events from the room's counter, marks the room closed if the step
+    /// closed it, and makes the events the outbox the next commit carries.
+    pub fn step(&mut self, fx: Effects) -> Vec<Logged> {
+        let events: Vec<Logged> = (fx.events.into_iter())
+            .map(|out| {
+                self.last_id += 1;
+                Logged {
+                    id: self.last_id,
+                    event: out.name.to_owned(),
+                    audience: out.audience,
+                    data: RawValue::from_string(out.data).expect("events are JSON"),
+                }
+            })
+            .collect();
+        self.closed |= fx.closed;
+        if !events.is_empty() {
+            self.outbox = events.clone();
+        }
+        events
     }
 
     pub fn remembered(&self, key: &str) -> Option<&RawValue> {

@@ -64,7 +64,7 @@ impl Verifier {
                 _ => fail("invalid", ErrorCode::Unauthorized, "the token is not valid"),
             })?
             .claims;
-        if &claims.room != room {
+        if !claims.room.names(room) {
             return Err(fail(
                 "wrong_room",
                 ErrorCode::Forbidden,

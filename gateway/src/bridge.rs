@@ -11,6 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use metrics::histogram;
+use proto::lobby::Created;
 use proto::{CommandOk, ErrorCode, Rejection, Reply, RoomCode};
 use serde_json::{Map, Value};
 
@@ -22,23 +23,51 @@ use crate::server::{nats_request, room_code, AppState};
 /// `POST /v1/rooms`: forwards a `CreateRoom` to `game.lobby.create`.
 pub async fn create(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    from_this_site(&state, &headers)?;
     let body = json_object(body)?;
     let subject = state.subjects.lobby_create();
-    relay(ask(&state, subject, body, None).await?)
+    let reply = ask(&state, subject, body, None).await?;
+    // A create that seated its creator (`name`) answers as a join does, cookie included.
+    let seated = serde_json::from_slice::<Reply<Created>>(&reply)
+        .ok()
+        .and_then(|reply| Result::<Created, Rejection>::from(reply).ok())
+        .and_then(|created| Some((created.code, created.token?)));
+    let mut response = relay(reply)?;
+    if let Some((code, token)) = seated {
+        set_token_cookie(&state, &mut response, &code, &token);
+    }
+    Ok(response)
 }
 
 /// `POST /v1/rooms/<code>/join`: `{"name"}` → `{"player_id", "token"}`, and the token cookie.
 pub async fn join(
     State(state): State<AppState>,
     Path(code): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let code = room_code(&code)?;
+    from_this_site(&state, &headers)?;
+    let mut code = room_code(&code)?;
     let mut body = json_object(body)?;
     body.insert("type".into(), "join".into());
-    let reply = ask(&state, state.subjects.room_cmd(&code), body, Some(&code)).await?;
+    let reply = match ask(
+        &state,
+        state.subjects.room_cmd(&code),
+        body.clone(),
+        Some(&code),
+    )
+    .await
+    {
+        // No room by the code as typed: perhaps by the code that was meant.
+        Err(e) if e.code == ErrorCode::NoSuchRoom && code.canonical().is_some() => {
+            code = code.canonical().expect("checked");
+            ask(&state, state.subjects.room_cmd(&code), body, Some(&code)).await?
+        }
+        reply => reply?,
+    };
     let parsed: Result<CommandOk, Rejection> = serde_json::from_slice::<Reply<CommandOk>>(&reply)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("bad join reply: {e}")))?
         .into();
@@ -49,11 +78,15 @@ pub async fn join(
         ));
     };
     let mut response = json_response(reply);
-    let cookie = cookie_for(&code, &token, state.config.cookie_secure);
+    set_token_cookie(&state, &mut response, &code, &token);
+    Ok(response)
+}
+
+fn set_token_cookie(state: &AppState, response: &mut Response, code: &RoomCode, token: &str) {
+    let cookie = cookie_for(code, token, state.config.cookie_secure);
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
-    Ok(response)
 }
 
 /// `POST /v1/rooms/<code>/commands`: any command but `join`, as the token's player.
@@ -64,6 +97,7 @@ pub async fn command(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    from_this_site(&state, &headers)?;
     let code = room_code(&code)?;
     let claims = state
         .verifier
@@ -76,7 +110,64 @@ pub async fn command(
         ));
     }
     body.insert("player".into(), claims.sub.as_str().into());
-    relay(ask(&state, state.subjects.room_cmd(&code), body, Some(&code)).await?)
+    // The token's room: the path may name it as a person typed it.
+    let room = claims.room;
+    relay(ask(&state, state.subjects.room_cmd(&room), body, Some(&room)).await?)
+}
+
+/// Refuses (403) a request another site's page could have made with the player's cookie: a
+/// body that is not declared `application/json` (an HTML form cannot declare it, and a
+/// script on another site cannot without a CORS preflight this gateway refuses), or an
+/// `Origin` that is neither this host nor one of `gateway.cors_origins`. No `Origin` at all
+/// is a client that is not a browser page, which holds its own token anyway.
+fn from_this_site(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "commands are JSON: send Content-Type: application/json",
+        ));
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let allowed = same_host(origin, host) || state.config.cors_origins.iter().any(|o| o == origin);
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "a command from another site's page is refused",
+        ))
+    }
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names the host of the `Host` header. Ports are
+/// not compared: a proxy may pass the host without the port the browser used (nginx's
+/// `$host`), and another port of the same host is the same site to a browser anyway.
+fn same_host(origin: &str, host: &str) -> bool {
+    let Some((_, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let name = |authority: &str| -> String {
+        let authority = authority.trim_end_matches('/');
+        let name = if authority.starts_with('[') {
+            authority.split_inclusive(']').next().unwrap_or(authority)
+        } else {
+            authority.split(':').next().unwrap_or(authority)
+        };
+        name.to_ascii_lowercase()
+    };
+    !host.is_empty() && name(authority) == name(host)
 }
 
 /// Sends a request to the engine, timing it for the command latency histogram.
@@ -135,5 +226,25 @@ fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>
             ErrorCode::Malformed,
             format!("not JSON: {e}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_host;
+
+    #[test]
+    fn an_origin_is_this_site_when_its_host_is_the_host_header_s() {
+        assert!(same_host("http://127.0.0.1:8000", "127.0.0.1:8000"));
+        assert!(same_host("https://Game.example", "game.example"));
+        assert!(same_host("https://game.example:8443", "game.example"));
+        assert!(same_host("http://[::1]:8000", "[::1]"));
+        assert!(!same_host("https://evil.example", "game.example"));
+        assert!(!same_host(
+            "https://game.example.evil.example",
+            "game.example"
+        ));
+        assert!(!same_host("null", "game.example"));
+        assert!(!same_host("https://game.example", ""));
     }
 }

@@ -120,8 +120,10 @@ async fn room_is_stored(state: &AppState, code: &RoomCode) -> bool {
 }
 
 /// A room code from the path; a malformed one names no room.
+/// A room code from a path, as a person may have typed it (`7qk3-m9xr-t2va`): see
+/// [`RoomCode::parse_typed`] and, for what finds the room, [`RoomCode::canonical`].
 pub fn room_code(raw: &str) -> Result<RoomCode, ApiError> {
-    RoomCode::parse(raw).map_err(|_| ApiError::new(ErrorCode::NoSuchRoom, "no such room"))
+    RoomCode::parse_typed(raw).map_err(|_| ApiError::new(ErrorCode::NoSuchRoom, "no such room"))
 }
 
 /// The public HTTP surface.

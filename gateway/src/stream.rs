@@ -81,7 +81,8 @@ pub async fn open_request(
             let code = room_code(code)?;
             let token = token_of(headers, query);
             let claims = state.verifier.authorize(token.as_deref(), &code)?;
-            open(state, StreamKey::Room(code), Some(claims.sub), since).await
+            // The token's room: the path may name it as a person typed it.
+            open(state, StreamKey::Room(claims.room), Some(claims.sub), since).await
         }
     }
 }

@@ -7,7 +7,18 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::time::timeout;
 
+/// A JSON POST, as the page makes it.
 async fn post(
+    url: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let json = [("Content-Type", "application/json")];
+    post_raw(url, body, &[&json, headers].concat()).await
+}
+
+/// A POST with exactly these headers.
+async fn post_raw(
     url: &str,
     body: &str,
     headers: &[(&str, &str)],
@@ -191,6 +202,197 @@ async fn a_browser_creates_joins_starts_and_votes_through_the_bridge() {
         (got.as_u16(), reply["error"].as_str()),
         (404, Some("not_found"))
     );
+    drop(engine);
+}
+
+#[tokio::test]
+async fn a_creator_is_seated_with_the_room_and_codes_work_as_typed() {
+    let s = Setup::new(|_| {}).await;
+    let engine = EngineProcess::start(&s.nats.url(), &s.keys, &[]);
+    engine.ready(&s.client).await;
+    let gw = &s.gateway;
+    let mut lobby = Sse::connect(&gw.url("/v1/lobby/events"), &[]).await;
+    assert_eq!(lobby.next().await.unwrap().event, "snapshot");
+
+    let settings = json!({"title": "hosted", "total": 3, "mafia": 1, "name": "Ann"});
+    let (status, headers, created) = post(&gw.url("/v1/rooms"), &settings.to_string(), &[]).await;
+    assert_eq!(status, 200, "{created}");
+    let code = created["code"].as_str().unwrap().to_owned();
+    assert_eq!(code.len(), 12, "{code}");
+    assert!(
+        code.bytes()
+            .all(|b| b"0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(&b)),
+        "no look-alikes: {code}"
+    );
+    let token = created["token"].as_str().expect("the creator's token");
+    let ann = created["player_id"].as_str().expect("the creator's id");
+    let cookie = headers["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.starts_with(&format!("phasecast_token={token};")),
+        "{cookie}"
+    );
+
+    // The lobby first hears of the room with its host already in it.
+    let opened = lobby.until("room_opened").await.json();
+    assert_eq!(
+        (opened["code"].as_str(), opened["players"].as_u64()),
+        (Some(code.as_str()), Some(1))
+    );
+
+    // The code as a person types it: lower case, dashes, spaces, O for 0, l for 1.
+    let typed: String = code
+        .to_lowercase()
+        .chars()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            let c = match c {
+                '0' => 'O',
+                '1' => 'l',
+                c => c,
+            };
+            if i == 4 || i == 8 {
+                vec!['-', c]
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    let (status, _, bob) = post(
+        &gw.url(&format!("/v1/rooms/{}/join", typed.replace('-', "%20"))),
+        r#"{"name": "Bob"}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{typed}: {bob}");
+    let bearer = format!("Bearer {token}");
+    let mut stream = Sse::connect(
+        &gw.url(&format!("/v1/rooms/{typed}/events")),
+        &[("Authorization", &bearer)],
+    )
+    .await;
+    let snapshot = stream.next().await.unwrap().json();
+    assert_eq!(snapshot["code"], code.as_str());
+    let names: Vec<_> = (snapshot["players"].as_array().unwrap().iter())
+        .map(|p| {
+            (
+                p["player_id"].as_str().unwrap(),
+                p["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(names[0], (ann, "Ann"), "the creator holds the first seat");
+    assert_eq!(names.len(), 2);
+
+    // An invalid name creates no room at all.
+    let (status, _, refused) = post(
+        &gw.url("/v1/rooms"),
+        &json!({"title": "t", "total": 3, "mafia": 1, "name": " "}).to_string(),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), refused["error"].as_str()),
+        (400, Some("invalid_name"))
+    );
+    drop(engine);
+}
+
+#[tokio::test]
+async fn another_site_s_page_cannot_command_with_the_player_s_cookie() {
+    let s = Setup::new(|c| c.gateway.cors_origins = vec!["https://play.example".into()]).await;
+    let engine = EngineProcess::start(&s.nats.url(), &s.keys, &[]);
+    engine.ready(&s.client).await;
+    let gw = &s.gateway;
+    let host = gw
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let this_site = format!("http://{host}");
+    let (status, headers, created) = post(
+        &gw.url("/v1/rooms"),
+        r#"{"title":"t","total":3,"mafia":1,"name":"Ann"}"#,
+        &[("Origin", &this_site)],
+    )
+    .await;
+    assert_eq!(status, 200, "same origin: {created}");
+    let cookie = headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let commands = gw.url(&format!(
+        "/v1/rooms/{}/commands",
+        created["code"].as_str().unwrap()
+    ));
+    let chat = r#"{"type":"chat","text":"hi"}"#;
+
+    let refusals: [(&str, Vec<(&str, &str)>); 5] = [
+        (
+            "a form post",
+            vec![
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Cookie", &cookie),
+            ],
+        ),
+        (
+            "text/plain",
+            vec![("Content-Type", "text/plain"), ("Cookie", &cookie)],
+        ),
+        ("no content type", vec![("Cookie", &cookie)]),
+        (
+            "another site",
+            vec![
+                ("Content-Type", "application/json"),
+                ("Origin", "https://evil.example"),
+                ("Cookie", &cookie),
+            ],
+        ),
+        (
+            "an opaque origin",
+            vec![
+                ("Content-Type", "application/json"),
+                ("Origin", "null"),
+                ("Cookie", &cookie),
+            ],
+        ),
+    ];
+    for (what, headers) in refusals {
+        let (status, _, reply) = post_raw(&commands, chat, &headers).await;
+        assert_eq!(
+            (status.as_u16(), reply["error"].as_str()),
+            (403, Some("forbidden")),
+            "{what}: {reply}"
+        );
+        assert!(reply["message"].is_string());
+    }
+    let join = gw.url(&format!(
+        "/v1/rooms/{}/join",
+        created["code"].as_str().unwrap()
+    ));
+    let (status, _, _) = post(
+        &join,
+        r#"{"name":"Eve"}"#,
+        &[("Origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "nor join (which sets a cookie) from another site"
+    );
+
+    for (what, origin) in [
+        ("this site", this_site.as_str()),
+        ("a CORS origin", "https://play.example"),
+    ] {
+        let (status, _, reply) =
+            post(&commands, chat, &[("Origin", origin), ("Cookie", &cookie)]).await;
+        assert_eq!(status, 200, "{what}: {reply}");
+    }
+    let (status, _, reply) = post(&commands, chat, &[("Cookie", &cookie)]).await;
+    assert_eq!(status, 200, "no Origin (not a page): {reply}");
     drop(engine);
 }
 

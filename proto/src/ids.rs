@@ -79,6 +79,45 @@ token_newtype!(
     /// A room's code: the only way into a private room, so long enough not to be guessed.
     RoomCode, 8, 32, "room code"
 );
+impl RoomCode {
+    /// The characters of the codes our engine draws: Crockford's base 32, digits and capitals
+    /// without `I`, `L`, `O` and `U`, so that a code read aloud or copied from a phone has no
+    /// look-alikes. (Other backends may draw any `[A-Za-z0-9]`; codes stay case-sensitive.)
+    pub const ALPHABET: &'static [u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    /// Length of a drawn code: 12 × 5 = 60 bits, no fewer than the ten alphanumerics (59.5
+    /// bits) drawn before, so a private room stays as hard to guess.
+    pub const DRAWN_LEN: usize = 12;
+
+    /// A code as a person typed or pasted it: spaces and dashes (as in `7QK3-M9XR-T2VA`) are
+    /// dropped, case and letters are kept.
+    pub fn parse_typed(typed: &str) -> Result<Self, Rejection> {
+        let code: String = typed.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+        Self::try_from(code)
+    }
+
+    /// The drawn code this one was meant to be: upper case, `O` read as `0`, `I` and `L` as
+    /// `1`, if that is a code of [`RoomCode::ALPHABET`] and [`RoomCode::DRAWN_LEN`] and not
+    /// this one already. Used only when this code finds no room, so that codes of other
+    /// backends, whatever their case, are taken as they are.
+    pub fn canonical(&self) -> Option<Self> {
+        let code: String = (self.0.chars())
+            .map(|c| match c.to_ascii_uppercase() {
+                'O' => '0',
+                'I' | 'L' => '1',
+                upper => upper,
+            })
+            .collect();
+        let drawn =
+            code.len() == Self::DRAWN_LEN && code.bytes().all(|b| Self::ALPHABET.contains(&b));
+        (drawn && code != self.0).then_some(Self(code))
+    }
+
+    /// Whether `other` is this code or a way of typing it (see [`RoomCode::canonical`]).
+    pub fn names(&self, other: &RoomCode) -> bool {
+        self == other || other.canonical().as_ref() == Some(self)
+    }
+}
+
 token_newtype!(
     /// A player's id within a room; the `sub` of their token and their private subject token.
     PlayerId, 4, 32, "player id"
@@ -195,6 +234,32 @@ mod tests {
         assert!(RoomCode::parse("abcd*1234").is_err());
         assert!(RoomCode::parse("abcd 1234").is_err());
         assert!(RoomCode::parse(&"a".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn typed_codes_find_the_drawn_one_and_others_stay_as_they_are() {
+        let drawn = RoomCode::parse("7QK3M9XRT2VA").unwrap();
+        let typed = RoomCode::parse_typed(" 7qk3-m9xr-t2va ").unwrap();
+        assert_eq!(typed.as_str(), "7qk3m9xrt2va", "separators go, case stays");
+        assert_eq!(typed.canonical(), Some(drawn.clone()));
+        assert!(drawn.names(&typed));
+        assert_eq!(drawn.canonical(), None, "already canonical");
+        let look_alikes = RoomCode::parse_typed("7QK3-M9XR-T2VO").unwrap();
+        assert_eq!(look_alikes.canonical().unwrap().as_str(), "7QK3M9XRT2V0");
+        let lower_l = RoomCode::parse("abcdefghjklm").unwrap();
+        assert_eq!(lower_l.canonical().unwrap().as_str(), "ABCDEFGHJK1M");
+        assert_eq!(
+            RoomCode::parse("aDH1hcp65z").unwrap().canonical(),
+            None,
+            "another length is another backend's code, taken as it is"
+        );
+        assert_eq!(
+            RoomCode::parse("ABCDEFGHJKMU").unwrap().canonical(),
+            None,
+            "U is not drawn"
+        );
+        assert!(!drawn.names(&RoomCode::parse("7QK3M9XRT2VB").unwrap()));
+        assert!(RoomCode::parse_typed("7QK3.M9XR").is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::RoomEvent;
-use crate::ids::RoomCode;
+use crate::ids::{PlayerId, RoomCode};
 
 /// `game.lobby.create`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +20,11 @@ pub struct CreateRoom {
     pub private: bool,
     #[serde(default)]
     pub durations_ms: Durations,
+    /// The creator's name, to seat them in the same step (an extension of the contract): the
+    /// reply then carries their `player_id` and `token` as a join's would, and a public room
+    /// is never listed before its host is in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl CreateRoom {
@@ -40,10 +45,15 @@ pub struct Durations {
     pub ended: Option<u64>,
 }
 
-/// `{"ok": true, "code"}` from `game.lobby.create`.
+/// `{"ok": true, "code"}` from `game.lobby.create`; with the creator's `player_id` and
+/// `token` when the request named them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Created {
     pub code: RoomCode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub player_id: Option<PlayerId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// Where a listed room is: the lobby shows this coarse status rather than every phase change,

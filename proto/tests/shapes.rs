@@ -47,11 +47,17 @@ fn every_command_type_of_the_protocol() {
 fn replies_are_ok_true_with_fields_or_ok_false_with_error() {
     let created = Reply::Ok(Created {
         code: proto::RoomCode::parse("Ab12Cd34").unwrap(),
+        player_id: None,
+        token: None,
     });
     assert_eq!(
         serde_json::to_value(&created).unwrap(),
-        json!({"ok": true, "code": "Ab12Cd34"})
+        json!({"ok": true, "code": "Ab12Cd34"}),
+        "a create without a name answers exactly as the contract shows"
     );
+    let seated =
+        json!({"ok": true, "code": "7QK3M9XRT2VA", "player_id": "p1234", "token": "a.b.c"});
+    assert_eq!(round_trip::<Reply<Created>>(seated.clone()), seated);
     let joined = json!({"ok": true, "player_id": "p1234", "token": "a.b.c"});
     assert_eq!(round_trip::<Reply<CommandOk>>(joined.clone()), joined);
     let police = json!({"ok": true, "mafia": true});
