@@ -65,7 +65,8 @@ const ERROR_SENTENCES = {
   bad_gateway: 'The server cannot be reached right now. Try again in a moment.',
   missing_name: 'Enter your name first: 1 to 20 characters.',
   missing_title: 'Give the room a title.',
-  missing_code: 'Enter a room code: 8 to 32 letters and digits.',
+  missing_code: 'Enter a room code: 12 letters and digits, like 7QK3-M9XR-T2VA.',
+  too_many_streams: 'Too many game tabs are open from your network. Close one and try again.',
 };
 
 function codeForStatus(status) {
@@ -133,20 +134,51 @@ async function post(path, body, token) {
   }
 }
 
-// ───────────────────────────── seats (localStorage) ─────────────────────────────
+// ───────────────────────────── room codes ─────────────────────────────
 
+// Codes are 12 characters of Crockford's base32 (digits and upper-case letters without I, L,
+// O, U), shown in groups of four to be read aloud: 7QK3-M9XR-T2VA. What a person types is
+// made canonical before use: spaces and dashes dropped, upper case, and the look-alikes O → 0,
+// I and L → 1, so the page always sends the canonical form.
+function normalizeCode(text) {
+  return String(text || '').replace(/[\s\-_.]+/g, '').toUpperCase()
+    .replace(/O/g, '0').replace(/[IL]/g, '1');
+}
+const isCode = (code) => /^[0-9A-Z]{8,32}$/.test(code);
+function formatCode(code) { return code.match(/.{1,4}/g)?.join('-') ?? code; }
+
+// ───────────────────────────── seats ─────────────────────────────
+
+// A seat ({player_id, token, name}) belongs to a tab: two tabs of one browser may be two
+// players of one room. The tab's own seat is in sessionStorage (it survives a reload); the
+// last seat taken in this browser is also in localStorage, for a new tab or a reopened link.
+// The page always names its own token (the stream's ?token=, the commands' Authorization),
+// never relying on the cookie, which the browser shares between tabs.
 const seatKey = (code) => `phasecast:seat:${code}`;
-function loadSeat(code) {
+function readSeat(store, code) {
   try {
-    const s = JSON.parse(localStorage.getItem(seatKey(code)) || 'null');
+    const s = JSON.parse(store.getItem(seatKey(code)) || 'null');
     return s && typeof s.token === 'string' && typeof s.player_id === 'string' ? s : null;
   } catch { return null; }
 }
-function saveSeat(code, seat) {
-  try { localStorage.setItem(seatKey(code), JSON.stringify(seat)); } catch { /* private mode */ }
+function loadSeat(code) {
+  const own = readSeat(sessionStorage, code);
+  if (own) return own;
+  const last = readSeat(localStorage, code);
+  if (last) saveSeat(code, last, { shared: false });
+  return last;
 }
-function dropSeat(code) {
-  try { localStorage.removeItem(seatKey(code)); } catch { /* ignore */ }
+function saveSeat(code, seat, { shared = true } = {}) {
+  try { sessionStorage.setItem(seatKey(code), JSON.stringify(seat)); } catch { /* private mode */ }
+  if (shared) try { localStorage.setItem(seatKey(code), JSON.stringify(seat)); } catch { /* private mode */ }
+}
+function dropSeat(code, playerId) {
+  try { sessionStorage.removeItem(seatKey(code)); } catch { /* ignore */ }
+  // Another tab's seat in the same room stays.
+  const last = readSeat(localStorage, code);
+  if (last && (!playerId || last.player_id === playerId)) {
+    try { localStorage.removeItem(seatKey(code)); } catch { /* ignore */ }
+  }
 }
 function rememberName(name) { try { localStorage.setItem('phasecast:name', name); } catch { /* ignore */ } }
 function recallName() { try { return localStorage.getItem('phasecast:name') || ''; } catch { return ''; } }
@@ -335,11 +367,13 @@ function renderLobby() {
     const full = r.players >= r.total;
     info.append(el('span', 'room-meta',
       `${r.players}/${r.total} players · ${LOBBY_PHASE_LABEL[r.phase] || r.phase}${r.phase === 'waiting' && full ? ' · full' : ''}`));
-    const btn = el('button', 'join', r.phase === 'waiting' && !full ? 'Join' : (r.phase === 'waiting' ? 'Full' : 'Closed'));
+    const label = r.phase === 'waiting' && !full ? 'Join' : (r.phase === 'waiting' ? 'Full' : 'Closed');
+    const btn = el('button', 'join', label);
     btn.type = 'button';
     btn.setAttribute('data-testid', 'lobby-join');
     btn.dataset.focusKey = `join-${r.code}`;
-    btn.setAttribute('aria-label', `Join ${r.title}`);
+    // The accessible name starts with the visible text (speech control users say what they see).
+    btn.setAttribute('aria-label', `${label}: ${r.title}`);
     btn.disabled = !(r.phase === 'waiting' && !full);
     btn.addEventListener('click', () => joinRoom(r.code, btn));
     li.append(info, btn);
@@ -367,6 +401,8 @@ async function busy(button, fn) {
 async function joinRoom(code, button) {
   clearError();
   try {
+    code = normalizeCode(code);
+    if (!isCode(code)) { $('join-code').focus(); throw new ApiError('missing_code'); }
     const name = readName();
     await busy(button, async () => {
       const r = await post(`/v1/rooms/${encodeURIComponent(code)}/join`, { name });
@@ -412,11 +448,16 @@ async function createRoom(ev) {
       throw new ApiError('invalid_room');
     }
     await busy(btn, async () => {
-      const r = await post('/v1/rooms', body);
-      const joined = await post(`/v1/rooms/${encodeURIComponent(r.code)}/join`, { name });
+      // One call creates the room and seats its creator as the host, so the lobby never lists
+      // the room without its host and nobody else can take the host's seat.
+      let seat = await post('/v1/rooms', { ...body, name });
+      if (!seat.token) {
+        // A gateway that predates create-and-join answers with the code only: join then.
+        seat = { code: seat.code, ...(await post(`/v1/rooms/${encodeURIComponent(seat.code)}/join`, { name })) };
+      }
       rememberName(name);
-      saveSeat(r.code, { player_id: joined.player_id, token: joined.token, name });
-      goRoom(r.code);
+      saveSeat(seat.code, { player_id: seat.player_id, token: seat.token, name });
+      goRoom(seat.code);
     });
   } catch (e) { showError(e); }
 }
@@ -427,7 +468,7 @@ let room = null; // the one room this tab is in
 
 function newRoom(code, seat) {
   return {
-    code, seat, stream: null, useQueryToken: false, gotSnapshot: false,
+    code, seat, stream: null, gotSnapshot: false, chatGen: 0, chatBase: 0, announced: '',
     title: '', total: 0, mafia: 0, doctor: 0, police: 0, private: false,
     phase: null, round: 0, endsAt: null, host: null, you: seat.player_id,
     players: new Map(), votes: new Map(), tally: null, abstain: 0,
@@ -446,20 +487,15 @@ function enterRoom(code, seat) {
   const r = room;
   r.stream = new Stream({
     label: 'room',
-    url: () => `/v1/rooms/${encodeURIComponent(code)}/events${r.useQueryToken ? `?token=${encodeURIComponent(r.seat.token)}` : ''}`,
+    // This tab's own token, named explicitly: the gateway prefers it to the cookie, which
+    // holds whichever player of this browser joined last. (EventSource cannot set headers.)
+    url: () => `/v1/rooms/${encodeURIComponent(code)}/events?token=${encodeURIComponent(r.seat.token)}`,
     names: ROOM_EVENTS,
     onEvent: (name, data, id) => { if (room === r) { roomEvent(name, data, id); scheduleRender(); } },
-    // The HttpOnly cookie set at join is tried first; without it (another browser session,
-    // a cleared cookie) the token kept in localStorage goes in the query string.
-    onAuthFailure: () => {
-      if (r.useQueryToken || !r.seat.token) return false;
-      r.useQueryToken = true;
-      return true;
-    },
     onFatal: (err) => {
       if (room !== r) return;
       r.fatal = err;
-      if (['unauthorized', 'forbidden', 'no_such_room', 'not_found'].includes(err.code)) dropSeat(code);
+      if (['unauthorized', 'forbidden', 'no_such_room', 'not_found'].includes(err.code)) dropSeat(code, r.seat.player_id);
       showError(err);
       scheduleRender();
       if (err.code === 'unauthorized' || err.code === 'forbidden') {
@@ -512,6 +548,8 @@ function applySnapshot(s, id) {
   room.tally = null;
   room.deaths = [...(s.deaths || [])];
   room.chat = [...(s.chat || [])];
+  room.chatGen += 1;
+  room.chatBase = 0;
   room.mafiaPick = s.mafia_pick ? { target: s.mafia_pick } : null;
   room.protect = s.protect ?? null;
   room.investigations = [...(s.investigations || [])];
@@ -577,7 +615,7 @@ function roomEvent(eventName, d, id) {
     }
     case 'chat':
       r.chat.push(d);
-      if (r.chat.length > MAX_CHAT) r.chat.splice(0, r.chat.length - MAX_CHAT);
+      if (r.chat.length > MAX_CHAT) r.chatBase += r.chat.splice(0, r.chat.length - MAX_CHAT).length;
       break;
     case 'game_over':
       r.winner = d.winner;
@@ -588,7 +626,7 @@ function roomEvent(eventName, d, id) {
       r.closed = true;
       r.stream.close();
       conn.set('closed', 'This room has closed.');
-      dropSeat(r.code);
+      dropSeat(r.code, r.seat.player_id);
       log('closed', 'The room has closed.', { id });
       break;
     case 'role':
@@ -637,7 +675,7 @@ async function command(body, button) {
   } catch (e) {
     showError(e);
     countCommand('commandsFailed');
-    if (e.code === 'unauthorized') dropSeat(r.code);
+    if (e.code === 'unauthorized') dropSeat(r.code, r.seat.player_id);
     return null;
   } finally {
     scheduleRender();
@@ -687,7 +725,7 @@ function amAlive() { return !!me()?.alive; }
 function inGame() { return room.phase && room.phase !== 'waiting' && room.phase !== 'ended'; }
 
 function myChannel() {
-  if (!me()) return null;
+  if (!me() || me().left) return null;
   if (room.phase === 'waiting' || room.phase === 'ended') return 'public';
   if (!amAlive()) return 'dead';
   if (room.phase === 'night') return room.myRole === 'mafia' ? 'mafia' : null;
@@ -734,7 +772,7 @@ function headline() {
         police: 'Night. Choose someone to investigate.',
       }[r.myRole] || 'Night. Sleep tight while the mafia choose.';
     case 'ended':
-      return r.winner === 'mafia' ? 'The mafia wins.' : r.winner === 'citizens' ? 'The citizens win.' : 'The game is over.';
+      return 'Every role is shown above.';
     default: return '';
   }
 }
@@ -745,7 +783,8 @@ function renderRoom() {
   document.body.dataset.phase = r.phase || '';
   document.title = `${r.title || 'Room'}${r.phase ? ` · ${PHASE_LABEL[r.phase] || r.phase}` : ''} · Phasecast`;
   $('room-title').textContent = r.title || 'Loading the room…';
-  $('room-code').textContent = r.code;
+  $('room-code').textContent = formatCode(r.code);
+  $('room-code').dataset.code = r.code;
   $('room-setup').textContent = r.total
     ? `${r.total} players: ${r.mafia} mafia, ${r.doctor} doctor${r.doctor === 1 ? '' : 's'}, ${r.police} police${r.private ? ' · private' : ''}`
     : '';
@@ -755,10 +794,21 @@ function renderRoom() {
   const ph = $('phase');
   ph.dataset.phase = r.phase || '';
   ph.dataset.round = String(r.round || 0);
-  ph.textContent = r.phase ? phaseText(r.phase, r.round) : 'Connecting…';
+  // The round on a small line of its own, so the phase's name never wraps beside the clock.
+  $('phase-round').textContent = r.phase && r.phase !== 'waiting' && r.phase !== 'ended' ? `Round ${r.round}` : '';
+  $('phase-name').textContent = r.phase ? PHASE_LABEL[r.phase] || r.phase : 'Connecting…';
   $('countdown').dataset.endsAt = r.endsAt == null ? '' : String(r.endsAt);
   tick();
-  $('headline').textContent = r.phase ? headline() : '';
+  const line = r.phase ? headline() : '';
+  $('headline').textContent = line;
+  // Screen readers hear each phase change (and the result) once, from the live region.
+  const key = `${r.phase}/${r.round}/${r.winner}/${r.closed}`;
+  if (r.phase && key !== r.announced) {
+    r.announced = key;
+    const outcome = outcomeText();
+    $('announcer').textContent = r.closed ? 'The room has closed.'
+      : `${phaseText(r.phase, r.round)}. ${outcome ? `${outcome} ` : ''}${line}`;
+  }
 
   // You.
   const myRole = $('my-role');
@@ -773,9 +823,12 @@ function renderRoom() {
   const status = $('my-status');
   const mine = me();
   status.dataset.alive = String(!!mine?.alive);
+  const myDeath = mine && r.deaths.find((d) => d.player_id === mine.player_id);
   status.textContent = !mine ? (r.gotSnapshot ? 'You are watching; you are not in this room.' : '')
-    : mine.alive ? (r.phase === 'waiting' ? `You joined as ${mine.name}.` : `You are alive, ${mine.name}.`)
-      : 'You are dead. You see every role and can talk only with the dead.';
+    : mine.left ? 'You left the game.'
+      : r.phase === 'ended' ? (mine.alive ? `You survived, ${mine.name}.` : `You died${myDeath ? ` in round ${myDeath.round}` : ''}.`)
+        : mine.alive ? (r.phase === 'waiting' ? `You joined as ${mine.name}.` : `You are alive, ${mine.name}.`)
+          : 'You are dead: you see every role, and you talk only with the dead.';
 
   // Start.
   const isHost = r.host != null && r.host === r.you;
@@ -858,11 +911,12 @@ function renderRoom() {
     li.append(col);
     const btns = el('span', 'btns');
     if (canVote && p.alive && p.player_id !== r.you) {
-      const b = tid(el('button', 'vote', myVote === p.player_id ? 'Voted' : 'Vote'), 'vote-button');
+      const text = myVote === p.player_id ? 'Voted' : 'Vote';
+      const b = tid(el('button', 'vote', text), 'vote-button');
       b.type = 'button';
       b.dataset.focusKey = `vote-${p.player_id}`;
       b.setAttribute('aria-pressed', String(myVote === p.player_id));
-      b.setAttribute('aria-label', `Vote for ${p.name}`);
+      b.setAttribute('aria-label', `${text} for ${p.name}`);
       b.addEventListener('click', () => command({ type: 'vote', target: p.player_id }, b));
       btns.append(b);
     }
@@ -903,18 +957,21 @@ function renderRoom() {
     $('investigations').append(el('li', 'hint', 'Nothing yet: investigate one player each night.'));
   }
 
-  // Result.
+  // Result: first in the room view, so it shows at once at the top of the screen.
   const res = $('result');
   res.hidden = !r.winner;
   res.dataset.winner = r.winner || '';
-  $('winner').textContent = r.winner === 'mafia' ? 'The mafia wins!' : r.winner ? 'The citizens win!' : '';
+  res.dataset.outcome = outcome();
+  $('winner').textContent = outcomeText();
   $('final-roles').replaceChildren(...(r.winner ? [...r.players.values()].map((p) => {
     const role = r.roles.get(p.player_id) || p.role;
     const li = tid(el('li', `final role-${role}`), 'final-role');
     li.dataset.playerId = p.player_id;
     li.dataset.role = role || '';
-    li.append(el('span', 'pname', p.name), el('span', `tag role role-${role}`, ROLE_LABEL[role] || '?'));
-    if (!p.alive) li.append(el('span', 'tag dead', 'dead'));
+    li.append(el('span', 'pname', p.name));
+    if (p.player_id === r.you) li.append(el('span', 'tag you', 'you'));
+    li.append(el('span', `tag role role-${role}`, ROLE_LABEL[role] || '?'));
+    if (!p.alive) li.append(el('span', 'tag dead', p.left ? 'left' : 'dead'));
     return li;
   }) : []));
 
@@ -940,19 +997,32 @@ function renderRoom() {
   $('back-link').hidden = !(r.closed || r.fatal || !mine);
 }
 
+function chatLine(c) {
+  const li = tid(el('li', `line ch-${c.channel}`), 'chat-line');
+  li.dataset.channel = c.channel;
+  li.dataset.from = c.from;
+  li.append(el('span', 'who', c.name));
+  if (c.channel !== 'public') li.append(el('span', `tag ch ch-${c.channel}`, c.channel === 'mafia' ? 'mafia only' : 'the dead'));
+  li.append(tid(el('span', 'text', c.text), 'chat-text'));
+  return li;
+}
+
+// The chat is a live region (aria-live, additions): only new lines are added to it, so a screen reader
+// reads each line once. A snapshot replaces it whole.
 function renderChat() {
   const r = room;
   const ol = $('chat');
   const atBottom = ol.scrollHeight - ol.scrollTop - ol.clientHeight < 40;
-  ol.replaceChildren(...r.chat.map((c) => {
-    const li = tid(el('li', `line ch-${c.channel}`), 'chat-line');
-    li.dataset.channel = c.channel;
-    li.dataset.from = c.from;
-    li.append(el('span', 'who', c.name));
-    if (c.channel !== 'public') li.append(el('span', `tag ch ch-${c.channel}`, c.channel === 'mafia' ? 'mafia only' : 'the dead'));
-    li.append(tid(el('span', 'text', c.text), 'chat-text'));
-    return li;
-  }));
+  if (ol.dataset.gen !== `${r.code}/${r.chatGen}`) {
+    ol.replaceChildren();
+    ol.dataset.gen = `${r.code}/${r.chatGen}`;
+    ol.dataset.base = '0';
+  }
+  for (let base = Number(ol.dataset.base); base < r.chatBase && ol.firstChild; base++) {
+    ol.firstChild.remove();
+    ol.dataset.base = String(base + 1);
+  }
+  ol.append(...r.chat.slice(ol.childElementCount).map(chatLine));
   if (atBottom) ol.scrollTop = ol.scrollHeight;
   const ch = myChannel();
   const input = $('chat-input');
@@ -963,6 +1033,7 @@ function renderChat() {
   const info = $('chat-channel');
   info.dataset.channel = ch || '';
   info.textContent = !me() ? '' : r.closed ? 'The room has closed.'
+    : me().left ? 'You left the game: you can no longer chat.'
     : ch === 'dead' ? 'Only the dead read what you write.'
       : ch === 'mafia' ? 'Night: only your fellow mafia read what you write.'
         : ch === 'public' ? 'Everyone in the room reads what you write.'
@@ -984,18 +1055,37 @@ function renderLog() {
 
 function tick() {
   const cd = $('countdown');
+  const closes = $('closes');
   const endsAt = room?.endsAt;
   if (!room || endsAt == null || room.phase === 'waiting' || room.closed) {
     cd.textContent = '';
     cd.hidden = true;
+    closes.hidden = true;
     return;
   }
-  cd.hidden = false;
   const left = Math.max(0, endsAt - Date.now());
   const s = Math.ceil(left / 1000);
   const clock = `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
-  cd.textContent = room.phase === 'ended' ? `closes in ${clock}` : clock;
   cd.dataset.left = String(left);
+  // At the end the big clock gives way to a quiet line: nothing is left to play.
+  cd.hidden = room.phase === 'ended';
+  cd.textContent = room.phase === 'ended' ? '' : clock;
+  cd.setAttribute('aria-label', `${clock} left in this phase`);
+  closes.hidden = room.phase !== 'ended';
+  closes.textContent = `This room closes in ${clock}.`;
+}
+
+// 'won', 'lost', or 'none' (no winner yet, or a watcher), from this player's side.
+function outcome() {
+  const r = room;
+  if (!r.winner || !me() || !r.myRole) return 'none';
+  return r.winner === (r.myRole === 'mafia' ? 'mafia' : 'citizens') ? 'won' : 'lost';
+}
+function outcomeText() {
+  const r = room;
+  if (!r.winner) return '';
+  const side = r.winner === 'mafia' ? 'the mafia win' : 'the citizens win';
+  return { won: `You won: ${side}!`, lost: `You lost: ${side}.` }[outcome()] || `Game over: ${side}.`;
 }
 
 // ───────────────────────────── views and routing ─────────────────────────────
@@ -1014,9 +1104,9 @@ function showLobby(inviteCode) {
   const invite = $('invite');
   invite.hidden = !inviteCode;
   invite.dataset.code = inviteCode || '';
-  $('invite-code').textContent = inviteCode || '';
+  $('invite-code').textContent = inviteCode ? formatCode(inviteCode) : '';
   if (inviteCode) {
-    $('join-code').value = inviteCode;
+    $('join-code').value = formatCode(inviteCode);
     $('name-input').focus();
   }
   conn.set('idle', '');
@@ -1024,9 +1114,12 @@ function showLobby(inviteCode) {
 }
 
 function route() {
-  const m = location.hash.match(/^#\/room\/([A-Za-z0-9]{1,64})\/?$/);
+  const m = location.hash.match(/^#\/room\/([^/]{1,80})\/?$/);
   if (m) {
-    const code = m[1];
+    // A link someone typed or pasted may be spaced, dashed or in lower case.
+    const code = normalizeCode(decodeURIComponent(m[1]));
+    if (!isCode(code)) { showLobby(null); showError(new ApiError('missing_code')); return; }
+    if (m[1] !== code) { history.replaceState(null, '', `#/room/${code}`); }
     const seat = loadSeat(code);
     if (seat) { enterRoom(code, seat); return; }
     showLobby(code);
@@ -1037,8 +1130,8 @@ function route() {
 
 function init() {
   // `?room=<code>` is accepted as a share link too.
-  const q = new URLSearchParams(location.search).get('room');
-  if (q && /^[A-Za-z0-9]{1,64}$/.test(q)) history.replaceState(null, '', `/#/room/${q}`);
+  const q = normalizeCode(new URLSearchParams(location.search).get('room'));
+  if (isCode(q)) history.replaceState(null, '', `/#/room/${q}`);
 
   $('name-input').value = recallName();
   $('error-close').addEventListener('click', clearError);
@@ -1046,9 +1139,7 @@ function init() {
   $('create-form').addEventListener('submit', createRoom);
   $('join-form').addEventListener('submit', (e) => {
     e.preventDefault();
-    const code = $('join-code').value.trim();
-    if (!/^[A-Za-z0-9]{1,64}$/.test(code)) { showError(new ApiError('missing_code')); return; }
-    joinRoom(code, e.submitter || $('join-form').querySelector('button'));
+    joinRoom($('join-code').value, e.submitter || $('join-form').querySelector('button'));
   });
   $('invite-join').addEventListener('click', (e) => joinRoom($('invite').dataset.code, e.currentTarget));
   $('start-button').addEventListener('click', (e) => command({ type: 'start' }, e.currentTarget));
@@ -1079,9 +1170,10 @@ function init() {
       setTimeout(() => { if (room === r) { r.leaveArmed = false; renderRoom(); } }, 4000);
       return;
     }
-    const code = room.code;
+    const { code } = room;
+    const playerId = room.seat.player_id;
     await command({ type: 'leave' }, e.currentTarget);
-    dropSeat(code);
+    dropSeat(code, playerId);
     location.hash = '#/';
   });
   window.addEventListener('hashchange', route);

@@ -8,13 +8,25 @@
 //            protects the police, the police investigates the mafia;
 //   round 2: the doctor and the police vote the mafia out.
 // Every page must reconnect by itself and show what happened during each outage, once.
+// axe-core checks the lobby, a day, a night and the end for serious or critical accessibility
+// violations.
+//
+// Then: two tabs of one browser context are two players of one room, each with its own role
+// and only its own private events; and eight tabs of one context hold eight streams over
+// HTTP/2 through nginx (over HTTP/1.1 a browser opens only six connections per origin).
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { Stack, waitUntil, WEB_DIR } from './stack.mjs';
+
+const AXE_SOURCE = fs.readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+// Room codes: 12 characters of Crockford's base32, shown in groups of four.
+const CODE = /^[0-9A-HJKMNP-TV-Z]{12}$/;
+const SHOWN_CODE = /^[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}$/;
 
 const CHROMIUM = process.env.PHASECAST_CHROMIUM || '/usr/bin/chromium';
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -89,6 +101,10 @@ function readRoomPage() {
     winner: q('[data-testid=result]')?.dataset.winner || null,
     finalRoles: Object.fromEntries(qa('[data-testid=final-role]').map((li) => [li.dataset.playerId, li.dataset.role])),
     chatChannel: q('[data-testid=chat-channel]')?.dataset.channel ?? null,
+    chatHint: q('[data-testid=chat-channel]')?.textContent ?? '',
+    status: q('[data-testid=my-status]')?.textContent ?? '',
+    outcome: q('[data-testid=result]')?.hidden ? null : q('[data-testid=result]')?.dataset.outcome,
+    announced: q('[data-testid=announcer]')?.textContent ?? '',
     chatDisabled: q('[data-testid=chat-input]')?.disabled ?? null,
     leaks: window.__roleLeaks || [],
   };
@@ -128,6 +144,11 @@ class Player {
     const context = await browser.newContext({ viewport, baseURL: stack.baseUrl });
     contexts.push(context);
     context.setDefaultTimeout(WAIT);
+    return Player.tab(name, context);
+  }
+
+  /** Another tab (page) of `context`, on the lobby. */
+  static async tab(name, context) {
     const page = await context.newPage();
     const p = new Player(name, context, page);
     page.on('pageerror', (e) => { p.pageErrors.push(String(e)); });
@@ -137,6 +158,34 @@ class Player {
     await page.goto('/');
     await page.locator('[data-testid=lobby-view]').waitFor({ state: 'visible' });
     return p;
+  }
+
+  /** This tab's own seat in room `code`, as the page keeps it (sessionStorage). */
+  seat(code) {
+    return this.page.evaluate((c) => JSON.parse(sessionStorage.getItem(`phasecast:seat:${c}`) || 'null'), code);
+  }
+
+  /** axe-core on the page as it is: no serious or critical violation. */
+  async checkA11y(what) {
+    if (!(await this.page.evaluate(() => !!window.axe))) await this.page.addScriptTag({ content: AXE_SOURCE });
+    const result = await this.page.evaluate(() => window.axe.run(document, {
+      runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice'] },
+    }));
+    const bad = result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+    const text = bad.map((v) => `${v.impact} ${v.id}: ${v.help}\n${v.nodes.slice(0, 5)
+      .map((n) => `    ${n.target.join(' ')}: ${n.failureSummary.split('\n').slice(1, 3).join(' ')}`).join('\n')}`).join('\n');
+    assert.equal(bad.length, 0, `axe on ${what} (${this.name}'s page):\n${text}`);
+    console.log(`axe on ${what}: ${result.passes.length} rules pass, no serious or critical violation`
+      + `${result.violations.length ? ` (minor/moderate: ${result.violations.map((v) => v.id).join(', ')})` : ''}`);
+  }
+
+  /** The phase's name fits on one line beside the countdown. */
+  async phaseOnOneLine() {
+    return this.page.evaluate(() => {
+      const name = document.querySelector('[data-testid=phase-name]');
+      return name.getClientRects().length === 1
+        && name.getBoundingClientRect().height < 1.6 * parseFloat(getComputedStyle(name).lineHeight);
+    });
   }
 
   t(id) { return this.page.locator(`[data-testid="${id}"]`); }
@@ -248,10 +297,12 @@ async function playWholeGame() {
   for (const [k, v] of Object.entries(DURATIONS)) await host.t(`dur-${k}`).fill(String(v));
   await host.t('create-title').press('Enter');
   await host.t('room-view').waitFor({ state: 'visible' });
-  const code = (await host.t('room-code').textContent()).trim();
-  assert.match(code, /^[A-Za-z0-9]{8,32}$/);
+  const code = await host.t('room-code').getAttribute('data-code');
+  assert.match(code, CODE);
+  assert.match((await host.t('room-code').textContent()).trim(), SHOWN_CODE, 'the code is shown in groups of four');
   assert.ok((await host.t('share-link').inputValue()).endsWith(`/#/room/${code}`), 'the share link leads to the room');
-  await host.until((s) => s.phase === 'waiting' && s.you, 'in the waiting room');
+  const hosted = await host.until((s) => s.phase === 'waiting' && s.you, 'in the waiting room');
+  assert.deepEqual(hosted.players.map((x) => x.name), ['Ann'], 'the creator is seated by the create itself');
 
   const listed = (s) => s.split(',').some((r) => r.startsWith(`${code}:`));
   await waitUntil(async () => (await watcher.page.evaluate(() => window.__lobbyHistory)).some(listed),
@@ -303,16 +354,29 @@ async function playWholeGame() {
   assert.ok((await watcher.page.evaluate(() => window.__lobbyHistory)).every((s) => !s.includes(privateCode)),
     'a private room is never listed');
   await watcher.shot('lobby.png');
+  await watcher.checkA11y('the lobby');
+  // Focus is visible: every control reached with Tab has an outline.
+  await watcher.page.evaluate(() => document.activeElement?.blur());
+  for (let i = 0; i < 4; i++) {
+    await watcher.page.keyboard.press('Tab');
+    const focus = await watcher.page.evaluate(() => {
+      const e = document.activeElement;
+      const st = getComputedStyle(e);
+      return { what: `${e.tagName} ${e.dataset.testid || e.className}`, style: st.outlineStyle, width: parseFloat(st.outlineWidth) };
+    });
+    assert.ok(focus.style !== 'none' && focus.width >= 2, `focus is visible on ${focus.what}: ${JSON.stringify(focus)}`);
+  }
+  // A code typed as a person would (lower case, in groups, spaced) reaches the same room.
   await watcher.setName('Eve');
-  await watcher.t('join-code').fill(code);
+  await watcher.t('join-code').fill(` ${code.toLowerCase().match(/.{4}/g).join(' - ')} `);
   await watcher.t('join-code').press('Enter');
   const refused = await watcher.until((s) => s.error, 'the room_full error');
   assert.equal(refused.error.code, 'room_full');
   assert.equal(refused.error.text, 'This room is full.');
   assert.equal(refused.view, 'lobby');
 
-  // Without the cookie (another browser), the seat kept in localStorage still opens the
-  // stream: the page falls back to the token in the query string.
+  // In another browser (no cookie, no tab of its own), the seat kept in localStorage still
+  // opens the stream: the page always names its token in the query string.
   const secondDevice = await Player.open('Bea, second device');
   const beaSeat = await byName.Bea.page.evaluate((c) => localStorage.getItem(`phasecast:seat:${c}`), code);
   await secondDevice.page.evaluate(([c, seat]) => localStorage.setItem(`phasecast:seat:${c}`, seat), [code, beaSeat]);
@@ -410,6 +474,9 @@ async function playWholeGame() {
   const citizenNight = await citizen.state();
   assert.equal(citizenNight.chatDisabled, true, 'a citizen cannot chat at night');
   await mafia.shot('night.png');
+  await mafia.checkA11y('a night');
+  assert.match((await mafia.state()).announced, /Round 1 · Night\./, 'the phase change was announced');
+  assert.equal(await mafia.t('announcer').getAttribute('aria-live'), 'polite');
   await restart2;
 
   // ── day 2: the citizen was killed ──
@@ -419,6 +486,8 @@ async function playWholeGame() {
   const dead = await citizen.until((s) => !s.alive && s.players.every((x) => x.role), 'the dead citizen sees every role');
   assert.deepEqual(Object.fromEntries(dead.players.map((x) => [x.id, x.role])), roles);
   assert.equal(dead.chatChannel, 'dead');
+  assert.match(dead.status, /talk only with the dead/);
+  assert.match(dead.chatHint, /Only the dead read/);
   for (const p of players) await p.until((s) => s.phase === 'day' && s.deaths.length === 1, 'day 2');
   await citizen.say('Whispers from the grave.');
 
@@ -438,6 +507,9 @@ async function playWholeGame() {
     await p.until((s) => s.players.find((x) => x.id === mafia.id)?.votes === 2, 'two votes against the mafia');
   }
   await police.shot('day.png');
+  await police.checkA11y('a day');
+  assert.ok(await police.phaseOnOneLine(), 'the phase name fits on one line by day');
+  assert.match((await police.state()).announced, /Round 2 · Day: discussion\./);
   await mafia.click('abstain', mafia.t('abstain-button'));
 
   // ── the end ──
@@ -445,10 +517,26 @@ async function playWholeGame() {
     await p.until((s) => s.phase === 'ended' && s.winner === 'citizens' && Object.keys(s.finalRoles).length === 4, 'the result');
   }
   await host.shot('end.png');
+  await host.checkA11y('the end');
   for (const p of players) {
     const s = await p.state();
     assert.deepEqual(s.finalRoles, roles, `${p.name} sees everyone's role at the end`);
     assert.ok(s.deaths.some((d) => d.id === mafia.id && d.cause === 'vote'), `${p.name} sees the mafia voted out`);
+    // Won or lost, and who was what, at the top of the screen, with the way back to the lobby.
+    assert.equal(s.outcome, p === mafia ? 'lost' : 'won', `${p.name} is told they ${p === mafia ? 'lost' : 'won'}`);
+    assert.match(s.announced, p === mafia ? /You lost/ : /You won/);
+    const top = await p.page.evaluate(() => {
+      window.scrollTo(0, 0);
+      const box = (id) => document.querySelector(`[data-testid=${id}]`).getBoundingClientRect();
+      return { result: box('result').top, roles: box('final-roles').bottom, back: box('result-back').bottom, height: innerHeight };
+    });
+    assert.ok(top.roles <= top.height && top.back <= top.height,
+      `${p.name}: the result, every role and "Back to the lobby" are on the first screen: ${JSON.stringify(top)}`);
+    assert.ok(await p.phaseOnOneLine(), `${p.name}: the phase name fits on one line at the end`);
+    if (p === citizen) {
+      assert.doesNotMatch(s.status, /only with the dead/, 'a dead player at the end is not told to talk only with the dead');
+      assert.match(s.chatHint, /Everyone in the room reads/);
+    }
   }
 
   // The room closes after `ended`, and the lobby watcher sees it go.
@@ -459,7 +547,7 @@ async function playWholeGame() {
   const states = history.filter((s, i) => s !== history[i - 1]);
   console.log(`lobby history of ${code}: ${states.join(' → ')}`);
   const counts = states.filter((s) => s.endsWith(':waiting')).map((s) => Number(s.split(':')[1].split('/')[0]));
-  assert.deepEqual(counts.filter((n, i) => n !== counts[i - 1]).slice(-4), [1, 2, 3, 4], 'the lobby saw the room fill');
+  assert.deepEqual(counts.filter((n, i) => n !== counts[i - 1]), [1, 2, 3, 4], 'the lobby saw the room fill, never without its host');
   assert.ok(states.some((s) => s.endsWith(':playing')), 'the lobby saw the game start');
   assert.ok(states.some((s) => s.endsWith(':ended')), 'the lobby saw the game end');
   assert.equal(states.at(-1), 'gone');
@@ -491,6 +579,138 @@ async function playWholeGame() {
     assert.deepEqual(s.leaks, [], `${p.name} never saw another player's role while alive`);
     assert.deepEqual(p.pageErrors, [], `${p.name}: no page errors`);
   }
+}
+
+// ───────────────────────────── two players in one browser ─────────────────────────────
+
+test('two tabs of one browser are two players: each sees its own role and only its own private events', { timeout: 180000 }, async () => {
+  try {
+    await twoTabsOneBrowser();
+  } catch (e) {
+    failed = true;
+    throw e;
+  }
+});
+
+async function twoTabsOneBrowser() {
+  // Ann and Bob share one context (one cookie jar, one localStorage); Cy has her own.
+  const ann = await Player.open('Ann');
+  const bob = await Player.tab('Bob', ann.context);
+  const cy = await Player.open('Cy');
+  await ann.setName('Ann');
+  await ann.t('create-title').fill(`Two tabs ${Date.now().toString(36)}`);
+  await ann.t('create-total').fill('3');
+  await ann.t('create-mafia').fill('1');
+  await ann.t('create-doctor').fill('1');
+  await ann.t('create-police').fill('1');
+  await ann.page.locator('#create-form summary').click();
+  const durations = { ...DURATIONS, night: 8, day_per_player: 8 };
+  for (const [k, v] of Object.entries(durations)) await ann.t(`dur-${k}`).fill(String(v));
+  await ann.t('create-submit').click();
+  await ann.t('room-view').waitFor({ state: 'visible' });
+  const code = await ann.t('room-code').getAttribute('data-code');
+  for (const p of [bob, cy]) {
+    const join = p.page.locator(`[data-testid=lobby-room][data-code="${code}"] [data-testid=lobby-join]`);
+    await p.setName(p.name);
+    await join.click();
+    await p.t('room-view').waitFor({ state: 'visible' });
+  }
+  const players = [ann, bob, cy];
+  for (const p of players) {
+    const s = await p.until((x) => x.players.length === 3 && x.you, 'three players listed');
+    p.id = s.you;
+    assert.equal((await p.seat(code))?.player_id, p.id, `${p.name}'s tab keeps its own seat`);
+  }
+  assert.equal(new Set(players.map((p) => p.id)).size, 3, 'two tabs of one browser are two players');
+
+  // The cookie now holds Bob's token (he joined last); Ann's tab reloads and is still Ann.
+  await ann.page.reload();
+  await ann.t('room-view').waitFor({ state: 'visible' });
+  assert.equal((await ann.until((s) => s.you && s.players.length === 3, 'Ann back after a reload')).you, ann.id);
+
+  for (const p of players) await p.page.evaluate(installLeakWatch);
+  await ann.click('start', ann.t('start-button'));
+  for (const p of players) p.role = (await p.until((x) => x.role && x.phase !== 'waiting', 'a role')).role;
+  assert.deepEqual(players.map((p) => p.role).sort(), ['doctor', 'mafia', 'police'],
+    `each tab shows its own role: ${players.map((p) => `${p.name}=${p.role}`).join(', ')}`);
+  for (const p of players) {
+    const s = await p.state();
+    assert.deepEqual(s.players.filter((x) => x.role).map((x) => x.id), [p.id], `${p.name} sees only their own role`);
+  }
+
+  // Day: everyone abstains, which brings the night at once.
+  for (const p of players) await p.until((s) => s.phase === 'day', 'day 1');
+  await all(players, (p) => p.click('abstain', p.t('abstain-button')));
+  for (const p of players) await p.until((s) => s.phase === 'night', 'night 1');
+  const of = (role) => players.find((p) => p.role === role);
+  const [mafia, doctor, police] = [of('mafia'), of('doctor'), of('police')];
+  await mafia.click('kill', mafia.row(police.id).locator('[data-testid=skill-button]'));
+  await mafia.say('Only the mafia hears this.');
+  await doctor.click('protect', doctor.row(police.id).locator('[data-testid=skill-button]'));
+  await police.click('investigate', police.row(mafia.id).locator('[data-testid=skill-button]'));
+  await mafia.until((s) => s.pick === police.id, 'the mafia pick shown');
+  await doctor.until((s) => s.protect === police.id, 'the protection shown');
+  await police.until((s) => s.investigations.length === 1, 'the investigation shown');
+  // Each tab shows its own private events only: the night ends (the doctor saved the police),
+  // so every event of the night has reached every stream by then.
+  for (const p of players) await p.until((s) => s.phase === 'day_intro' || s.phase === 'notice' || s.phase === 'day', 'the morning');
+  for (const p of players) {
+    const s = await p.state();
+    assert.equal(s.deaths.length, 0, 'the doctor saved the police');
+    assert.equal(count(s.chat, 'Only the mafia hears this.'), p === mafia ? 1 : 0, `${p.name}: the mafia's whisper`);
+    assert.equal(s.investigations.length, p === police ? 1 : 0, `${p.name}: the investigation`);
+    assert.equal(s.pick, p === mafia ? police.id : null, `${p.name}: the mafia's pick`);
+    assert.equal(s.protect, p === doctor ? police.id : null, `${p.name}: the doctor's choice`);
+    assert.deepEqual(s.leaks, [], `${p.name} never saw another player's role`);
+    assert.deepEqual(p.pageErrors, [], `${p.name}: no page errors`);
+  }
+  for (const p of players) assert.equal((await p.state()).role, p.role, `${p.name} still shows their own role`);
+  console.log(`two tabs of one browser: ${players.map((p) => `${p.name}=${p.role}`).join(', ')}`);
+  await ann.context.close();
+  await cy.context.close();
+}
+
+// ───────────────────────────── HTTP/2 ─────────────────────────────
+
+test('eight tabs of one browser hold eight streams over HTTP/2 through nginx', { timeout: 120000 }, async () => {
+  try {
+    await eightStreamsOverHttp2();
+  } catch (e) {
+    failed = true;
+    throw e;
+  }
+});
+
+async function eightStreamsOverHttp2() {
+  // The certificate is self-signed for the run: this context accepts it.
+  const context = await browser.newContext({ viewport: PHONE, baseURL: stack.httpsUrl, ignoreHTTPSErrors: true });
+  contexts.push(context);
+  context.setDefaultTimeout(WAIT);
+  const tabs = [];
+  for (let i = 0; i < 8; i++) {
+    const tab = await Player.tab(`Tab ${i + 1}`, context);
+    await waitUntil(async () => !/Connecting/.test(await tab.t('lobby-status').textContent()),
+      { timeoutMs: WAIT, what: `tab ${i + 1}'s lobby snapshot` });
+    tabs.push(tab);
+  }
+  const protocol = await tabs[7].page.evaluate(() => performance.getEntriesByType('navigation')[0].nextHopProtocol);
+  assert.equal(protocol, 'h2', 'the page came over HTTP/2');
+  // An event after all eight streams are open reaches every one of them.
+  const title = `HTTP/2 ${Date.now().toString(36)}`;
+  const res = await fetch(`${stack.baseUrl}/v1/rooms`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ title, total: 3, mafia: 1, name: 'Host' }),
+  });
+  const created = await res.json();
+  assert.equal(res.status, 200, JSON.stringify(created));
+  for (const tab of tabs) {
+    await tab.page.locator(`[data-testid=lobby-room][data-code="${created.code}"]`).waitFor({ state: 'visible' });
+  }
+  for (const tab of tabs) assert.deepEqual(tab.pageErrors, [], `${tab.name}: no page errors`);
+  // nginx logs a stream when it ends: eight lobby streams, each over HTTP/2.
+  await context.close();
+  await waitUntil(() => (stack.nginxAccessLog().match(/"GET \/v1\/lobby\/events HTTP\/2\.0"/g) || []).length >= 8,
+    { timeoutMs: WAIT, what: 'eight HTTP/2 lobby streams in nginx\'s access log' });
 }
 
 async function createByApi(body) {

@@ -1,5 +1,7 @@
 // The real Phasecast stack on free ports, for the browser tests:
-//   nats-server → game-engine → two gateways → nginx (serving web/public and proxying /v1/).
+//   nats-server → game-engine → two gateways → nginx (serving web/public and proxying /v1/),
+// nginx on plain HTTP (`baseUrl`) and on HTTPS with HTTP/2 (`httpsUrl`, a self-signed
+// certificate made for the run), as deploy/up --https serves it.
 //
 // Every process is configured by environment variables only, logs to a file in a temporary
 // folder, and is waited for by polling its health endpoint under a deadline (never a fixed
@@ -177,7 +179,7 @@ export class Stack {
       const p = path.join(BIN_DIR, bin);
       if (!fs.existsSync(p)) throw new Error(`${p} does not exist: build it first, or set PHASECAST_BIN_DIR`);
     }
-    const [natsPort, enginePort, gw1, gw1Admin, gw2, gw2Admin, nginxPort] = await freePorts(7);
+    const [natsPort, enginePort, gw1, gw1Admin, gw2, gw2Admin, nginxPort, tlsPort] = await freePorts(8);
 
     // Keys: the engine signs tokens, the gateways verify them.
     const signing = path.join(this.dir, 'signing.pem');
@@ -220,13 +222,20 @@ export class Stack {
     // nginx, rendered from the same template as production.
     const prefix = path.join(this.dir, 'nginx');
     fs.mkdirSync(prefix, { recursive: true, mode: 0o755 });
+    this.nginxPrefix = prefix;
+    const cert = path.join(this.dir, 'tls-cert.pem');
+    const key = path.join(this.dir, 'tls-key.pem');
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+      '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+      '-keyout', key, '-out', cert], { stdio: 'pipe' });
     const conf = execFileSync('bash', [path.join(REPO_DIR, 'deploy/nginx/render'), prefix, `127.0.0.1:${nginxPort}`,
       path.join(WEB_DIR, 'public'), nginxReadTimeout, ...this.gateways.map((g) => g.addr)],
-    { encoding: 'utf8' });
+    { encoding: 'utf8', env: { ...process.env, TLS_LISTEN: `127.0.0.1:${tlsPort}`, TLS_CERT: cert, TLS_KEY: key } });
     fs.writeFileSync(path.join(prefix, 'nginx.conf'), conf);
     this.nginx = this.#proc('nginx', 'nginx', ['-p', prefix, '-c', path.join(prefix, 'nginx.conf'), '-g', 'daemon off;'], {});
     this.nginx.start();
     this.baseUrl = `http://127.0.0.1:${nginxPort}`;
+    this.httpsUrl = `https://127.0.0.1:${tlsPort}`;
     await waitUntil(async () => (await httpOk(`${this.baseUrl}/index.html`)) && httpOk(`${this.baseUrl}/healthz`),
       { timeoutMs: startTimeoutMs, what: 'nginx serving the page and /healthz', proc: this.nginx });
   }
@@ -268,6 +277,11 @@ export class Stack {
   async restartGateway(i) {
     await this.stopGateway(i);
     await this.startGateway(i);
+  }
+
+  /** nginx's access log so far (one line per finished request; no query strings). */
+  nginxAccessLog() {
+    try { return fs.readFileSync(path.join(this.nginxPrefix, 'access.log'), 'utf8'); } catch { return ''; }
   }
 
   /** Gateway `i`'s Prometheus metrics (admin listener), for diagnostics. */
