@@ -1,13 +1,18 @@
-//! The shipped nginx config (`deploy/nginx`), run by real nginx in front of two gateway
-//! processes: no buffering, streams outlive the read timeout, failover resumes without gaps.
+//! The shipped nginx config (`deploy/nginx`), run by real nginx in front of gateway
+//! processes: no buffering, streams outlive the read timeout, failover resumes without gaps,
+//! tokens stay out of nginx's logs, and open streams are limited per client address.
 
 mod common;
 
-use std::path::Path;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, FakeStream, GatewayProcess, Publish, Setup, Sse};
+use common::{free_port, FakeStream, GatewayProcess, Publish, Setup, Sse, WAIT};
+use futures::StreamExt;
+use proto::{PlayerId, RoomCode};
+use tokio::time::timeout;
 
 struct Nginx {
     child: Child,
@@ -18,6 +23,12 @@ struct Nginx {
 impl Nginx {
     /// Renders deploy/nginx for these upstreams with a short read timeout, and starts it.
     async fn start(upstreams: &[&GatewayProcess], read_timeout: &str) -> Nginx {
+        let addrs: Vec<String> = upstreams.iter().map(|g| g.addr.to_string()).collect();
+        Nginx::start_with(&addrs, read_timeout, &[]).await
+    }
+
+    /// The same for upstream addresses (live or not), with render's environment (`env`).
+    async fn start_with(upstreams: &[String], read_timeout: &str, env: &[(&str, &str)]) -> Nginx {
         let prefix = tempfile::tempdir().unwrap();
         let port = free_port();
         let render = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/render");
@@ -27,8 +38,12 @@ impl Nginx {
             prefix.path().display().to_string(),
             read_timeout.to_owned(),
         ];
-        args.extend(upstreams.iter().map(|g| g.addr.to_string()));
-        let rendered = Command::new(render).args(&args).output().unwrap();
+        args.extend(upstreams.iter().cloned());
+        let rendered = Command::new(render)
+            .args(&args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
         assert!(
             rendered.status.success(),
             "{}",
@@ -58,6 +73,11 @@ impl Nginx {
 
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn log(&self, name: &str) -> String {
+        let path: PathBuf = self._prefix.path().join(name);
+        std::fs::read_to_string(path).unwrap_or_default()
     }
 }
 
@@ -141,4 +161,122 @@ async fn sse_through_nginx_is_unbuffered_kept_alive_and_fails_over_without_gaps(
         1.0,
         "resumed on the other gateway"
     );
+}
+
+/// A room stream opened with `?token=` (as the page's EventSource does) through nginx, whose
+/// first upstream is down, so nginx fails over and would log the request line as an error:
+/// the request is in access.log, the token in neither log.
+#[tokio::test]
+async fn tokens_in_the_query_stay_out_of_nginx_logs() {
+    let s = Setup::new(|_| {}).await;
+    let code = RoomCode::parse("7QK3M9XRT2VA").unwrap();
+    let ann = PlayerId::parse("ann12345").unwrap();
+    let fake = FakeStream::start(&s, Some(code.clone()), true).await;
+    let gateway = GatewayProcess::start(&s.nats.url(), &s.keys, &[]).await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    // One worker: its round robin sends the first stream to the first upstream, the dead one.
+    let upstreams = [dead.clone(), gateway.addr.to_string()];
+    let nginx = Nginx::start_with(&upstreams, "10s", &[("WORKER_PROCESSES", "1")]).await;
+
+    let token = common::token(&code, &ann, 3600);
+    let path = format!("/v1/rooms/{code}/events");
+    let mut sse = Sse::connect(&nginx.url(&format!("{path}?token={token}")), &[]).await;
+    assert_eq!(sse.status, 200);
+    assert_eq!(sse.next().await.unwrap().event, "snapshot");
+    fake.send(Publish::Private(ann.clone()));
+    assert!(sse.next().await.unwrap().data.contains("ann12345"));
+    drop(sse); // nginx logs a request when it ends
+
+    let request = format!("GET {path}");
+    common::poll_until("the stream in access.log", || {
+        let logged = nginx.log("access.log").contains(&request);
+        async move { logged }
+    })
+    .await;
+    let access = nginx.log("access.log");
+    let error = nginx.log("error.log");
+    for (name, text) in [("access.log", &access), ("error.log", &error)] {
+        assert!(
+            !text.contains(&token),
+            "the token is in nginx's {name}:\n{text}"
+        );
+        assert!(
+            !text.contains("token="),
+            "a query with a token in {name}:\n{text}"
+        );
+    }
+    let logged = access.lines().find(|l| l.contains(&request)).unwrap();
+    assert!(
+        logged.contains(&format!("\"GET {path} HTTP/1.1\"")),
+        "the request is logged by its path: {logged}"
+    );
+    assert!(
+        logged.contains(&format!("upstream={dead}")),
+        "the stream failed over from the dead upstream (so a request error happened): {logged}"
+    );
+}
+
+/// GET `url` from the client address `from`: the status and the first bytes of the body.
+async fn get_from(from: IpAddr, url: &str) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .local_address(from)
+        .build()
+        .unwrap();
+    let resp = timeout(WAIT, client.get(url).send())
+        .await
+        .expect("response in time")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let mut body = resp.bytes_stream();
+    let first = timeout(WAIT, body.next())
+        .await
+        .expect("body in time")
+        .map(|chunk| String::from_utf8_lossy(&chunk.unwrap()).into_owned())
+        .unwrap_or_default();
+    (status, first)
+}
+
+/// STREAMS_PER_ADDR open streams from one address, the next refused with 429 and a JSON body;
+/// another address still gets in, and a closed stream frees its place.
+#[tokio::test]
+async fn open_streams_are_limited_per_client_address() {
+    let s = Setup::new(|_| {}).await;
+    let _fake = FakeStream::start(&s, None, true).await;
+    let gateway = GatewayProcess::start(&s.nats.url(), &s.keys, &[]).await;
+    let nginx = Nginx::start_with(
+        &[gateway.addr.to_string()],
+        "10s",
+        &[("STREAMS_PER_ADDR", "3")],
+    )
+    .await;
+    let lobby = nginx.url("/v1/lobby/events");
+
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut sse = Sse::connect(&lobby, &[]).await;
+        assert_eq!(sse.status, 200);
+        assert_eq!(sse.next().await.unwrap().event, "snapshot");
+        open.push(sse);
+    }
+    let refused = Sse::connect(&lobby, &[]).await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(
+        refused.headers.get("content-type").unwrap(),
+        "application/json"
+    );
+    assert!(refused.headers.get("retry-after").is_some());
+    assert_eq!(refused.error_body().await["error"], "too_many_streams");
+    // Room streams count against the same limit (refused before any token check).
+    let room = Sse::connect(&nginx.url("/v1/rooms/7QK3M9XRT2VA/events"), &[]).await;
+    assert_eq!(room.status, 429);
+
+    // Another client address is not affected.
+    let (status, first) = get_from("127.0.0.2".parse().unwrap(), &lobby).await;
+    assert_eq!(status, 200, "{first}");
+    // Only concurrent streams count: closing one lets the next in.
+    drop(open.pop());
+    common::poll_until("a closed stream frees its place", || async {
+        get_from("127.0.0.1".parse().unwrap(), &lobby).await.0 == 200
+    })
+    .await;
 }
