@@ -33,9 +33,14 @@ pub struct GatewayConfig {
     pub retry: Duration,
     /// Open SSE streams at most; beyond it, 503 with `Retry-After`.
     pub max_connections: usize,
-    /// Events a client may fall behind its stream (the size of each stream's shared ring)
-    /// before it is dropped as a slow consumer.
+    /// Events a client may fall behind its stream before it catches up by request: the size
+    /// of the lobby's shared ring (a room's is at most 64), and of what a stream holds while
+    /// it waits for a catch-up.
     pub client_queue: usize,
+    /// A stream whose client takes no bytes at all for this long is dropped (and counted as
+    /// a slow consumer); a slow client that keeps reading is not.
+    #[serde(with = "humantime_serde")]
+    pub write_stall: Duration,
     /// Largest request body of the command bridge.
     pub max_body_bytes: usize,
     /// Origins allowed by CORS; empty allows none (same-origin behind nginx).
@@ -69,6 +74,7 @@ impl Default for Config {
                 retry: Duration::from_secs(2),
                 max_connections: 19_000,
                 client_queue: 256,
+                write_stall: Duration::from_secs(30),
                 max_body_bytes: 64 * 1024,
                 cors_origins: Vec::new(),
                 request_timeout: Duration::from_secs(5),

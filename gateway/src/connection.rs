@@ -16,6 +16,8 @@
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -26,11 +28,14 @@ use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use metrics::counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::WriteHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::MissedTickBehavior;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics as m;
 use crate::server::AppState;
 use crate::stream::{self, Opened, Route, RESPONSE_HEADERS};
 
@@ -39,10 +44,11 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Headers parsed at most; more is left to hyper. Browsers send about 15, and proxies and
 /// CDNs add their own.
 const MAX_HEADERS: usize = 64;
-/// How long a client may take to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a stream's write may wait on a client that reads nothing before it is dropped.
-const WRITE_STALL: Duration = Duration::from_secs(30);
+/// How long a client may take to send its request head, and a request body.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most hyper buffers of a request head: twice what is read here, so that a head this
+/// module passes on is still read, and far below hyper's default of about 400 KiB.
+const HYPER_MAX_BUF: usize = 2 * MAX_HEAD;
 
 /// Connections the kernel may hold for us before we accept them; it caps this at
 /// `net.core.somaxconn`. When ten thousand browsers reconnect at once, a short queue drops
@@ -111,13 +117,14 @@ async fn connection(
             if let Some(route) = request.path.as_deref().and_then(Route::of) {
                 drop(head);
                 let query = request.query.as_deref();
+                let stall = state.config.write_stall;
                 let opened = stream::open_request(state, route, query, &request.headers).await;
                 match opened {
                     // A task of its own, sized for streaming alone: a task is as big as its
                     // largest state for as long as it lives, and this one's opening and
                     // hyper's states are several times a stream's.
                     Ok(opened) => {
-                        connections.spawn(write_stream(socket, opened));
+                        connections.spawn(write_stream(socket, opened, stall));
                     }
                     Err(e) => write_response(socket, e.into_response()).await,
                 }
@@ -191,8 +198,9 @@ impl Head {
     }
 }
 
-/// Writes a stream's head and chunks until it ends or the client goes away.
-async fn write_stream(mut socket: TcpStream, opened: Opened) {
+/// Writes a stream's head and chunks until it ends or the client goes away (or takes no
+/// bytes for `stall`: a slow consumer).
+async fn write_stream(mut socket: TcpStream, opened: Opened, stall: Duration) {
     let Opened { first, mut live } = opened;
     let head = response_head(
         StatusCode::OK,
@@ -200,7 +208,7 @@ async fn write_stream(mut socket: TcpStream, opened: Opened) {
         "transfer-encoding: chunked",
     );
     let (reader, mut writer) = socket.split();
-    let sent = write_chunk(&mut writer, head.as_bytes(), &first).await;
+    let sent = write_chunk(&mut writer, head.as_bytes(), &first, stall).await;
     // Both would otherwise live as long as the stream (the snapshot can be kilobytes).
     drop((head, first));
     if sent.is_err() {
@@ -222,12 +230,12 @@ async fn write_stream(mut socket: TcpStream, opened: Opened) {
         if chunk.is_empty() {
             continue;
         }
-        if write_chunk(&mut writer, b"", &chunk).await.is_err() {
+        if write_chunk(&mut writer, b"", &chunk, stall).await.is_err() {
             return;
         }
     }
     // The last chunk, so that the client sees the stream end rather than break off.
-    let _ = tokio::time::timeout(WRITE_STALL, writer.write_all(b"0\r\n\r\n")).await;
+    let _ = tokio::time::timeout(stall, writer.write_all(b"0\r\n\r\n")).await;
 }
 
 /// A chunk up to this size is first copied into one buffer and offered with a plain `write`,
@@ -236,8 +244,14 @@ async fn write_stream(mut socket: TcpStream, opened: Opened) {
 const COPIED_CHUNK: usize = 1024;
 
 /// Writes `prefix` and then `data` as one HTTP/1.1 chunk, in one write when the socket takes
-/// it all.
-async fn write_chunk(socket: &mut WriteHalf<'_>, prefix: &[u8], data: &[u8]) -> io::Result<()> {
+/// it all. Fails if the socket takes no byte for `stall` (each write that makes progress
+/// starts the wait again: a big chunk to a slow reader is fine), counting a slow consumer.
+async fn write_chunk(
+    socket: &mut WriteHalf<'_>,
+    prefix: &[u8],
+    data: &[u8],
+    stall: Duration,
+) -> io::Result<()> {
     let mut size = [0u8; 18];
     let size_len = {
         use std::io::Write;
@@ -252,21 +266,20 @@ async fn write_chunk(socket: &mut WriteHalf<'_>, prefix: &[u8], data: &[u8]) -> 
         IoSlice::new(b"\r\n"),
     ];
     let sent = write_now(socket.as_ref(), &parts)?;
-    let write = async {
-        let mut parts = &mut parts[..];
-        IoSlice::advance_slices(&mut parts, sent);
-        while !parts.is_empty() {
-            let n = socket.write_vectored(parts).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            IoSlice::advance_slices(&mut parts, n);
+    let mut parts = &mut parts[..];
+    IoSlice::advance_slices(&mut parts, sent);
+    while !parts.is_empty() {
+        let Ok(written) = tokio::time::timeout(stall, socket.write_vectored(parts)).await else {
+            counter!(m::SLOW_CONSUMERS).increment(1);
+            return Err(io::ErrorKind::TimedOut.into());
+        };
+        let n = written?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
         }
-        Ok(())
-    };
-    tokio::time::timeout(WRITE_STALL, write)
-        .await
-        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+        IoSlice::advance_slices(&mut parts, n);
+    }
+    Ok(())
 }
 
 /// Offers a small chunk to the socket in one `write` and says how many bytes it took (0 for a
@@ -323,7 +336,7 @@ async fn write_response(mut socket: TcpStream, response: Response) {
         socket.write_all(&body).await?;
         socket.shutdown().await
     };
-    let _ = tokio::time::timeout(WRITE_STALL, write).await;
+    let _ = tokio::time::timeout(HEAD_TIMEOUT, write).await;
 }
 
 /// A response head: the status line, `Date`, `headers`, `framing` (how the body ends), and
@@ -343,19 +356,77 @@ fn response_head<'a>(
 }
 
 /// Hands the connection to hyper and the router, replaying the bytes already read; ends it
-/// gracefully (the response in flight finishes) on shutdown.
+/// gracefully (the response in flight finishes) on shutdown. It gets the limits of the direct
+/// path: a bounded head, and the write stall, for streams served here too (a client behind a
+/// kept-alive proxy connection, or cross-origin). The router bounds request bodies in time.
 async fn serve_http(socket: TcpStream, read: Bytes, state: AppState, router: Router) {
-    let io = TokioIo::new(Rewind { read, socket });
+    let blocked = Arc::new(Blocked::default());
+    let io = TokioIo::new(Rewind {
+        read,
+        socket,
+        blocked: blocked.clone(),
+    });
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT);
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(HYPER_MAX_BUF);
     let conn = http.serve_connection(io, TowerToHyperService::new(router));
     tokio::pin!(conn);
+    let stall = state.config.write_stall;
     tokio::select! {
         _ = conn.as_mut() => {}
+        () = blocked.for_longer_than(stall) => {
+            counter!(m::SLOW_CONSUMERS).increment(1);
+        }
         () = state.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
+        }
+    }
+}
+
+/// Since when a connection's writes have been refused by a full socket (0: they are not).
+#[derive(Default)]
+struct Blocked {
+    since_ms: AtomicU64,
+}
+
+impl Blocked {
+    /// Milliseconds since the first call, on the monotonic clock; never 0, which means
+    /// "not blocked".
+    fn now_ms() -> u64 {
+        static START: OnceLock<std::time::Instant> = OnceLock::new();
+        let start = START.get_or_init(std::time::Instant::now);
+        u64::try_from(start.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    fn note(&self, poll: &Poll<io::Result<usize>>) {
+        match poll {
+            Poll::Pending => {
+                let _ = self.since_ms.compare_exchange(
+                    0,
+                    Self::now_ms(),
+                    AtomicOrdering::Relaxed,
+                    AtomicOrdering::Relaxed,
+                );
+            }
+            Poll::Ready(_) => self.since_ms.store(0, AtomicOrdering::Relaxed),
+        }
+    }
+
+    /// Resolves once the connection's writes have made no progress for `stall`.
+    async fn for_longer_than(&self, stall: Duration) {
+        let stall_ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX);
+        let mut checks = tokio::time::interval((stall / 4).max(Duration::from_millis(10)));
+        checks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            checks.tick().await;
+            let since = self.since_ms.load(AtomicOrdering::Relaxed);
+            if since != 0 && Self::now_ms().saturating_sub(since) >= stall_ms {
+                return;
+            }
         }
     }
 }
@@ -364,6 +435,7 @@ async fn serve_http(socket: TcpStream, read: Bytes, state: AppState, router: Rou
 struct Rewind {
     read: Bytes,
     socket: TcpStream,
+    blocked: Arc<Blocked>,
 }
 
 impl AsyncRead for Rewind {
@@ -388,7 +460,9 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.socket).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.socket).poll_write(cx, buf);
+        self.blocked.note(&poll);
+        poll
     }
 
     fn poll_write_vectored(
@@ -396,7 +470,9 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.socket).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(&mut self.socket).poll_write_vectored(cx, bufs);
+        self.blocked.note(&poll);
+        poll
     }
 
     fn is_write_vectored(&self) -> bool {

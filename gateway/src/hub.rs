@@ -9,8 +9,9 @@
 //! The fan-out is a ring (`tokio::sync::broadcast`) per topic rather than a queue per
 //! connection: publishing an event is one write into the ring and one wake per waiting
 //! connection, and a connection costs the ring nothing but its read position. A connection
-//! that falls a whole ring behind is dropped as a slow consumer rather than slowing the rest;
-//! its browser resumes with `Last-Event-ID`.
+//! that falls a whole ring behind (or misses events while NATS is away) catches up by asking
+//! the engine for what it missed, rather than slowing the rest; a topic's members that need
+//! the same catch-up share one request ([`Membership::catch_up`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,15 +19,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::{Client, Message, Subscriber};
+use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt};
 use metrics::{counter, gauge};
 use proto::{PlayerId, RoomCode, Subjects};
+use rand::Rng;
 use tokio::sync::{broadcast, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::ApiError;
 use crate::frame::{event_id, Frame};
 use crate::metrics as m;
+
+/// The most a room's ring holds. A room's events come a few a second, from at most twenty
+/// players, and a member that falls further behind catches up by request; each slot costs
+/// 40 bytes for as long as the room is watched, and a gateway watches thousands of rooms.
+pub const ROOM_RING: usize = 64;
 
 /// A stream browsers can watch.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -45,9 +54,9 @@ impl StreamKey {
     }
 }
 
-/// What a topic's ring carries to its connections. One pointer wide: a ring allocates all
-/// its slots when its stream opens, and a watched room's ring is shared by a handful of
-/// players, so the slot size is most of what a room costs the gateway.
+/// What a topic's ring carries to its connections: 16 bytes (a pointer and a tag), and a
+/// ring allocates all its slots when its stream opens, so rings are sized by kind
+/// ([`Hub::new`]).
 #[derive(Clone, Debug)]
 pub enum Item {
     /// An event, for everyone on the stream or for one player only.
@@ -56,9 +65,28 @@ pub enum Item {
     Heartbeat,
     /// NATS went away: events may be missed until [`Item::Resync`].
     Pause,
-    /// NATS is back (or dropped messages): fetch what was missed.
-    Resync,
+    /// NATS is back (or dropped messages): fetch what was missed, this many milliseconds
+    /// from now. The delay is drawn once per topic, so that its members ask together (and
+    /// share one request) while topics spread their requests out.
+    Resync(u32),
 }
+
+/// What a catch-up request brings: the frames to send, or why there are none and when to
+/// ask again (drawn once per request, so that the members that shared it ask again together
+/// and share the next one too).
+pub type CatchUp = Result<Arc<[Frame]>, (ApiError, Duration)>;
+
+/// A catch-up request in flight, which members needing the same one may wait on.
+#[derive(Clone)]
+struct Flight {
+    /// Started after this point of the ring: a member paused before it can share it.
+    started: tokio::time::Instant,
+    answer: Shared<BoxFuture<'static, CatchUp>>,
+}
+
+/// Who asks for a catch-up, and after which id: members with the same key get the same
+/// answer (the lobby's members share one viewer; a room's, one per player).
+type FlightKey = (Option<PlayerId>, Option<u64>);
 
 /// An event and who may see it.
 #[derive(Debug)]
@@ -82,12 +110,15 @@ struct Topic {
     /// the topic's task then ends and its ring closes, which ends every member's stream. One
     /// watch per topic, so that streams need none of their own.
     stop: CancellationToken,
+    /// Catch-up requests in flight, by who asks and from where.
+    flights: Mutex<HashMap<FlightKey, Flight>>,
 }
 
 struct Inner {
     client: Client,
     subjects: Subjects,
-    ring: usize,
+    lobby_ring: usize,
+    room_ring: usize,
     heartbeat: Duration,
     shutdown: CancellationToken,
     topics: Mutex<HashMap<StreamKey, Arc<Topic>>>,
@@ -100,8 +131,9 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// `ring` is how many items a connection may fall behind before it is dropped;
-    /// `heartbeat` how often every stream gets a `: ping`; `shutdown` ends every stream.
+    /// `ring` is how many items a connection may fall behind before it must catch up by
+    /// request (a room's ring is at most [`ROOM_RING`]); `heartbeat` how often every stream
+    /// gets a `: ping`; `shutdown` ends every stream.
     pub fn new(
         client: Client,
         subjects: Subjects,
@@ -113,7 +145,8 @@ impl Hub {
             inner: Arc::new(Inner {
                 client,
                 subjects,
-                ring: ring.max(1),
+                lobby_ring: ring.max(1),
+                room_ring: ring.clamp(1, ROOM_RING),
                 heartbeat,
                 shutdown,
                 topics: Mutex::new(HashMap::new()),
@@ -143,8 +176,21 @@ impl Hub {
         }
     }
 
-    /// Sends `item()` to every connection (NATS outage and recovery).
-    pub fn broadcast(&self, item: impl Fn() -> Item) {
+    /// Tells every connection that NATS went away.
+    pub fn pause(&self) {
+        self.broadcast(|| Item::Pause);
+    }
+
+    /// Tells every connection to catch up: each topic at its own moment within `spread`,
+    /// so that a reconnect asks the engines for one catch-up per topic (and viewer), spread
+    /// out, rather than one per stream at once.
+    pub fn resync(&self, spread: Duration) {
+        let spread = u32::try_from(spread.as_millis()).unwrap_or(u32::MAX).max(1);
+        let mut rng = rand::rng();
+        self.broadcast(|| Item::Resync(rng.random_range(0..spread)));
+    }
+
+    fn broadcast(&self, mut item: impl FnMut() -> Item) {
         let topics = self.inner.topics.lock().expect("hub lock");
         for ring in topics.values().filter_map(|topic| topic.ring.upgrade()) {
             let _ = ring.send(item());
@@ -154,12 +200,17 @@ impl Hub {
     /// Starts a stream's topic, with its first member's receiver.
     fn open(&self, key: StreamKey) -> (Arc<Topic>, broadcast::Receiver<Item>) {
         let (ready_tx, ready) = watch::channel(None);
-        let (ring, rx) = broadcast::channel(self.inner.ring);
+        let capacity = match key {
+            StreamKey::Lobby => self.inner.lobby_ring,
+            StreamKey::Room(_) => self.inner.room_ring,
+        };
+        let (ring, rx) = broadcast::channel(capacity);
         let topic = Arc::new(Topic {
             ring: ring.downgrade(),
             members: AtomicUsize::new(0),
             ready,
             stop: self.inner.shutdown.child_token(),
+            flights: Mutex::new(HashMap::new()),
         });
         let task = run_topic(self.inner.clone(), key, topic.clone(), ring, ready_tx);
         tokio::spawn(task);
@@ -260,6 +311,43 @@ impl Membership {
             Err(_) => None,
         };
         state == Some(true)
+    }
+
+    /// The catch-up for `viewer` after `since`, for a member that stopped taking live events
+    /// at `paused` (its held frames start there): shares a request of the topic's already in
+    /// flight for the same viewer and id if that one started after `paused` (an earlier one
+    /// may miss events this member skipped), else starts `fetch`.
+    pub async fn catch_up(
+        &self,
+        viewer: Option<&PlayerId>,
+        since: Option<u64>,
+        paused: tokio::time::Instant,
+        fetch: impl FnOnce() -> BoxFuture<'static, CatchUp>,
+    ) -> CatchUp {
+        let key = (viewer.cloned(), since);
+        let flight = {
+            let mut flights = self.topic.flights.lock().expect("flights lock");
+            match flights.get(&key).filter(|f| f.started >= paused) {
+                Some(flight) => flight.clone(),
+                None => {
+                    let flight = Flight {
+                        started: tokio::time::Instant::now(),
+                        answer: fetch().shared(),
+                    };
+                    flights.insert(key.clone(), flight.clone());
+                    flight
+                }
+            }
+        };
+        let answer = flight.answer.clone().await;
+        let mut flights = self.topic.flights.lock().expect("flights lock");
+        if flights
+            .get(&key)
+            .is_some_and(|f| f.answer.ptr_eq(&flight.answer))
+        {
+            flights.remove(&key);
+        }
+        answer
     }
 }
 

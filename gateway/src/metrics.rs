@@ -13,6 +13,8 @@ pub const CONNECTION_LIMIT: &str = "phasecast_gateway_connection_limit";
 pub const EVENTS_DELIVERED: &str = "phasecast_gateway_events_delivered_total";
 pub const EVENTS_MALFORMED: &str = "phasecast_gateway_events_malformed_total";
 pub const SLOW_CONSUMERS: &str = "phasecast_gateway_slow_consumer_disconnects_total";
+pub const STREAMS_LAGGED: &str = "phasecast_gateway_streams_lagged_total";
+pub const CATCH_UP_REQUESTS: &str = "phasecast_gateway_catch_up_requests_total";
 pub const NATS_SUBSCRIPTIONS: &str = "phasecast_gateway_nats_subscriptions";
 pub const NATS_CONNECTED: &str = "phasecast_gateway_nats_connected";
 pub const SNAPSHOT_SECONDS: &str = "phasecast_gateway_snapshot_seconds";
@@ -44,7 +46,15 @@ fn describe() {
     );
     describe_counter!(
         SLOW_CONSUMERS,
-        "Connections dropped for falling a whole ring behind or not reading"
+        "Connections dropped for not reading: no write progress for the write stall"
+    );
+    describe_counter!(
+        STREAMS_LAGGED,
+        "Times a connection fell a whole ring behind and caught up by request"
+    );
+    describe_counter!(
+        CATCH_UP_REQUESTS,
+        "Catch-up requests sent to engines (after an outage or a lag), shared by the streams that needed the same one"
     );
     describe_gauge!(
         NATS_SUBSCRIPTIONS,
@@ -72,6 +82,8 @@ fn describe() {
     counter!(EVENTS_DELIVERED).absolute(0);
     counter!(EVENTS_MALFORMED).absolute(0);
     counter!(SLOW_CONSUMERS).absolute(0);
+    counter!(STREAMS_LAGGED).absolute(0);
+    counter!(CATCH_UP_REQUESTS).absolute(0);
     gauge!(NATS_SUBSCRIPTIONS).increment(0.0);
     gauge!(NATS_CONNECTED).increment(0.0);
     // Registering the histograms makes them render (empty) before their first sample.

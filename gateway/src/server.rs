@@ -24,13 +24,14 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::auth::Verifier;
 use crate::bridge;
 use crate::config::{Config, GatewayConfig};
 use crate::connection;
 use crate::error::ApiError;
-use crate::hub::{Hub, Item};
+use crate::hub::Hub;
 use crate::metrics as m;
 use crate::stream::{self, Route};
 
@@ -161,6 +162,8 @@ pub fn app(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        // A body sent a byte now and then would hold its task and socket for good.
+        .layer(RequestBodyTimeoutLayer::new(connection::HEAD_TIMEOUT))
         .with_state(state);
     match cors {
         Some(cors) => router.layer(cors),
@@ -321,26 +324,40 @@ impl Gateway {
     }
 }
 
+/// How far apart, at most, topics ask for their catch-up after a reconnect: a gateway
+/// holding thousands of topics spreads its requests over this rather than sending them at once.
+const RESYNC_SPREAD: Duration = Duration::from_secs(1);
+/// The least time between two resyncs for messages the NATS client dropped.
+const DROP_RESYNC_EVERY: Duration = Duration::from_secs(1);
+
 /// Tracks the NATS connection: the gauge, and pausing then resyncing every stream across an
 /// outage (or after the client dropped messages) so that no client misses an event.
 async fn follow_nats(state: AppState, mut events: mpsc::UnboundedReceiver<Event>) {
+    // async-nats reports each message it drops: one resync per burst is enough (each topic
+    // catches up from its streams' last ids, which covers the whole burst).
+    let mut last_drop_resync: Option<tokio::time::Instant> = None;
     while let Some(event) = events.recv().await {
         match event {
             Event::Connected => {
                 gauge!(m::NATS_CONNECTED).set(1.0);
-                state.hub.broadcast(|| Item::Resync);
+                state.hub.resync(RESYNC_SPREAD);
                 tracing::info!("nats connected");
             }
             Event::Disconnected => {
                 gauge!(m::NATS_CONNECTED).set(0.0);
-                state.hub.broadcast(|| Item::Pause);
+                state.hub.pause();
                 tracing::warn!("nats disconnected");
             }
-            // The client dropped messages for a subscription whose channel was full: every
-            // stream catches up from its last id.
+            // The client dropped messages for a subscription whose channel was full (which
+            // one, async-nats does not say): every topic catches up from its streams' last
+            // ids, once per burst.
             Event::SlowConsumer(_) => {
-                state.hub.broadcast(|| Item::Resync);
-                tracing::warn!("nats slow consumer: resyncing every stream");
+                let now = tokio::time::Instant::now();
+                if last_drop_resync.is_none_or(|at| now - at >= DROP_RESYNC_EVERY) {
+                    last_drop_resync = Some(now);
+                    state.hub.resync(RESYNC_SPREAD);
+                    tracing::warn!("nats dropped messages: every stream catches up");
+                }
             }
             other => tracing::info!(event = %other, "nats"),
         }

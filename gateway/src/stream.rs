@@ -3,18 +3,20 @@
 //! The order is the one PROTOCOL.md sets: join the stream's shared subscription (events start
 //! collecting in its ring), ask the engine for a snapshot or for the events after `Last-Event-ID`, send those,
 //! then send queued and live events whose id is above the last one sent. The client therefore
-//! sees no gap, no repeat, and ids only going up. After a NATS outage the same request with
-//! `since` = the last id sent fills in what was published meanwhile.
+//! sees no gap, no repeat, and ids only going up. After a NATS outage, or when the client fell
+//! a whole ring behind, the same request with `since` = the last id sent fills in what it
+//! missed, while the live events that arrive meanwhile are held.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use metrics::{counter, gauge, histogram, Counter};
 use proto::{PlayerId, SnapReply, SnapRequest};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -130,7 +132,7 @@ async fn open(
         ));
     }
     let started = Instant::now();
-    let frames = catch_up(&state, &key, viewer.as_ref(), since).await?;
+    let frames = fetch(&state, &key, viewer.as_ref(), since).await?;
     histogram!(m::SNAPSHOT_SECONDS).record(started.elapsed().as_secs_f64());
 
     counter!(m::CONNECTIONS_OPENED, "stream" => key.kind()).increment(1);
@@ -144,7 +146,7 @@ async fn open(
         membership,
         last: since,
         paused: None,
-        retry_resync: None,
+        resync: None,
         finished: false,
         delivered: counter!(m::EVENTS_DELIVERED),
         _slot: slot,
@@ -157,7 +159,7 @@ async fn open(
 }
 
 /// A snapshot (`since` = None) or the events after `since`, as frames.
-async fn catch_up(
+async fn fetch(
     state: &AppState,
     key: &StreamKey,
     viewer: Option<&PlayerId>,
@@ -238,11 +240,12 @@ pub struct Live {
     membership: Membership,
     /// The last id sent to this client.
     last: Option<u64>,
-    /// Frames held back during a NATS outage, until the resync has filled the gap.
-    paused: Option<Vec<Frame>>,
-    /// When to try the resync again after the engine did not answer (it may reconnect to
-    /// NATS later than we do), and how many tries are left.
-    retry_resync: Option<(tokio::time::Instant, u32)>,
+    /// Frames held back while events may be missing (a NATS outage, a lag), until a
+    /// catch-up has filled the gap, and since when.
+    paused: Option<(tokio::time::Instant, Vec<Frame>)>,
+    /// When to ask for the catch-up (again, after the engine did not answer: it may
+    /// reconnect to NATS later than we do), and how many tries are left.
+    resync: Option<(tokio::time::Instant, u32)>,
     /// End the stream once what is in hand is sent: the room closed, the client fell behind,
     /// or the stream's topic ended.
     finished: bool,
@@ -250,10 +253,13 @@ pub struct Live {
     _slot: Slot,
 }
 
-/// How often, and how far apart, a stream retries its resync before giving up (the browser
-/// then reconnects with `Last-Event-ID`, which recovers too).
-const RESYNC_TRIES: u32 = 20;
-const RESYNC_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often a stream asks for its catch-up before giving up (the browser then reconnects
+/// with `Last-Event-ID`, which recovers too), and the waits between tries: doubling from
+/// the first to the last, each with up to half again of jitter (about 40 s in all, longer
+/// than an engine takes to reconnect to NATS).
+const RESYNC_TRIES: u32 = 12;
+const RESYNC_BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const RESYNC_BACKOFF_LAST: Duration = Duration::from_secs(5);
 
 /// The most a chunk gathers from a ring that has several items ready.
 const MAX_CHUNK: usize = 64 * 1024;
@@ -288,18 +294,37 @@ impl Live {
         }
     }
 
+    /// Holds live frames from now on, until a catch-up fills the gap before them.
+    fn hold(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.paused.get_or_insert_with(|| (now, Vec::new()));
+    }
+
+    /// Holds live frames, and asks for the catch-up `after` from now.
+    fn start_resync(&mut self, after: Duration) {
+        self.hold();
+        let at = tokio::time::Instant::now() + after;
+        self.resync = Some((at, RESYNC_TRIES));
+    }
+
     /// What one item from the ring means for this client: bytes to send, or nothing (not
-    /// for this viewer, already sent, held during an outage, or the stream is ending).
+    /// for this viewer, already sent, held until a catch-up, or the stream is ending).
     fn take(&mut self, item: Result<Item, RecvError>) -> Option<Bytes> {
         match item {
             Ok(Item::Frame(event)) => {
                 if !is_for(event.to.as_deref(), self.viewer.as_ref()) {
                     return None;
                 }
-                if let Some(held) = &mut self.paused {
+                if let Some((since, held)) = &mut self.paused {
                     if held.len() >= self.state.config.client_queue {
-                        counter!(m::SLOW_CONSUMERS).increment(1);
-                        self.finished = true;
+                        // Held for too long (the catch-up does not come): what is held is
+                        // dropped, to be fetched with the rest, which only a request made
+                        // from now on is sure to include.
+                        held.clear();
+                        *since = tokio::time::Instant::now();
+                        if self.resync.is_none() {
+                            self.start_resync(Duration::ZERO);
+                        }
                     } else {
                         held.push(event.frame.clone());
                     }
@@ -309,19 +334,22 @@ impl Live {
             }
             Ok(Item::Heartbeat) => Some(Bytes::from_static(HEARTBEAT)),
             Ok(Item::Pause) => {
-                self.paused.get_or_insert_with(Vec::new);
+                self.hold();
                 None
             }
             // Also when not paused: a lost `Pause`, or messages the NATS client dropped,
             // leave a gap only a catch-up from the last id can fill.
-            Ok(Item::Resync) => {
-                self.paused.get_or_insert_with(Vec::new);
-                self.retry_resync = Some((tokio::time::Instant::now(), RESYNC_TRIES));
+            Ok(Item::Resync(after_ms)) => {
+                self.start_resync(Duration::from_millis(after_ms.into()));
                 None
             }
+            // The client (or its task) fell a whole ring behind: what it skipped is fetched.
+            // Only a client that stops reading is dropped (the write stall).
             Err(RecvError::Lagged(_)) => {
-                counter!(m::SLOW_CONSUMERS).increment(1);
-                self.finished = true;
+                counter!(m::STREAMS_LAGGED).increment(1);
+                if self.resync.is_none() {
+                    self.start_resync(Duration::ZERO);
+                }
                 None
             }
             Err(RecvError::Closed) => {
@@ -351,27 +379,52 @@ impl Live {
         chunk.map_or(first, BytesMut::freeze)
     }
 
-    /// Fetches what was published while NATS was away and releases the held frames after it.
-    /// `Ok(None)`: nothing new to send; `None`: give up and end the stream.
+    /// Fetches what was missed (sharing the request with the topic's other members that
+    /// miss the same) and releases the held frames after it. `Some(None)`: nothing new to
+    /// send; `None`: give up and end the stream.
     async fn resync(&mut self) -> Option<Option<Bytes>> {
         // Cleared only once the catch-up has answered: a resync cancelled halfway is tried
         // again rather than forgotten.
-        let (_, tries) = self.retry_resync?;
-        let caught_up = catch_up(&self.state, &self.key, self.viewer.as_ref(), self.last).await;
-        self.retry_resync = None;
+        let (_, tries) = self.resync?;
+        let paused = self.paused.as_ref().map(|(at, _)| *at)?;
+        let (state, key, viewer, since) = (
+            self.state.clone(),
+            self.key.clone(),
+            self.viewer.clone(),
+            self.last,
+        );
+        let round = RESYNC_TRIES - tries;
+        let fetch = move || {
+            async move {
+                counter!(m::CATCH_UP_REQUESTS).increment(1);
+                match fetch(&state, &key, viewer.as_ref(), since).await {
+                    Ok(frames) => Ok(Arc::from(frames)),
+                    Err(e) => {
+                        let wait = (RESYNC_BACKOFF_FIRST * 2u32.saturating_pow(round))
+                            .min(RESYNC_BACKOFF_LAST);
+                        Err((e, wait + wait.mul_f64(rand::random::<f64>() / 2.0)))
+                    }
+                }
+            }
+            .boxed()
+        };
+        let caught_up = (self.membership)
+            .catch_up(self.viewer.as_ref(), self.last, paused, fetch)
+            .await;
+        self.resync = None;
         match caught_up {
             Ok(missed) => {
-                let held = self.paused.take().unwrap_or_default();
+                let held = self.paused.take().map(|(_, held)| held).unwrap_or_default();
                 let mut out = BytesMut::new();
-                self.admit_all(&mut out, missed.into_iter().chain(held));
+                self.admit_all(&mut out, missed.iter().cloned().chain(held));
                 Some((!out.is_empty()).then(|| out.freeze()))
             }
-            Err(e) if tries > 1 => {
+            Err((e, wait)) if tries > 1 => {
                 tracing::debug!(error = ?e, "resync failed; retrying");
-                self.retry_resync = Some((tokio::time::Instant::now() + RESYNC_BACKOFF, tries - 1));
+                self.resync = Some((tokio::time::Instant::now() + wait, tries - 1));
                 Some(None)
             }
-            Err(e) => {
+            Err((e, _)) => {
                 tracing::info!(error = ?e, "resync failed; ending the stream");
                 None
             }
@@ -383,7 +436,7 @@ impl Live {
     /// Cancel-safe: dropped halfway, it loses nothing (a resync in flight is tried again).
     pub async fn next_chunk(&mut self) -> Option<Bytes> {
         while !self.finished {
-            let retry_at = self.retry_resync.map(|(at, _)| at);
+            let retry_at = self.resync.map(|(at, _)| at);
             // No shutdown branch: shutdown closes the topic's ring (see `hub::Topic::stop`),
             // which ends this stream through `RecvError::Closed`.
             tokio::select! {

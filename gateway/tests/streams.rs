@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::{token, FakeStream, Publish, Setup, Sse, WAIT};
 use proto::{PlayerId, RoomCode};
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 fn room() -> RoomCode {
@@ -227,48 +226,109 @@ async fn nats_down_is_503_with_retry_after_and_readyz_follows() {
 }
 
 #[tokio::test]
-async fn a_slow_client_is_dropped_while_a_fast_one_keeps_up() {
+async fn a_slow_first_snapshot_is_followed_by_everything_published_meanwhile() {
+    // A ring of 8 and 200 events while the engine takes its time over the snapshot: the
+    // stream falls far behind before it has sent a byte, and catches up rather than ending.
     let s = Setup::new(|c| c.gateway.client_queue = 8).await;
     let fake = FakeStream::start(&s, None, true).await;
-    // The slow client: a socket with a tiny receive buffer that reads the headers, then stops.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut slow = socket.connect(s.gateway.addr).await.unwrap();
-    slow.write_all(b"GET /v1/lobby/events HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = [0u8; 512];
-    let n = timeout(WAIT, slow.read(&mut head)).await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    fake.send(Publish::Public { n: 3, size: 1 });
+    fake.send(Publish::HoldSnaps);
+    let url = s.gateway.url("/v1/lobby/events");
+    let connecting = tokio::spawn(async move { Sse::connect(&url, &[]).await });
+    common::poll_until("the snapshot request reaches the engine", || async {
+        // The stand-in's own probes send `{}`; a stream's request names `since`.
+        (fake.snap_requests.lock().unwrap().iter()).any(|r| r.get("since").is_some())
+    })
+    .await;
+    fake.send(Publish::Public { n: 200, size: 64 });
+    fake.send(Publish::ReleaseSnaps);
+    let sse = timeout(WAIT, connecting).await.unwrap().unwrap();
+    let first = assert_contiguous(sse, 203).await;
+    assert_eq!(
+        first, 3,
+        "the snapshot as of the request, then ids 4 to 203"
+    );
+    assert!(
+        fake.catch_up_requests().iter().any(|r| r["since"] == 3),
+        "what the ring could not hold was fetched"
+    );
+}
 
-    let mut fast = Sse::connect(&s.gateway.url("/v1/lobby/events"), &[]).await;
-    let start = fast.next().await.unwrap().id.unwrap();
-    // 16 MiB in steps the fast client keeps up with; the slow one's socket fills long before.
-    let mut expected = start;
-    for _ in 0..256 {
-        fake.send(Publish::Public {
-            n: 4,
-            size: 16 * 1024,
-        });
-        for _ in 0..4 {
-            expected += 1;
-            assert_eq!(fast.next().await.unwrap().id, Some(expected));
+#[tokio::test]
+async fn after_a_nats_restart_each_topic_catches_up_once_for_all_its_streams() {
+    let mut s = Setup::new(|_| {}).await;
+    let lobby = FakeStream::start(&s, None, true).await;
+    let code = room();
+    let game = FakeStream::start(&s, Some(code.clone()), true).await;
+    let (ann, bob) = (
+        PlayerId::parse("ann12345").unwrap(),
+        PlayerId::parse("bob12345").unwrap(),
+    );
+    lobby.send(Publish::Public { n: 2, size: 1 });
+    game.send(Publish::Public { n: 2, size: 1 });
+    // 20 lobby streams, and two tabs each for two players of a room.
+    let url = s.gateway.url("/v1/lobby/events");
+    let mut lobby_streams = Vec::new();
+    for _ in 0..20 {
+        let mut sse = Sse::connect(&url, &[]).await;
+        assert_eq!(sse.next().await.unwrap().id, Some(2));
+        lobby_streams.push(sse);
+    }
+    let room_url = s.gateway.url(&format!("/v1/rooms/{code}/events"));
+    let mut room_streams = Vec::new();
+    for player in [&ann, &bob, &ann, &bob] {
+        let bearer = format!("Bearer {}", token(&code, player, 60));
+        let mut sse = Sse::connect(&room_url, &[("Authorization", &bearer)]).await;
+        assert_eq!(sse.next().await.unwrap().id, Some(2));
+        room_streams.push(sse);
+    }
+
+    s.nats.stop();
+    let client = s.client.clone();
+    common::poll_until("the stand-ins see the outage", || {
+        let state = client.connection_state();
+        async move { state != async_nats::connection::State::Connected }
+    })
+    .await;
+    lobby.send(Publish::Public { n: 3, size: 1 });
+    game.send(Publish::Public { n: 3, size: 1 });
+    game.send(Publish::Private(ann.clone()));
+    s.nats.restart();
+    s.gateway.wait_ready().await;
+    for sse in &mut lobby_streams {
+        for id in 3..=5 {
+            assert_eq!(sse.next().await.unwrap().id, Some(id), "nothing lost");
         }
     }
-    // The slow client's stream was ended: draining its socket reaches the last chunk.
-    let mut tail = Vec::new();
-    let mut sink = vec![0u8; 1 << 16];
-    timeout(WAIT, async {
-        while !tail.ends_with(b"0\r\n\r\n") {
-            let n = slow.read(&mut sink).await.unwrap();
-            assert!(n > 0, "closed without ending the chunked body");
-            tail.extend_from_slice(&sink[..n]);
-            let keep = tail.len().saturating_sub(16);
-            tail.drain(..keep);
+    for (i, sse) in room_streams.iter_mut().enumerate() {
+        let ids: Vec<_> = [
+            sse.next().await.unwrap(),
+            sse.next().await.unwrap(),
+            sse.next().await.unwrap(),
+        ]
+        .iter()
+        .map(|e| e.id.unwrap())
+        .collect();
+        assert_eq!(ids, [3, 4, 5]);
+        if i % 2 == 0 {
+            assert_eq!(sse.next().await.unwrap().id, Some(6), "Ann's private event");
         }
-    })
-    .await
-    .expect("the slow stream was ended");
+    }
+    assert_eq!(
+        lobby.catch_up_requests().len(),
+        1,
+        "one catch-up for the 20 lobby streams: {:?}",
+        lobby.catch_up_requests()
+    );
+    let mut viewers: Vec<String> = (game.catch_up_requests().iter())
+        .map(|r| r["viewer"].as_str().unwrap().to_owned())
+        .collect();
+    viewers.sort();
+    assert_eq!(
+        viewers,
+        ["ann12345", "bob12345"],
+        "one per player, not one per tab"
+    );
 }
 
 #[tokio::test]

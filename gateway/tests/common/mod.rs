@@ -292,21 +292,33 @@ impl Sse {
 /// last event published before it, exactly as the engine does.
 pub struct FakeStream {
     pub published: Arc<Mutex<u64>>,
+    /// Every snapshot request received, in order.
+    pub snap_requests: Arc<Mutex<Vec<Value>>>,
     task: JoinHandle<()>,
     publish: tokio::sync::mpsc::UnboundedSender<Publish>,
 }
 
 pub enum Publish {
     /// `n` public events of `size` bytes of data each.
-    Public { n: u64, size: usize },
+    Public {
+        n: u64,
+        size: usize,
+    },
     /// One event for one player only.
     Private(PlayerId),
     /// One public event with this name.
     Named(&'static str),
     /// `n` events alternating public and private to this player, as fast as possible.
-    Interleaved { n: u64, player: PlayerId },
+    Interleaved {
+        n: u64,
+        player: PlayerId,
+    },
     /// A message without `Sse-Id`.
     Malformed,
+    /// Answer snapshot requests only at [`Publish::ReleaseSnaps`] (each as of when it came):
+    /// a slow engine.
+    HoldSnaps,
+    ReleaseSnaps,
 }
 
 impl FakeStream {
@@ -328,13 +340,27 @@ impl FakeStream {
         client.flush().await.unwrap();
         let published = Arc::new(Mutex::new(0u64));
         let seq = published.clone();
+        let snap_requests = Arc::new(Mutex::new(Vec::new()));
+        let requests = snap_requests.clone();
         let task = tokio::spawn(async move {
             // (id, subject, data) of every event, for `since`.
             let mut log: Vec<(u64, String, String)> = Vec::new();
+            // Requests held back, each with the reply it would have had when it came.
+            let mut held: Option<Vec<(async_nats::Subject, String)>> = None;
             loop {
                 tokio::select! {
                     Some(order) = orders.recv() => {
                         let batch: Vec<(String, String)> = match order {
+                            Publish::HoldSnaps => {
+                                held.get_or_insert_with(Vec::new);
+                                continue;
+                            }
+                            Publish::ReleaseSnaps => {
+                                for (reply, body) in held.take().unwrap_or_default() {
+                                    let _ = client.publish(reply, body.into()).await;
+                                }
+                                continue;
+                            }
                             Publish::Public { n, size } => (0..n)
                                 .map(|_| (events.clone(), format!("{{\"pad\":\"{}\"}}", "x".repeat(size))))
                                 .collect(),
@@ -379,6 +405,7 @@ impl FakeStream {
                     }
                     Some(msg) = snaps.next() => {
                         let req: Value = serde_json::from_slice(&msg.payload).unwrap();
+                        requests.lock().unwrap().push(req.clone());
                         let current = *seq.lock().unwrap();
                         let viewer = req["viewer"].as_str().map(str::to_owned);
                         let visible = |subject: &str| match subject.rsplit_once(".evt.") {
@@ -395,8 +422,12 @@ impl FakeStream {
                             _ => vec![json!({"id": current, "event": "snapshot", "data": {"at": current}})],
                         };
                         let body = json!({"ok": true, "events": events}).to_string();
-                        if let Some(reply) = msg.reply {
-                            let _ = client.publish(reply, body.into()).await;
+                        match (msg.reply, &mut held) {
+                            (Some(reply), Some(held)) => held.push((reply, body)),
+                            (Some(reply), None) => {
+                                let _ = client.publish(reply, body.into()).await;
+                            }
+                            (None, _) => {}
                         }
                     }
                     else => break,
@@ -415,6 +446,7 @@ impl FakeStream {
         .await;
         FakeStream {
             published,
+            snap_requests,
             task,
             publish,
         }
@@ -426,6 +458,16 @@ impl FakeStream {
 
     pub fn published(&self) -> u64 {
         *self.published.lock().unwrap()
+    }
+
+    /// The snapshot requests received so far that asked for events after an id.
+    pub fn catch_up_requests(&self) -> Vec<Value> {
+        let requests = self.snap_requests.lock().unwrap();
+        requests
+            .iter()
+            .filter(|r| r["since"].is_u64())
+            .cloned()
+            .collect()
     }
 }
 
