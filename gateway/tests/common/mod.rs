@@ -572,6 +572,20 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub async fn start(nats_url: &str, keys: &Keys, env: &[(&str, &str)]) -> Self {
+        Self::start_logging(nats_url, keys, env, None).await
+    }
+
+    /// As [`GatewayProcess::start`], with everything the process writes going to `log`.
+    pub async fn start_logging(
+        nats_url: &str,
+        keys: &Keys,
+        env: &[(&str, &str)],
+        log: Option<std::fs::File>,
+    ) -> Self {
+        let (out, err) = match log {
+            Some(file) => (file.try_clone().unwrap().into(), file.into()),
+            None => (Stdio::null(), Stdio::null()),
+        };
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
@@ -580,8 +594,8 @@ impl GatewayProcess {
             .env("PHASECAST_GATEWAY__ADMIN_LISTEN", admin.to_string())
             .env("PHASECAST_AUTH__VERIFY_KEY_FILE", &keys.verify)
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .unwrap();
         let gw = GatewayProcess { child, addr, admin };
