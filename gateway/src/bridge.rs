@@ -16,9 +16,10 @@ use proto::{CommandOk, ErrorCode, Rejection, Reply, RoomCode};
 use serde_json::{Map, Value};
 
 use crate::auth::{cookie_for, token_of};
+use crate::backend::{self, room_code};
 use crate::error::ApiError;
 use crate::metrics as m;
-use crate::server::{nats_request, room_code, AppState};
+use crate::state::AppState;
 
 /// `POST /v1/rooms`: forwards a `CreateRoom` to `game.lobby.create`.
 pub async fn create(
@@ -179,7 +180,7 @@ async fn ask(
 ) -> Result<Bytes, ApiError> {
     let started = Instant::now();
     let body = serde_json::to_vec(&body).expect("a JSON map serialises");
-    let reply = nats_request(state, subject, body.into(), room).await;
+    let reply = backend::request(state, subject, body.into(), room).await;
     histogram!(m::COMMAND_SECONDS).record(started.elapsed().as_secs_f64());
     reply
 }

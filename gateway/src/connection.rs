@@ -36,7 +36,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics as m;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::stream::{self, Opened, Route, RESPONSE_HEADERS};
 
 /// The longest request head read here; a longer one is left to hyper.

@@ -1,11 +1,16 @@
 //! Phasecast's gateway: holds browsers' SSE connections and feeds them from NATS.
 //!
-//! It keeps no game state. [`server::Gateway`] is the whole process; [`hub`] shares one NATS
-//! subscription per watched stream and fans frames out, [`stream`] runs one browser's stream
-//! (snapshot, resume, heartbeats), [`connection`] serves each accepted connection (streams by
-//! hand, the rest through axum), [`bridge`] forwards commands, [`auth`] checks tokens.
+//! It keeps no game state. Dependencies run one way, from the leaves up:
+//!
+//! - [`state`] (what everything shares), [`backend`] (requests to whoever serves rooms, over
+//!   NATS), [`auth`] (tokens), [`frame`] (SSE bytes), [`error`], [`config`], [`metrics`];
+//! - [`hub`]: one NATS subscription per watched stream, fanned out to its connections;
+//! - [`stream`]: one browser's stream (snapshot, resume, catch-up, heartbeats);
+//! - HTTP: [`connection`] serves each accepted connection (streams by hand, the rest through
+//!   axum), [`bridge`] forwards commands, and [`server::Gateway`] is the whole process.
 
 pub mod auth;
+pub mod backend;
 pub mod bridge;
 pub mod config;
 pub mod connection;
@@ -14,6 +19,7 @@ pub mod frame;
 pub mod hub;
 pub mod metrics;
 pub mod server;
+pub mod state;
 pub mod stream;
 
 pub use config::Config;

@@ -1,25 +1,20 @@
-//! The gateway process: its state, its router, and how it starts and stops.
+//! The gateway process: its router, and how it starts, follows NATS and stops.
 
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::client::RequestErrorKind;
-use async_nats::connection::State as NatsState;
-use async_nats::{Client, Event};
+use async_nats::Event;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use bytes::Bytes;
 use metrics::gauge;
 use metrics_exporter_prometheus::PrometheusHandle;
-use proto::store::RoomStatus;
-use proto::{ErrorCode, RoomCode, StoreNames, Subjects};
+use proto::{ErrorCode, StoreNames, Subjects};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -28,104 +23,13 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::auth::Verifier;
 use crate::bridge;
-use crate::config::{Config, GatewayConfig};
+use crate::config::Config;
 use crate::connection;
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::metrics as m;
+use crate::state::{AppState, Inner};
 use crate::stream::{self, Route};
-
-/// Everything a handler needs; cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-pub struct Inner {
-    pub client: Client,
-    pub subjects: Subjects,
-    /// Where engines keep rooms, to tell a room changing hands from one that is gone.
-    pub store: StoreNames,
-    pub hub: Hub,
-    pub verifier: Verifier,
-    pub config: GatewayConfig,
-    /// Open SSE streams, against `gateway.max_connections`.
-    pub connections: AtomicUsize,
-    /// Cancelled on SIGTERM: every stream ends.
-    pub shutdown: CancellationToken,
-}
-
-impl Deref for AppState {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
-    }
-}
-
-impl AppState {
-    pub fn nats_connected(&self) -> bool {
-        self.client.connection_state() == NatsState::Connected
-    }
-}
-
-/// A request to the engine under `gateway.request_timeout`, for `room` or (`None`) the lobby:
-/// a timeout is 504, no responders 404 for a room that does not exist, else 503 with
-/// `Retry-After` (no engine, or the room is moving to another engine).
-pub async fn nats_request(
-    state: &AppState,
-    subject: String,
-    body: Bytes,
-    room: Option<&RoomCode>,
-) -> Result<Bytes, ApiError> {
-    if !state.nats_connected() {
-        return Err(ApiError::unavailable(
-            "NATS is unreachable",
-            state.config.retry,
-        ));
-    }
-    let request = state.client.request(subject, body);
-    match tokio::time::timeout(state.config.request_timeout, request).await {
-        Ok(Ok(msg)) => Ok(msg.payload),
-        Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => Err(match room {
-            Some(code) if !room_is_stored(state, code).await => {
-                ApiError::new(ErrorCode::NoSuchRoom, "no such room")
-            }
-            Some(_) => {
-                ApiError::unavailable("the room is moving to another engine", state.config.retry)
-            }
-            None => ApiError::unavailable("no engine is answering", state.config.retry),
-        }),
-        Ok(Err(e)) if e.kind() != RequestErrorKind::TimedOut => Err(ApiError::unavailable(
-            format!("NATS: {e}"),
-            state.config.retry,
-        )),
-        _ => Err(ApiError::new(
-            ErrorCode::Timeout,
-            "the engine did not answer in time",
-        )),
-    }
-}
-
-/// Whether a room nobody answers for is still in the store and open: then an engine is taking
-/// it over (or about to be started), and the client should try again. A backend that keeps
-/// no store (the bucket does not exist) has no such rooms.
-async fn room_is_stored(state: &AppState, code: &RoomCode) -> bool {
-    let js = async_nats::jetstream::new(state.client.clone());
-    let Ok(rooms) = js.get_key_value(state.store.rooms_bucket()).await else {
-        return false;
-    };
-    match rooms.get(code.as_str()).await {
-        Ok(Some(record)) => serde_json::from_slice::<RoomStatus>(&record)
-            .map(|status| !status.closed)
-            .unwrap_or(false),
-        _ => false,
-    }
-}
-
-/// A room code from the path; a malformed one names no room.
-/// A room code from a path, as a person may have typed it (`7qk3-m9xr-t2va`): see
-/// [`RoomCode::parse_typed`] and, for what finds the room, [`RoomCode::canonical`].
-pub fn room_code(raw: &str) -> Result<RoomCode, ApiError> {
-    RoomCode::parse_typed(raw).map_err(|_| ApiError::new(ErrorCode::NoSuchRoom, "no such room"))
-}
 
 /// The public HTTP surface.
 pub fn app(state: AppState) -> Router {

@@ -22,11 +22,12 @@ use proto::{PlayerId, SnapReply, SnapRequest};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::auth::token_of;
+use crate::backend::{self, room_code};
 use crate::error::ApiError;
 use crate::frame::Frame;
 use crate::hub::{is_for, Item, Membership, StreamKey};
 use crate::metrics as m;
-use crate::server::{nats_request, room_code, AppState};
+use crate::state::AppState;
 
 const HEARTBEAT: &[u8] = b": ping\n\n";
 
@@ -174,7 +175,7 @@ async fn fetch(
         since,
     };
     let body = serde_json::to_vec(&request).expect("requests serialise infallibly");
-    let reply = nats_request(state, subject, body.into(), room).await?;
+    let reply = backend::request(state, subject, body.into(), room).await?;
     let reply = SnapReply::decode(&reply)?;
     Ok(reply
         .events
