@@ -154,17 +154,26 @@ async fn read_head(socket: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Opt
         if socket.read_buf(buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => return Ok(Some(Head::of(&request, len))),
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
-            _ => return Ok(None),
+        if let Some(head) = Head::parse(buf) {
+            return Ok(head);
         }
     }
 }
 
 impl Head {
+    /// What the bytes read so far are: `None` while a head may still be coming, then the
+    /// head, or `Some(None)` for one not to parse here (too long, too many headers,
+    /// malformed), which hyper answers from the same bytes.
+    fn parse(buf: &[u8]) -> Option<Option<Head>> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => Some(Some(Head::of(&request, len))),
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => None,
+            _ => Some(None),
+        }
+    }
+
     fn of(request: &httparse::Request<'_, '_>, len: usize) -> Head {
         let mut headers = HeaderMap::with_capacity(request.headers.len());
         for h in request.headers.iter() {
@@ -485,5 +494,84 @@ impl AsyncWrite for Rewind {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.socket).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Requests a browser or a proxy could send, to mutate.
+    const SEEDS: [&str; 4] = [
+        "GET /v1/lobby/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+        "GET /v1/rooms/7QK3M9XRT2VA/events?token=a.b.c HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 42\r\n\r\n",
+        "POST /v1/rooms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+        "GET /v1/lobby/events HTTP/1.1\r\nHost: x\r\nOrigin: http://x\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+    ];
+
+    /// What the direct path promises of any head it takes: only a plain `GET` over HTTP/1.1
+    /// without a body, `Origin` or `Upgrade`, and without percent-encoding, is a stream here.
+    fn check(buf: &[u8]) -> Result<(), TestCaseError> {
+        if let Some(Some(head)) = Head::parse(buf) {
+            prop_assert!(head.len <= buf.len());
+            if let Some(path) = &head.path {
+                prop_assert!(buf.starts_with(b"GET "));
+                prop_assert!(!path.contains('%') && !path.contains('?'));
+                for refused in ["origin", "upgrade", "content-length", "transfer-encoding"] {
+                    prop_assert!(!head.headers.contains_key(refused));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(8192))]
+
+        #[test]
+        fn any_bytes_are_a_head_to_serve_or_to_pass_on_and_never_a_panic(
+            buf in proptest::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            check(&buf)?;
+        }
+
+        #[test]
+        fn mutated_requests_are_too(
+            seed in 0..SEEDS.len(),
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0..3u8), 0..8),
+            cut in any::<usize>(),
+        ) {
+            let mut buf = SEEDS[seed].as_bytes().to_vec();
+            for (at, byte, kind) in edits {
+                let at = at % (buf.len() + 1);
+                match kind {
+                    0 => buf.insert(at, byte),
+                    1 if at < buf.len() => buf[at] = byte,
+                    _ if at < buf.len() => { buf.remove(at); }
+                    _ => {}
+                }
+            }
+            // Truncated anywhere, as a slow client's first read would be.
+            buf.truncate(cut % (buf.len() + 1));
+            check(&buf)?;
+        }
+    }
+
+    #[test]
+    fn a_head_too_long_or_with_too_many_headers_is_passed_on() {
+        let long = format!(
+            "GET /v1/lobby/events HTTP/1.1\r\nX: {}\r\n",
+            "x".repeat(MAX_HEAD)
+        );
+        assert!(matches!(Head::parse(long.as_bytes()), Some(None)));
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("H{i}: v\r\n")).collect();
+        let many = format!("GET /v1/lobby/events HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(Head::parse(many.as_bytes()), Some(None)));
+        assert!(
+            Head::parse(b"GET /v1/lobby/events HTTP/1.1\r\nHost").is_none(),
+            "still coming"
+        );
     }
 }

@@ -117,6 +117,60 @@ mod tests {
         );
     }
 
+    /// A reader of the SSE format as browsers implement it (WHATWG HTML, "event stream
+    /// interpretation"): the fields of one event, `data` lines joined with `\n`.
+    fn read_sse(bytes: &[u8]) -> (Option<String>, Option<String>, Vec<u8>, usize) {
+        let (mut id, mut event, mut data, mut events) = (None, None, Vec::new(), 0);
+        let mut data_lines: Vec<&[u8]> = Vec::new();
+        // What follows the last line end is not a line.
+        let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        for line in lines(bytes) {
+            if line.is_empty() {
+                events += 1;
+                continue;
+            }
+            let (field, value) = match line.iter().position(|b| *b == b':') {
+                Some(i) => {
+                    let value = &line[i + 1..];
+                    (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
+                }
+                None => (line, &b""[..]),
+            };
+            match field {
+                b"id" => id = Some(String::from_utf8_lossy(value).into_owned()),
+                b"event" => event = Some(String::from_utf8_lossy(value).into_owned()),
+                b"data" => data_lines.push(value),
+                _ => {}
+            }
+        }
+        data.extend(data_lines.join(&b'\n'));
+        (id, event, data, events)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        /// Whatever a backend publishes (any bytes, any event name), a browser reads back one
+        /// event with the id, the name (or none, for a name that would break the framing) and
+        /// the body, its line ends made `\n`.
+        #[test]
+        fn any_event_reads_back_as_one_event_with_its_id_name_and_body(
+            id in proptest::prelude::any::<u64>(),
+            event in "[ -~\r\n]{0,12}",
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            let frame = Frame::encode(id, &event, &data);
+            let (read_id, read_event, read_data, events) = read_sse(&frame.bytes);
+            proptest::prop_assert_eq!(events, 1, "one blank line ends exactly one event");
+            proptest::prop_assert_eq!(read_id, Some(id.to_string()));
+            let named = !event.is_empty() && !event.contains(['\n', '\r']);
+            let expected_event = named.then(|| event.clone());
+            proptest::prop_assert_eq!(read_event, expected_event);
+            let expected: Vec<u8> = lines(&data).collect::<Vec<_>>().join(&b'\n');
+            proptest::prop_assert_eq!(read_data, expected);
+        }
+    }
+
     #[test]
     fn an_event_name_cannot_inject_fields() {
         let f = Frame::encode(1, "x\nid: 999", b"{}");

@@ -188,3 +188,71 @@ async fn a_dribbled_body_and_an_oversized_head_are_refused_and_others_are_served
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 4"), "{answer:.200}");
 }
+
+/// Requests nobody should send: random bytes, valid ones mangled or cut short, oversized
+/// heads, bodies that lie about their length, several requests in one write.
+fn hostile_request(rng: &mut impl rand::Rng) -> Vec<u8> {
+    const VALID: [&str; 3] = [
+        "GET /v1/lobby/events HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /v1/rooms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 32\r\n\r\n{\"title\":\"t\",\"total\":3,\"mafia\":1}",
+        "GET /v1/rooms/Room1234/events?token=x HTTP/1.1\r\nHost: x\r\nOrigin: http://x\r\n\r\n",
+    ];
+    let valid = VALID[rng.random_range(0..VALID.len())].as_bytes().to_vec();
+    match rng.random_range(0..6) {
+        0 => (0..rng.random_range(1..4096)).map(|_| rng.random()).collect(),
+        1 => {
+            let mut mangled = valid;
+            for _ in 0..rng.random_range(1..6) {
+                let at = rng.random_range(0..mangled.len());
+                mangled[at] = rng.random();
+            }
+            mangled
+        }
+        2 => valid[..rng.random_range(0..valid.len())].to_vec(),
+        3 => {
+            let pad = "x".repeat(rng.random_range(8_000..80_000));
+            format!("GET /v1/lobby/events HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\n").into_bytes()
+        }
+        4 => b"POST /v1/rooms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n{".to_vec(),
+        _ => [valid.clone(), VALID[1].as_bytes().to_vec(), valid].concat(),
+    }
+}
+
+#[tokio::test]
+async fn hostile_requests_leave_the_gateway_serving_everyone_else() {
+    use rand::SeedableRng;
+    let s = Setup::new(|_| {}).await;
+    let fake = FakeStream::start(&s, None, true).await;
+    let mut watcher = Sse::connect(&s.gateway.url("/v1/lobby/events"), &[]).await;
+    assert_eq!(watcher.next().await.unwrap().event, "snapshot");
+    let seed = rand::random::<u64>();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    const TRIES: usize = 1_000;
+    for batch in 0..TRIES / 100 {
+        let mut sent = Vec::new();
+        for _ in 0..100 {
+            let request = hostile_request(&mut rng);
+            let addr = s.gateway.addr;
+            sent.push(tokio::spawn(async move {
+                let mut socket = TcpStream::connect(addr).await.unwrap();
+                let _ = socket.write_all(&request).await;
+                let _ = socket.shutdown().await;
+                // Read a little of whatever it answers (a stream would go on), then go.
+                let mut answer = Vec::new();
+                let _ = timeout(Duration::from_millis(300), socket.read_to_end(&mut answer)).await;
+            }));
+        }
+        for client in sent {
+            client.await.unwrap();
+        }
+        // Everyone else is still served: a health check, and the open stream's next event.
+        let health = timeout(WAIT, reqwest::get(s.gateway.url("/healthz")))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(health.status(), 200, "seed {seed}, after batch {batch}");
+        fake.send(Publish::Public { n: 1, size: 8 });
+        assert_eq!(watcher.next().await.unwrap().event, "tick", "seed {seed}");
+    }
+    eprintln!("{TRIES} hostile requests (seed {seed}); the gateway kept serving");
+}
