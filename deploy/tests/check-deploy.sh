@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Static checks of everything in deploy/: Prometheus config, alert rules and their unit tests
 # (promtool), the Grafana dashboard (JSON, and its PromQL through promtool), the nginx template
-# rendered for two gateways (nginx -t), the systemd units (systemd-analyze verify, where
-# it exists) and the example configs (TOML, every key commented, agreeing with the units).
+# rendered for two gateways (nginx -t), the nats-server configs (nats-server -t), the systemd
+# units (systemd-analyze verify, where it exists) and the example configs (TOML, every key commented, agreeing with the units).
 # Needs promtool (Debian package `prometheus`), nginx and python3. Exits non-zero
 # if any check fails. The live check, that running processes export the metrics used here,
 # is check-metric-names.py (run by deploy/test).
@@ -153,6 +153,14 @@ if command -v systemd-analyze >/dev/null; then
 else
     echo "SKIP  systemd-analyze verify deploy/systemd/*.service: systemd-analyze is not installed here"
     skipped=$((skipped + 1))
+fi
+
+# --- nats-server ----------------------------------------------------------------------------
+# The single-server and cluster configs parse, with every key known to this nats-server.
+if need nats-server "apt-get install nats-server"; then
+    for conf in deploy/nats/*.conf; do
+        check "nats-server -t -c $conf" nats-server -t -c "$conf"
+    done
 fi
 
 # --- example configs ------------------------------------------------------------------------

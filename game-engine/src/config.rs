@@ -44,8 +44,11 @@ pub struct EngineConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Copies of each bucket and stream: 1 on a single nats-server, 3 on a cluster.
-    pub replicas: usize,
+    /// Copies of each bucket and stream the engine creates (1 to 5): 1 on a single
+    /// nats-server, 3 on a cluster. Unset, the engine decides at start
+    /// ([`crate::store::choose_replicas`]): the copies of the existing rooms bucket, else 3
+    /// if the server it reached is in a cluster of three or more, else 1.
+    pub replicas: Option<usize>,
     /// Upper bound, in bytes, of the rooms bucket and of the log stream (each). Unset, they
     /// have none of their own and share the server's `max_file_store`: JetStream reserves a
     /// stream's `max_bytes` on disk when it is created, so a bound larger than the server can
@@ -81,7 +84,7 @@ impl Default for Config {
                 token_ttl: Duration::from_secs(24 * 60 * 60),
             },
             store: StoreConfig {
-                replicas: 1,
+                replicas: None,
                 max_bytes: None,
             },
             log: LogConfig::default(),
@@ -94,13 +97,20 @@ impl Config {
         proto::config::load(&Config::default(), file)
     }
 
-    /// `engine.id`, or a fresh random one.
+    /// `engine.id`, or a fresh random one, once the bounded settings (`engine.lease`,
+    /// `store.replicas`) are checked.
     pub fn engine_id(&self) -> anyhow::Result<String> {
         anyhow::ensure!(
             self.engine.lease >= Duration::from_millis(200)
                 && self.engine.lease <= Duration::from_secs(5),
             "engine.lease: between 200ms and 5s"
         );
+        if let Some(replicas) = self.store.replicas {
+            anyhow::ensure!(
+                (1..=5).contains(&replicas),
+                "store.replicas: between 1 and 5 (JetStream's limit), or unset to choose by the server"
+            );
+        }
         let id = &self.engine.id;
         if id.is_empty() {
             let random: proto::PlayerId = crate::rules::random_token(&mut rand::rng(), 12);

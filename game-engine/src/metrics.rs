@@ -14,6 +14,7 @@ pub const NATS_CONNECTED: &str = "phasecast_engine_nats_connected";
 pub const ROOMS_TAKEN_OVER: &str = "phasecast_engine_rooms_taken_over_total";
 pub const OWNERSHIP_LOST: &str = "phasecast_engine_ownership_lost_total";
 pub const STEPS_DEFERRED: &str = "phasecast_engine_steps_deferred_total";
+pub const STORE_REPLICAS: &str = "phasecast_engine_store_replicas";
 
 /// Latency buckets from 50 µs to 5 s: scheduler lateness lives at the low end, a command
 /// queued behind a slow NATS at the high end.
@@ -54,6 +55,10 @@ fn describe() {
     describe_counter!(
         STEPS_DEFERRED,
         "Room steps undone because JetStream did not take their commit (retried later)"
+    );
+    describe_gauge!(
+        STORE_REPLICAS,
+        "Copies JetStream keeps of the rooms bucket (1: one server; 3: a cluster)"
     );
     for phase in Phase::ALL {
         gauge!(ROOMS, "phase" => phase.as_str()).increment(0.0);

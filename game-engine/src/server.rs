@@ -33,7 +33,7 @@ use crate::ownership;
 use crate::room::{join_token, Room};
 use crate::rules::{draw_room_code, Game};
 use crate::scheduler::{Scheduler, SchedulerThread};
-use crate::store::{RoomRecord, Store, StoreLimits};
+use crate::store::{choose_replicas, RoomRecord, Store, StoreLimits};
 
 /// A configured engine, connected and bound, not yet serving.
 pub struct Engine {
@@ -68,19 +68,31 @@ impl Engine {
             .await
             .with_context(|| format!("nats.url: cannot connect to {}", config.nats.url))?;
         gauge!(m::NATS_CONNECTED).set(1.0);
+        let names = StoreNames::new(&config.subject_prefix);
+        let (replicas, from) = choose_replicas(&client, &names, config.store.replicas)
+            .await
+            .context("store: JetStream must be enabled (nats-server -js)")?;
+        tracing::info!(
+            replicas,
+            from = %from,
+            server = %client.server_info().server_name,
+            "store: {replicas} copies of each bucket and stream ({from})"
+        );
         let limits = StoreLimits {
-            replicas: config.store.replicas,
+            replicas,
             retention: config.store_retention(),
             history: config.engine.history,
             max_bytes: config.store.max_bytes,
         };
-        let store = Store::open(
-            client.clone(),
-            StoreNames::new(&config.subject_prefix),
-            &limits,
-        )
-        .await
-        .context("store: JetStream must be enabled (nats-server -js) with room for the buckets and the log")?;
+        let store = Store::open(client.clone(), names, &limits)
+            .await
+            .context(if replicas > 1 {
+                "store: JetStream must be enabled (nats-server -js) on enough servers for the \
+                 copies asked for (store.replicas), with room for the buckets and the log"
+            } else {
+                "store: JetStream must be enabled (nats-server -js) with room for the buckets and the log"
+            })?;
+        gauge!(m::STORE_REPLICAS).set(store.replicas as f64);
         let admin = TcpListener::bind(config.engine.admin_listen)
             .await
             .with_context(|| {
@@ -154,7 +166,7 @@ impl Engine {
             engine = %ctx.engine_id,
             nats = %config.nats.url,
             prefix = %config.subject_prefix,
-            replicas = config.store.replicas,
+            replicas = ctx.store.replicas,
             "engine ready"
         );
 

@@ -2,7 +2,11 @@
 //! key pair for tokens.
 //!
 //! One server per test keeps tests independent and parallel-safe; it listens on a random port
-//! (`-p -1`), is killed on drop, and its store directory is deleted with it.
+//! (`-p -1`), is killed on drop, and its store directory is deleted with it. Tests that kill
+//! servers use [`NatsCluster`]: three nodes, any of which can die.
+
+mod cluster;
+pub use cluster::{NatsCluster, CLUSTER_NAME, CLUSTER_WAIT};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,9 +15,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// Disk a test's JetStream may use: far more than any test writes, far less than a machine has.
-const JETSTREAM_FILE_BUDGET: u64 = 256 << 20;
+pub(crate) const JETSTREAM_FILE_BUDGET: u64 = 256 << 20;
 /// Memory a test's JetStream may use.
-const JETSTREAM_MEMORY_BUDGET: u64 = 64 << 20;
+pub(crate) const JETSTREAM_MEMORY_BUDGET: u64 = 64 << 20;
 
 /// A running `nats-server`, stopped when dropped.
 pub struct NatsServer {
@@ -117,7 +121,7 @@ impl Drop for NatsServer {
     }
 }
 
-fn nats_server_binary() -> PathBuf {
+pub(crate) fn nats_server_binary() -> PathBuf {
     std::env::var_os("NATS_SERVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("nats-server"))

@@ -1,0 +1,297 @@
+//! A gateway on a three-node NATS cluster whose node dies: the real gateway and engine
+//! binaries on different nodes, three players playing through the gateway's HTTP bridge and
+//! watching their room over SSE, and the gateway's node killed (-9) mid-night. The gateway
+//! reconnects to another node and resyncs its streams; each player's stream must carry
+//! exactly the events a tap on a surviving node saw for that player (the room's public
+//! events and their own), in order, none missing and none twice.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{EngineProcess, GatewayProcess, Keys, Sse, SseEvent, WAIT};
+use futures::StreamExt;
+use proto::headers::{SSE_EVENT, SSE_ID};
+use proto::{RoomCode, Subjects};
+use serde_json::{json, Value};
+use test_support::NatsCluster;
+use tokio::task::block_in_place;
+use tokio::time::{timeout, Instant};
+
+/// How long a command is retried while the gateway has no NATS (503) or the room's engine
+/// is busy reconnecting: a leader election and a reconnect, with room to spare.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// A JSON POST as the page makes it, retried on 503 (as the page does, after `Retry-After`)
+/// and on a connection error; the status and body of the first other answer.
+async fn post(url: &str, body: &Value, token: Option<&str>) -> (u16, Value) {
+    let deadline = Instant::now() + RETRY_FOR;
+    loop {
+        let mut req = reqwest::Client::new()
+            .post(url)
+            .header("Content-Type", "application/json")
+            .body(body.to_string());
+        if let Some(token) = token {
+            req = req.header("Authorization", format!("Bearer {token}"));
+        }
+        if let Ok(Ok(resp)) = timeout(WAIT, req.send()).await {
+            let status = resp.status().as_u16();
+            let body: Value = timeout(WAIT, resp.json())
+                .await
+                .expect("body in time")
+                .unwrap_or(Value::Null);
+            if status != 503 {
+                return (status, body);
+            }
+        }
+        assert!(Instant::now() < deadline, "{url}: still unavailable");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A player: their id, token and SSE stream, reopened with `Last-Event-ID` if it ends (as
+/// `EventSource` does).
+struct Player {
+    id: String,
+    token: String,
+    url: String,
+    sse: Sse,
+    /// Ids delivered after the first snapshot, in order.
+    ids: Vec<u64>,
+    /// The id of the stream's first snapshot.
+    start: u64,
+    /// Snapshots delivered after the first (a resync that could not send the events).
+    later_snapshots: usize,
+    reopened: usize,
+}
+
+impl Player {
+    async fn open(url: String, id: String, token: String) -> Player {
+        let mut sse = Sse::connect(&format!("{url}?token={token}"), &[]).await;
+        let first = sse.next().await.expect("a snapshot");
+        assert_eq!(first.event, "snapshot");
+        Player {
+            id,
+            token,
+            url,
+            sse,
+            ids: Vec::new(),
+            start: first.id.unwrap(),
+            later_snapshots: 0,
+            reopened: 0,
+        }
+    }
+
+    async fn next(&mut self) -> SseEvent {
+        loop {
+            if let Some(ev) = self.sse.next().await {
+                let id = ev.id.expect("events carry ids");
+                let last = self.ids.last().copied().unwrap_or(self.start);
+                assert!(id > last, "{}: id {id} after {last}", self.id);
+                if ev.event == "snapshot" {
+                    self.later_snapshots += 1;
+                } else {
+                    self.ids.push(id);
+                }
+                return ev;
+            }
+            // The stream ended (its resync gave up): reopen where it stopped.
+            self.reopened += 1;
+            assert!(self.reopened < 10, "{}: stream keeps ending", self.id);
+            let last = self.ids.last().copied().unwrap_or(self.start).to_string();
+            let url = format!("{}?token={}", self.url, self.token);
+            self.sse = Sse::connect(&url, &[("Last-Event-ID", &last)]).await;
+        }
+    }
+
+    async fn until(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let ev = self.next().await;
+            if ev.event == name && pred(&ev.json()) {
+                return ev.json();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_s_node_dies_mid_night_and_every_stream_goes_on_without_a_gap() {
+    let mut cluster = block_in_place(NatsCluster::start);
+    let keys = Keys::new();
+    let subjects = Subjects::default();
+    // The engine on n0, the gateway on n1, the tap on n2.
+    let tap_client = async_nats::connect(cluster.url(2)).await.unwrap();
+    let engine = EngineProcess::start(&cluster.url(0), &keys, &[]);
+    engine.ready(&tap_client).await;
+    let gw = GatewayProcess::start(
+        &cluster.url(1),
+        &keys,
+        &[("PHASECAST_GATEWAY__HEARTBEAT", "1s")],
+    )
+    .await;
+
+    let settings = json!({"title": "cluster", "total": 3, "mafia": 1,
+        "durations_ms": {"day_intro": 50, "notice": 50, "day_per_player": 20000, "vote": 100,
+            "vote_result": 50, "night_intro": 50, "night": 3000, "ended": 60000}});
+    let (status, created) = post(&gw.url("/v1/rooms"), &settings, None).await;
+    assert_eq!(status, 200, "{created}");
+    let code = created["code"].as_str().unwrap().to_owned();
+    let mut tap = tap_client
+        .subscribe(subjects.room_wildcard(&RoomCode::parse(&code).unwrap()))
+        .await
+        .unwrap();
+    tap_client.flush().await.unwrap();
+
+    let mut players = Vec::new();
+    for name in ["Ann", "Bob", "Cat"] {
+        let (status, joined) = post(
+            &gw.url(&format!("/v1/rooms/{code}/join")),
+            &json!({"name": name, "request_id": format!("join-{name}")}),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{joined}");
+        players.push(
+            Player::open(
+                gw.url(&format!("/v1/rooms/{code}/events")),
+                joined["player_id"].as_str().unwrap().to_owned(),
+                joined["token"].as_str().unwrap().to_owned(),
+            )
+            .await,
+        );
+    }
+    let commands = gw.url(&format!("/v1/rooms/{code}/commands"));
+    let mut requests = 0;
+    let mut command = |players: &[Player], who: usize, body: Value| {
+        requests += 1;
+        let mut body = body;
+        body["request_id"] = json!(format!("r{requests}"));
+        let token = players[who].token.clone();
+        let commands = commands.clone();
+        async move {
+            let (status, reply) = post(&commands, &body, Some(&token)).await;
+            assert_eq!(status, 200, "{body}: {reply}");
+        }
+    };
+    command(&players, 0, json!({"type": "start"})).await;
+    let mut mafia = None;
+    for (i, p) in players.iter_mut().enumerate() {
+        let role = p.until("role", |_| true).await;
+        if role["role"] == "mafia" {
+            mafia = Some(i);
+        }
+    }
+    let mafia = mafia.expect("a mafia");
+    players[0].until("phase", |d| d["phase"] == "day").await;
+    for i in 0..3 {
+        command(&players, i, json!({"type": "vote", "target": null})).await;
+    }
+    players[0].until("phase", |d| d["phase"] == "night").await;
+    let victim = (0..3).find(|&i| i != mafia).unwrap();
+    let target = players[victim].id.clone();
+    command(&players, mafia, json!({"type": "skill", "target": target})).await;
+
+    // A backend on n2 has the mafia talk every 10 ms, so that events are published while
+    // the gateway is between nodes: its streams must fetch those with `since`.
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let chatter = {
+        let client = tap_client.clone();
+        let subject = subjects.room_cmd(&RoomCode::parse(&code).unwrap());
+        let mafia_id = players[mafia].id.clone();
+        tokio::spawn(async move {
+            let mut acked = 0;
+            for n in 0.. {
+                let body = json!({"type": "chat", "player": mafia_id, "text": format!("line {n}")});
+                let asked = timeout(
+                    Duration::from_secs(2),
+                    client.request(subject.clone(), body.to_string().into()),
+                );
+                tokio::select! {
+                    reply = asked => {
+                        if let Ok(Ok(reply)) = reply {
+                            let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+                            acked += usize::from(reply["ok"] == true);
+                        }
+                    }
+                    _ = &mut stopped => break,
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    _ = &mut stopped => break,
+                }
+            }
+            acked
+        })
+    };
+
+    // The gateway's node dies while the night runs; the deadline fires meanwhile or after.
+    block_in_place(|| cluster.kill(1));
+    command(
+        &players,
+        mafia,
+        json!({"type": "chat", "text": "still here"}),
+    )
+    .await;
+    for p in &mut players {
+        let over = p.until("game_over", |_| true).await;
+        assert_eq!(over["winner"], "mafia");
+    }
+    let _ = stop.send(());
+    let acked = timeout(WAIT, chatter).await.unwrap().unwrap();
+    eprintln!("chat lines acknowledged: {acked}");
+    assert!(acked > 0, "the backend's chat went through");
+
+    // What the tap saw, per subject, up to game_over.
+    let mut public = BTreeSet::new();
+    let mut private: Vec<BTreeSet<u64>> = vec![BTreeSet::new(); 3];
+    let deadline = Instant::now() + WAIT;
+    let mut over = None;
+    while over.is_none() || public.last() < over.as_ref() {
+        let msg = tokio::time::timeout_at(deadline, tap.next())
+            .await
+            .expect("the tap saw the game end")
+            .unwrap();
+        let Some(headers) = msg.headers else { continue };
+        let Some(id) = headers.get(SSE_ID) else {
+            continue;
+        };
+        let id: u64 = id.as_str().parse().unwrap();
+        let subject = msg.subject.as_str();
+        match players
+            .iter()
+            .position(|p| subject.ends_with(&format!(".evt.{}", p.id)))
+        {
+            Some(i) => {
+                private[i].insert(id);
+            }
+            None => {
+                public.insert(id);
+                if headers.get(SSE_EVENT).map(|e| e.as_str()) == Some("game_over") {
+                    over = Some(id);
+                }
+            }
+        }
+    }
+    let over = over.unwrap();
+    for (i, p) in players.iter().enumerate() {
+        let expected: Vec<u64> = (public.iter().chain(private[i].iter()))
+            .copied()
+            .filter(|&id| id > p.start && id <= over)
+            .collect::<BTreeSet<u64>>()
+            .into_iter()
+            .collect();
+        let got: Vec<u64> = p.ids.iter().copied().filter(|&id| id <= over).collect();
+        assert_eq!(
+            got, expected,
+            "player {i}'s stream: every event of theirs, once, in order"
+        );
+        eprintln!(
+            "player {i}: {} events, {} later snapshots, reopened {} times",
+            got.len(),
+            p.later_snapshots,
+            p.reopened
+        );
+    }
+    drop(engine);
+}
