@@ -41,7 +41,10 @@ async fn post(url: &str, body: &Value, token: Option<&str>) -> (u16, Value) {
                 .await
                 .expect("body in time")
                 .unwrap_or(Value::Null);
-            if status != 503 {
+            // 503 (failing over) and 504 (the engine's commit waited out a JetStream leader
+            // election, 2-5 s on 2.9) are retried with the same request_id, as a client
+            // should: the engine applies it once.
+            if status != 503 && status != 504 {
                 return (status, body);
             }
         }
