@@ -473,6 +473,16 @@ async fn night_through<F: std::future::Future<Output = ()>>(
     assert_chat_once(&tap, &acked);
     assert_eq!(tap.phases(), expected_phases(), "each phase once, in order");
     tap.assert_no_gap();
+    for (i, engine) in w.engines.iter().enumerate() {
+        eprintln!(
+            "engine {i}: rooms taken over {}, lost {}, steps deferred {}",
+            engine
+                .metric("phasecast_engine_rooms_taken_over_total")
+                .await,
+            engine.metric("phasecast_engine_ownership_lost_total").await,
+            engine.metric("phasecast_engine_steps_deferred_total").await,
+        );
+    }
     tap
 }
 
@@ -616,5 +626,77 @@ async fn wait_metric(engine: &Engine, name: &str) -> f64 {
         }
         assert!(Instant::now() < deadline, "{name} never served");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The leader of the engines' heartbeat bucket dies. While its stream elects a new leader (2
+/// to 5 s on nats-server 2.9) no engine can write a heartbeat; no engine died, so none
+/// should take another's rooms over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_bucket_s_leader_dies_and_no_engine_takes_over_a_live_one() {
+    let _turn = TURN.lock().await;
+    let mut w = World::start().await;
+    let leader = block_in_place(|| w.cluster.wait_meta_leader());
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    w.engine("e0", others[0]).await;
+    w.engine("e1", others[1]).await;
+    let mut codes = Vec::new();
+    for n in 0..20 {
+        codes.push(
+            w.create(json!({"title": format!("r{n}"), "total": 3, "mafia": 1}))
+                .await,
+        );
+    }
+    // The node that hosts the engines' heartbeat watchers (ephemeral consumers on the
+    // bucket), else the bucket's leader.
+    let leader = block_in_place(|| w.cluster.wait_stream_leader("KV_game_engines"));
+    let hosts: Vec<usize> = (0..3)
+        .filter(|&i| {
+            w.cluster
+                .monitoring(i, "jsz?accounts=true&streams=true&consumers=true")
+                .is_some_and(|j| {
+                    j["account_details"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+                        .filter(|s| s["name"] == "KV_game_engines")
+                        .flat_map(|s| s["consumer_detail"].as_array().into_iter().flatten())
+                        .any(|c| c["cluster"]["leader"] == w.cluster.name(i))
+                })
+        })
+        .collect();
+    eprintln!("engines bucket led by n{leader}, its watchers on {hosts:?}");
+    let leader = hosts.first().copied().unwrap_or(leader);
+    let before: Vec<f64> = {
+        let mut v = Vec::new();
+        for e in &w.engines {
+            v.push(e.metric("phasecast_engine_rooms_taken_over_total").await);
+        }
+        v
+    };
+    w.kill(leader);
+    block_in_place(|| {
+        w.cluster.wait_stream_leader("KV_game_engines");
+    });
+    // Two leases after the election: any takeover would have happened by now. Every room
+    // answers meanwhile (retried while `unavailable`).
+    let settle = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < settle {
+        for code in &codes {
+            let snap = w
+                .ask(
+                    w.subjects.room_snap(code),
+                    json!({"viewer": null, "since": null}),
+                )
+                .await;
+            assert_eq!(snap["ok"], true, "{snap}");
+        }
+    }
+    for (i, e) in w.engines.iter().enumerate() {
+        let taken = e.metric("phasecast_engine_rooms_taken_over_total").await - before[i];
+        let lost = e.metric("phasecast_engine_ownership_lost_total").await;
+        eprintln!("engine {i}: rooms taken over {taken}, lost {lost}");
+        assert_eq!(taken, 0.0, "engine {i} took rooms over from a live engine");
     }
 }
