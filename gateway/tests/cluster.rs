@@ -24,13 +24,9 @@ use tokio::time::{timeout, Instant};
 const RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// A JSON POST as the page makes it, retried on 503 (as the page does, after `Retry-After`)
-/// and on a connection error; a command with a `request_id` is also retried on 504 (the
-/// gateway sent it into the connection its node took down, and cannot know whether it was
-/// applied: the `request_id` makes the retry safe). The status and body of the first other
-/// answer.
+/// and on a connection error; the status and body of the first other answer.
 async fn post(url: &str, body: &Value, token: Option<&str>) -> (u16, Value) {
     let deadline = Instant::now() + RETRY_FOR;
-    let idempotent = body["request_id"].is_string();
     loop {
         let mut req = reqwest::Client::new()
             .post(url)
@@ -41,12 +37,12 @@ async fn post(url: &str, body: &Value, token: Option<&str>) -> (u16, Value) {
         }
         if let Ok(Ok(resp)) = timeout(WAIT, req.send()).await {
             let status = resp.status().as_u16();
-            let answer: Value = timeout(WAIT, resp.json())
+            let body: Value = timeout(WAIT, resp.json())
                 .await
                 .expect("body in time")
                 .unwrap_or(Value::Null);
-            if !(status == 503 || (status == 504 && idempotent)) {
-                return (status, answer);
+            if status != 503 {
+                return (status, body);
             }
         }
         assert!(Instant::now() < deadline, "{url}: still unavailable");
