@@ -406,8 +406,11 @@ pub enum ReplicasFrom {
     Existing,
     /// The server the engine reached is in a cluster of this many servers (3 or more).
     Cluster(usize),
-    /// A single server, or a cluster of two (where 2 copies would survive nothing more).
+    /// A single server.
     Single,
+    /// A cluster that advertises fewer than three servers (two, or none with
+    /// `no_advertise`): copies would survive nothing more, so one.
+    SmallCluster(usize),
 }
 
 impl std::fmt::Display for ReplicasFrom {
@@ -417,6 +420,10 @@ impl std::fmt::Display for ReplicasFrom {
             ReplicasFrom::Existing => f.write_str("the existing rooms bucket"),
             ReplicasFrom::Cluster(n) => write!(f, "a NATS cluster of {n} servers"),
             ReplicasFrom::Single => f.write_str("a single NATS server"),
+            ReplicasFrom::SmallCluster(n) => write!(
+                f,
+                "a NATS cluster that advertises {n} server(s); set store.replicas if it has more"
+            ),
         }
     }
 }
@@ -449,23 +456,18 @@ pub async fn choose_replicas(
         Err(e) => return Err(e).context("JetStream: looking for the rooms bucket"),
     }
     let info = client.server_info();
-    let servers = cluster_size(&info);
-    Ok(if servers >= 3 {
-        (3, ReplicasFrom::Cluster(servers))
-    } else {
-        (1, ReplicasFrom::Single)
-    })
-}
-
-/// How many servers the connected server says its cluster has (1 outside a cluster).
-fn cluster_size(info: &async_nats::ServerInfo) -> usize {
     if info.cluster.is_none() {
-        return 1;
+        return Ok((1, ReplicasFrom::Single));
     }
+    // Every member's client URL, the connected one's included.
     let mut urls: Vec<&str> = info.connect_urls.iter().map(String::as_str).collect();
     urls.sort_unstable();
     urls.dedup();
-    urls.len().max(1)
+    Ok(if urls.len() >= 3 {
+        (3, ReplicasFrom::Cluster(urls.len()))
+    } else {
+        (1, ReplicasFrom::SmallCluster(urls.len()))
+    })
 }
 
 /// Opens a KV bucket, creating its stream first if need be. The stream is made here, as
