@@ -5,13 +5,17 @@
 //! on the watcher's own clock, so no clocks need agree), or whose last heartbeat says
 //! `leaving` (SIGTERM), is gone: the others list its rooms in the owners index and claim them,
 //! each first the rooms that rendezvous hashing gives it, then after another lease any left
-//! over. A claim is a compare-and-set of the room's record to the new owner and the next
+//! over. Silence counts only while this engine's own heartbeats have been coming back through
+//! its watch for a lease without a gap: when the heartbeat bucket itself fails (its leader is
+//! being elected, which takes longer than a lease on nats-server 2.9, or the watch stalls),
+//! every engine falls silent at once and none is judged gone. A claim is a compare-and-set of the room's record to the new owner and the next
 //! epoch; whoever loses the race moves on. Correctness never rests on the lease: the commit's
 //! compare-and-set fences a stale owner whatever the clocks say. See `docs/durability.md`.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_nats::jetstream::kv::{Entry, Operation};
 use futures::{StreamExt, TryStreamExt};
@@ -39,7 +43,50 @@ struct Peer {
     leaving: bool,
 }
 
-type Peers = Arc<Mutex<HashMap<String, Peer>>>;
+/// Our own heartbeats as the watch returns them: the proof that the watch shows beats.
+struct OwnBeats {
+    /// When the last one came back.
+    last: Instant,
+    /// When the current run without a gap began.
+    run_since: Instant,
+}
+
+/// What this engine knows of the heartbeats, its own included.
+#[derive(Default)]
+struct Known {
+    peers: HashMap<String, Peer>,
+    own: Option<OwnBeats>,
+}
+
+impl Known {
+    /// A gap in our own beats longer than this (two missed) breaks the run.
+    fn gap(lease: Duration) -> Duration {
+        lease / 2
+    }
+
+    /// Whether another engine's silence means anything: our own beats have come back
+    /// without a gap for at least a lease, so the others' would have too.
+    fn trusted(&self, lease: Duration) -> bool {
+        self.own.as_ref().is_some_and(|own| {
+            own.last.elapsed() <= Self::gap(lease) && own.run_since.elapsed() >= lease
+        })
+    }
+
+    fn own_beat(&mut self, lease: Duration) {
+        let now = Instant::now();
+        match &mut self.own {
+            Some(own) if now - own.last <= Self::gap(lease) => own.last = now,
+            _ => {
+                self.own = Some(OwnBeats {
+                    last: now,
+                    run_since: now,
+                })
+            }
+        }
+    }
+}
+
+type Peers = Arc<Mutex<Known>>;
 
 /// Runs the heartbeat, the watch over other engines and the takeovers, until shutdown.
 pub async fn run(ctx: Arc<Context>) {
@@ -126,10 +173,14 @@ async fn watch(ctx: &Arc<Context>, peers: &Peers) {
 }
 
 fn note(ctx: &Context, peers: &Peers, entry: Entry) {
+    let mut known = peers.lock().expect("peers lock");
     if entry.key == ctx.engine_id {
+        if entry.operation == Operation::Put {
+            known.own_beat(ctx.lease);
+        }
         return;
     }
-    let mut peers = peers.lock().expect("peers lock");
+    let peers = &mut known.peers;
     match entry.operation {
         Operation::Put => {
             peers.insert(
@@ -147,20 +198,24 @@ fn note(ctx: &Context, peers: &Peers, entry: Entry) {
     }
 }
 
-/// Engines that left or whose heartbeat is older than the lease, with their last revision.
+/// Engines that left, or whose heartbeat is older than the lease while ours are seen (see
+/// [`Known::trusted`]), with their last revision.
 fn gone(ctx: &Context, peers: &Peers) -> Vec<(String, u64)> {
-    let peers = peers.lock().expect("peers lock");
-    peers
+    let known = peers.lock().expect("peers lock");
+    let trusted = known.trusted(ctx.lease);
+    known
+        .peers
         .iter()
-        .filter(|(_, p)| p.leaving || p.seen.elapsed() > ctx.lease)
+        .filter(|(_, p)| p.leaving || (trusted && p.seen.elapsed() > ctx.lease))
         .map(|(id, p)| (id.clone(), p.revision))
         .collect()
 }
 
 /// The engines alive now, this one included.
 fn alive(ctx: &Context, peers: &Peers) -> Vec<String> {
-    let peers = peers.lock().expect("peers lock");
-    let mut ids: Vec<String> = peers
+    let known = peers.lock().expect("peers lock");
+    let mut ids: Vec<String> = known
+        .peers
         .iter()
         .filter(|(_, p)| !p.leaving && p.seen.elapsed() <= ctx.lease)
         .map(|(id, _)| id.clone())

@@ -27,7 +27,10 @@ const RETRY_FOR: Duration = Duration::from_secs(30);
 /// and on a connection error; the status and body of the first other answer.
 async fn post(url: &str, body: &Value, token: Option<&str>) -> (u16, Value) {
     let deadline = Instant::now() + RETRY_FOR;
+    // A client's retry cadence; each try is itself under a timeout.
+    let mut retries = tokio::time::interval(Duration::from_millis(100));
     loop {
+        retries.tick().await;
         let mut req = reqwest::Client::new()
             .post(url)
             .header("Content-Type", "application/json")
@@ -49,7 +52,6 @@ async fn post(url: &str, body: &Value, token: Option<&str>) -> (u16, Value) {
             }
         }
         assert!(Instant::now() < deadline, "{url}: still unavailable");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -204,6 +206,9 @@ async fn the_gateway_s_node_dies_mid_night_and_every_stream_goes_on_without_a_ga
         let mafia_id = players[mafia].id.clone();
         tokio::spawn(async move {
             let mut acked = 0;
+            // The chatter's pace (a line every 10 ms), not a wait for anything.
+            let mut pace = tokio::time::interval(Duration::from_millis(10));
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for n in 0.. {
                 let body = json!({"type": "chat", "player": mafia_id, "text": format!("line {n}")});
                 let asked = timeout(
@@ -220,7 +225,7 @@ async fn the_gateway_s_node_dies_mid_night_and_every_stream_goes_on_without_a_ga
                     _ = &mut stopped => break,
                 }
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    _ = pace.tick() => {}
                     _ = &mut stopped => break,
                 }
             }
