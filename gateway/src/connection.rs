@@ -261,20 +261,35 @@ async fn write_chunk(
     data: &[u8],
     stall: Duration,
 ) -> io::Result<()> {
-    let mut size = [0u8; 18];
-    let size_len = {
-        use std::io::Write;
-        let mut cursor = io::Cursor::new(&mut size[..]);
-        write!(cursor, "{:x}\r\n", data.len())?;
-        cursor.position() as usize
-    };
-    let mut parts = [
-        IoSlice::new(prefix),
-        IoSlice::new(&size[..size_len]),
-        IoSlice::new(data),
-        IoSlice::new(b"\r\n"),
-    ];
+    let (size, size_len) = chunk_size(data.len());
+    let parts = chunk_parts(prefix, &size[..size_len], data);
     let sent = write_now(socket.as_ref(), &parts)?;
+    if sent == parts.iter().map(|p| p.len()).sum::<usize>() {
+        return Ok(());
+    }
+    // Boxed: a full socket is the rare case, and its wait (a timer, the chunk's pieces) would
+    // otherwise be part of every stream's task, which lives for the stream's whole life.
+    Box::pin(write_rest(
+        socket,
+        prefix,
+        (size, size_len),
+        data,
+        sent,
+        stall,
+    ))
+    .await
+}
+
+/// The rest of [`write_chunk`] once the socket has taken `sent` bytes of it and no more.
+async fn write_rest(
+    socket: &mut WriteHalf<'_>,
+    prefix: &[u8],
+    (size, size_len): ([u8; 18], usize),
+    data: &[u8],
+    sent: usize,
+    stall: Duration,
+) -> io::Result<()> {
+    let mut parts = chunk_parts(prefix, &size[..size_len], data);
     let mut parts = &mut parts[..];
     IoSlice::advance_slices(&mut parts, sent);
     while !parts.is_empty() {
@@ -289,6 +304,26 @@ async fn write_chunk(
         IoSlice::advance_slices(&mut parts, n);
     }
     Ok(())
+}
+
+/// A chunk's size line (`1a2\r\n`) and its length.
+fn chunk_size(len: usize) -> ([u8; 18], usize) {
+    use std::io::Write;
+    let mut size = [0u8; 18];
+    let mut cursor = io::Cursor::new(&mut size[..]);
+    write!(cursor, "{len:x}\r\n").expect("a usize in hex and CRLF fit in 18 bytes");
+    let len = cursor.position() as usize;
+    (size, len)
+}
+
+/// The pieces of one chunk on the wire.
+fn chunk_parts<'a>(prefix: &'a [u8], size: &'a [u8], data: &'a [u8]) -> [IoSlice<'a>; 4] {
+    [
+        IoSlice::new(prefix),
+        IoSlice::new(size),
+        IoSlice::new(data),
+        IoSlice::new(b"\r\n"),
+    ]
 }
 
 /// Offers a small chunk to the socket in one `write` and says how many bytes it took (0 for a
@@ -314,17 +349,22 @@ fn write_now(socket: &TcpStream, parts: &[IoSlice<'_>]) -> io::Result<usize> {
 /// Resolves when the client has closed its end, reset it, or sent anything at all: a
 /// stream's response says `Connection: close`, so its client has nothing more to say, and
 /// reading whatever it sends would let one client keep a worker busy.
-async fn closed(socket: &TcpStream) {
-    loop {
-        if socket.readable().await.is_err() {
-            return;
+///
+/// Polled by hand rather than written with `readable().await`: that future holds a waiter of
+/// its own (176 bytes in every stream's task), while `poll_read_ready` keeps the waker in the
+/// socket, and nothing else waits to read from a stream's socket.
+fn closed(socket: &TcpStream) -> impl std::future::Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| loop {
+        if std::task::ready!(socket.poll_read_ready(cx)).is_err() {
+            return Poll::Ready(());
         }
         let mut byte = [0u8; 1];
         match socket.try_read(&mut byte) {
+            // Readiness cleared: the next poll registers the waker again.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            _ => return,
+            _ => return Poll::Ready(()),
         }
-    }
+    })
 }
 
 /// Writes a whole (small) response, such as a stream's refusal, and closes.

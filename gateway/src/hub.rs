@@ -35,7 +35,7 @@ use crate::metrics as m;
 /// The most a room's ring holds. A room's events come a few a second, from at most twenty
 /// players, and a member that falls further behind catches up by request; each slot costs
 /// 40 bytes for as long as the room is watched, and a gateway watches thousands of rooms.
-pub const ROOM_RING: usize = 64;
+pub const ROOM_RING: usize = 32;
 
 /// A stream browsers can watch.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -303,6 +303,11 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// The stream this is a place in.
+    pub fn key(&self) -> &StreamKey {
+        &self.key
+    }
+
     /// Waits until the stream's subscriptions are in place; false if they failed.
     pub async fn ready(&self) -> bool {
         let mut ready = self.topic.ready.clone();

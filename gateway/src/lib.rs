@@ -7,7 +7,8 @@
 //! - [`hub`]: one NATS subscription per watched stream, fanned out to its connections;
 //! - [`stream`]: one browser's stream (snapshot, resume, catch-up, heartbeats);
 //! - HTTP: [`connection`] serves each accepted connection (streams by hand, the rest through
-//!   axum), [`bridge`] forwards commands, and [`server::Gateway`] is the whole process.
+//!   axum), [`bridge`] forwards commands, and [`server::Gateway`] is the whole process;
+//!   [`heap`] reports the allocator's account of its memory.
 
 pub mod auth;
 pub mod backend;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod frame;
+pub mod heap;
 pub mod hub;
 pub mod metrics;
 pub mod server;

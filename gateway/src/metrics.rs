@@ -20,6 +20,8 @@ pub const NATS_CONNECTED: &str = "phasecast_gateway_nats_connected";
 pub const SNAPSHOT_SECONDS: &str = "phasecast_gateway_snapshot_seconds";
 pub const AUTH_FAILURES: &str = "phasecast_gateway_auth_failures_total";
 pub const COMMAND_SECONDS: &str = "phasecast_gateway_command_seconds";
+pub const HEAP_ALLOCATED: &str = "phasecast_gateway_heap_allocated_bytes";
+pub const HEAP_RESIDENT: &str = "phasecast_gateway_heap_resident_bytes";
 
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -71,6 +73,16 @@ fn describe() {
         COMMAND_SECONDS,
         Unit::Seconds,
         "Time for the engine to answer a bridged request"
+    );
+    describe_gauge!(
+        HEAP_ALLOCATED,
+        Unit::Bytes,
+        "Heap the gateway's data holds, by the allocator's count"
+    );
+    describe_gauge!(
+        HEAP_RESIDENT,
+        Unit::Bytes,
+        "Memory the allocator keeps resident for the heap (allocated plus its slack)"
     );
     for kind in ["lobby", "room"] {
         gauge!(CONNECTIONS, "stream" => kind).increment(0.0);

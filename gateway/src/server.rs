@@ -26,6 +26,7 @@ use crate::bridge;
 use crate::config::Config;
 use crate::connection;
 use crate::error::ApiError;
+use crate::heap;
 use crate::hub::Hub;
 use crate::metrics as m;
 use crate::state::{AppState, Inner};
@@ -208,6 +209,7 @@ impl Gateway {
             state.shutdown.clone(),
         ));
         tokio::spawn(follow_nats(state.clone(), nats_events));
+        tokio::spawn(heap::sample(state.shutdown.clone()));
         let token = state.shutdown.clone();
         tokio::spawn(async move {
             shutdown.await;

@@ -124,7 +124,7 @@ async fn open(
     since: Option<u64>,
 ) -> Result<Opened, ApiError> {
     let slot = Slot::acquire(&state, key.kind())?;
-    let membership = state.hub.join(key.clone());
+    let membership = state.hub.join(key);
     let subscribed = tokio::time::timeout(state.config.request_timeout, membership.ready()).await;
     if subscribed != Ok(true) {
         return Err(ApiError::unavailable(
@@ -133,7 +133,8 @@ async fn open(
         ));
     }
     let started = Instant::now();
-    let frames = fetch(&state, &key, viewer.as_ref(), since).await?;
+    let key = membership.key();
+    let frames = fetch(&state, key, viewer.as_ref(), since).await?;
     histogram!(m::SNAPSHOT_SECONDS).record(started.elapsed().as_secs_f64());
 
     counter!(m::CONNECTIONS_OPENED, "stream" => key.kind()).increment(1);
@@ -142,7 +143,6 @@ async fn open(
     first.extend_from_slice(format!("retry: {}\n\n", state.config.retry.as_millis()).as_bytes());
     let mut live = Live {
         state,
-        key,
         viewer,
         membership,
         last: since,
@@ -236,14 +236,14 @@ impl Drop for Slot {
 /// The state of an open stream between chunks.
 pub struct Live {
     state: AppState,
-    key: StreamKey,
     viewer: Option<PlayerId>,
     membership: Membership,
     /// The last id sent to this client.
     last: Option<u64>,
     /// Frames held back while events may be missing (a NATS outage, a lag), until a
     /// catch-up has filled the gap, and since when.
-    paused: Option<(tokio::time::Instant, Vec<Frame>)>,
+    /// Boxed: most streams never pause, and this is in every stream's task.
+    paused: Option<Box<(tokio::time::Instant, Vec<Frame>)>>,
     /// When to ask for the catch-up (again, after the engine did not answer: it may
     /// reconnect to NATS later than we do), and how many tries are left.
     resync: Option<(tokio::time::Instant, u32)>,
@@ -281,7 +281,7 @@ impl Live {
             return false;
         }
         self.last = Some(frame.id);
-        self.finished |= frame.closes_room && matches!(self.key, StreamKey::Room(_));
+        self.finished |= frame.closes_room && matches!(self.membership.key(), StreamKey::Room(_));
         self.delivered.increment(1);
         true
     }
@@ -298,7 +298,8 @@ impl Live {
     /// Holds live frames from now on, until a catch-up fills the gap before them.
     fn hold(&mut self) {
         let now = tokio::time::Instant::now();
-        self.paused.get_or_insert_with(|| (now, Vec::new()));
+        self.paused
+            .get_or_insert_with(|| Box::new((now, Vec::new())));
     }
 
     /// Holds live frames, and asks for the catch-up `after` from now.
@@ -316,7 +317,7 @@ impl Live {
                 if !is_for(event.to.as_deref(), self.viewer.as_ref()) {
                     return None;
                 }
-                if let Some((since, held)) = &mut self.paused {
+                if let Some((since, held)) = self.paused.as_deref_mut() {
                     if held.len() >= self.state.config.client_queue {
                         // Held for too long (the catch-up does not come): what is held is
                         // dropped, to be fetched with the rest, which only a request made
@@ -387,10 +388,10 @@ impl Live {
         // Cleared only once the catch-up has answered: a resync cancelled halfway is tried
         // again rather than forgotten.
         let (_, tries) = self.resync?;
-        let paused = self.paused.as_ref().map(|(at, _)| *at)?;
+        let paused = self.paused.as_ref().map(|paused| paused.0)?;
         let (state, key, viewer, since) = (
             self.state.clone(),
-            self.key.clone(),
+            self.membership.key().clone(),
             self.viewer.clone(),
             self.last,
         );
@@ -415,7 +416,11 @@ impl Live {
         self.resync = None;
         match caught_up {
             Ok(missed) => {
-                let held = self.paused.take().map(|(_, held)| held).unwrap_or_default();
+                let held = self
+                    .paused
+                    .take()
+                    .map(|paused| paused.1)
+                    .unwrap_or_default();
                 let mut out = BytesMut::new();
                 self.admit_all(&mut out, missed.iter().cloned().chain(held));
                 Some((!out.is_empty()).then(|| out.freeze()))

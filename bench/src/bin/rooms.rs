@@ -65,7 +65,7 @@ use anyhow::{bail, Context};
 use bench::browser::{self, RoomStream, Seat};
 use bench::histogram::{Latencies, Recorder};
 use bench::http::{source_address, HttpPool};
-use bench::rig::{cpu_line, rss_kib, CpuMeter, GameRig, GameRigArgs};
+use bench::rig::{cpu_line, rss_kib, CpuMeter, GameRig, GameRigArgs, Gateway};
 use bench::sse::{self, Frame, Sequence, Step};
 use bench::unix_ns;
 use clap::Parser;
@@ -226,6 +226,8 @@ async fn main() -> anyhow::Result<()> {
     let settings = browser::room_settings(args.players, &durations.0);
     let connections = args.rooms * args.players as usize;
     let rig = GameRig::start(&args.rig, &args.min_phase, connections + 1000, None).await?;
+    // The gateway before any stream: what the figures per stream leave out.
+    let idle = Memory::of(&rig.gateway).await;
     println!("{rig}");
     println!(
         "{} rooms × {} players = {} SSE connections; durations (ms) {}",
@@ -291,7 +293,7 @@ async fn main() -> anyhow::Result<()> {
     ctx.stats.measuring.store(false, Ordering::Relaxed);
     let span = cpu.elapsed();
     let cpu = cpu.percents();
-    let gateway_rss = rss_kib(rig.gateway.pid());
+    let memory = Memory::of(&rig.gateway).await;
     let open_streams = rig.gateway.connections().await;
     let slow = (rig.gateway)
         .metric("phasecast_gateway_slow_consumer_disconnects_total")
@@ -301,11 +303,13 @@ async fn main() -> anyhow::Result<()> {
     tables.abort_all();
     report(&ctx.stats, span, &in_play, args.rooms);
     println!(
-        "gateway: {} streams open at the end, {} slow-consumer disconnects, RSS {:.0} MiB",
-        open_streams.map_or("?".into(), |v| v.to_string()),
+        "gateway: {} streams open at the end, {} slow-consumer disconnects",
+        open_streams.as_ref().map_or("?".into(), |v| v.to_string()),
         slow.map_or("?".into(), |v| format!("{v:.0}")),
-        gateway_rss as f64 / 1024.0
     );
+    if let Ok(&streams) = open_streams.as_ref() {
+        println!("gateway memory: {}", memory.per_stream(&idle, streams));
+    }
     println!("CPU: {}", cpu_line(&cpu));
     let errors = ctx.stats.errors.load(Ordering::Relaxed);
     if errors > 0 {
@@ -822,4 +826,43 @@ async fn check_ids(
         .extra_ids
         .fetch_add(got.difference(&expected).count() as u64, Ordering::Relaxed);
     stats.streams_verified.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The gateway's memory at one moment: its RSS and the heap its data holds (the allocator's
+/// count, `phasecast_gateway_heap_allocated_bytes`, which leaves out the allocator's slack).
+struct Memory {
+    rss_kib: u64,
+    heap_kib: Option<u64>,
+}
+
+impl Memory {
+    async fn of(gateway: &Gateway) -> Memory {
+        let heap = gateway
+            .metric("phasecast_gateway_heap_allocated_bytes")
+            .await;
+        Memory {
+            rss_kib: rss_kib(gateway.pid()),
+            heap_kib: heap.ok().map(|bytes| bytes as u64 / 1024),
+        }
+    }
+
+    /// Both figures, and what each grew by per stream since `idle`.
+    fn per_stream(&self, idle: &Memory, streams: u64) -> String {
+        let grown = |now: u64, then: u64| now.saturating_sub(then) as f64 / streams.max(1) as f64;
+        let mut line = format!(
+            "RSS {:.1} MiB ({:.1} MiB before the first stream: {:.2} KiB per stream)",
+            self.rss_kib as f64 / 1024.0,
+            idle.rss_kib as f64 / 1024.0,
+            grown(self.rss_kib, idle.rss_kib),
+        );
+        if let (Some(now), Some(then)) = (self.heap_kib, idle.heap_kib) {
+            line += &format!(
+                ", heap allocated {:.1} MiB ({:.1} MiB before: {:.2} KiB per stream)",
+                now as f64 / 1024.0,
+                then as f64 / 1024.0,
+                grown(now, then),
+            );
+        }
+        line
+    }
 }
