@@ -21,8 +21,7 @@ pub mod sse;
 /// A nats-server and an in-process engine on it; the engine stops when this is dropped.
 pub struct Stack {
     pub nats: NatsServer,
-    pub client: async_nats::Client,
-    pub subjects: Subjects,
+    pub engines: Engines,
     _stop: oneshot::Sender<()>,
     _keys: tempfile::TempDir,
 }
@@ -43,22 +42,33 @@ impl Stack {
         tokio::spawn(engine.run_until(async move {
             let _ = stopped.await;
         }));
-        let client = Self::connect(&nats).await?;
+        let engines = Engines::connect(&nats.url()).await?;
         Ok(Stack {
             nats,
-            client,
-            subjects: Subjects::default(),
+            engines,
             _stop: stop,
             _keys: keys,
         })
     }
+}
 
+/// A client of whichever engines serve a NATS server, as a backend would be.
+pub struct Engines {
+    pub client: async_nats::Client,
+    pub subjects: Subjects,
+}
+
+impl Engines {
     /// Another client connection (load spread over several, as several backends would).
-    pub async fn connect(nats: &NatsServer) -> anyhow::Result<async_nats::Client> {
-        Ok(async_nats::ConnectOptions::new()
+    pub async fn connect(url: &str) -> anyhow::Result<Engines> {
+        let client = async_nats::ConnectOptions::new()
             .request_timeout(Some(Duration::from_secs(30)))
-            .connect(nats.url())
-            .await?)
+            .connect(url)
+            .await?;
+        Ok(Engines {
+            client,
+            subjects: Subjects::default(),
+        })
     }
 
     /// Sends a request and returns the reply, failing on a refusal.

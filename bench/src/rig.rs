@@ -266,7 +266,33 @@ pub struct GameRigArgs {
     pub gateway: Option<PathBuf>,
 }
 
+/// A `game-engine` process's command line and admin address: on `nats_url`, its admin port
+/// free on loopback, signing tokens with `signing`, phases as short as `min_phase` allowed.
+pub fn engine_command(
+    binary: &Path,
+    nats_url: &str,
+    signing: &Path,
+    min_phase: &str,
+) -> anyhow::Result<(Command, SocketAddr)> {
+    let admin = loopback(free_port()?);
+    let mut engine = Command::new(binary);
+    engine
+        .env("PHASECAST_NATS__URL", nats_url)
+        .env("PHASECAST_ENGINE__ADMIN_LISTEN", admin.to_string())
+        .env("PHASECAST_ENGINE__MIN_PHASE", min_phase)
+        .env("PHASECAST_ENGINE__SHUTDOWN_GRACE", "2s")
+        .env("PHASECAST_AUTH__SIGNING_KEY_FILE", signing);
+    Ok((engine, admin))
+}
+
 impl GameRigArgs {
+    /// The engine binary to run, checked to exist.
+    pub fn engine_binary(&self) -> anyhow::Result<PathBuf> {
+        let binary = Self::binary(&self.engine, "game-engine")?;
+        check_built(&binary, "game-engine")?;
+        Ok(binary)
+    }
+
     fn binary(given: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
         match given {
             Some(path) => Ok(path.clone()),
@@ -297,21 +323,11 @@ impl GameRig {
         max_connections: usize,
         heartbeat: Option<&str>,
     ) -> anyhow::Result<GameRig> {
-        let engine_binary = GameRigArgs::binary(&args.engine, "game-engine")?;
-        check_built(&engine_binary, "game-engine")?;
+        let engine_binary = args.engine_binary()?;
         let nats = NatsServer::start();
         let dir = tempfile::tempdir()?;
         let (signing, verify) = test_support::write_test_keys(dir.path());
-        let mut engine = Command::new(&engine_binary);
-        engine
-            .env("PHASECAST_NATS__URL", nats.url())
-            .env(
-                "PHASECAST_ENGINE__ADMIN_LISTEN",
-                loopback(free_port()?).to_string(),
-            )
-            .env("PHASECAST_ENGINE__MIN_PHASE", min_phase)
-            .env("PHASECAST_ENGINE__SHUTDOWN_GRACE", "2s")
-            .env("PHASECAST_AUTH__SIGNING_KEY_FILE", &signing);
+        let (mut engine, _) = engine_command(&engine_binary, &nats.url(), &signing, min_phase)?;
         let mut engine = Service::spawn("game-engine", &mut engine, dir.path())?;
         let client = async_nats::ConnectOptions::new()
             .request_timeout(Some(Duration::from_secs(5)))

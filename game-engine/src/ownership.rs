@@ -17,7 +17,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{Entry, Operation};
+use async_nats::jetstream::kv::{Entry, Operation, UpdateErrorKind};
 use futures::{StreamExt, TryStreamExt};
 use metrics::counter;
 use proto::RoomCode;
@@ -32,8 +32,11 @@ const ALIVE: &str = "alive";
 /// The last heartbeat of an engine that stopped on purpose: take its rooms now.
 const LEAVING: &str = "leaving";
 /// Rooms claimed at once: enough to take 10,000 rooms in seconds, few enough not to flood
-/// JetStream.
-const CLAIMS_IN_FLIGHT: usize = 64;
+/// JetStream. A claim is a few round trips to JetStream, so this, not CPU, bounds the pace:
+/// 10,000 rooms of one engine all fired on a survivor within 7.8 s of a kill -9 at 512
+/// (lease 3 s), 8.6 s at 256, 13.6 s at 64 (`bench/src/bin/takeover.rs`,
+/// docs/benchmarks.md).
+const CLAIMS_IN_FLIGHT: usize = 512;
 
 /// What this engine knows of another.
 struct Peer {
@@ -211,6 +214,19 @@ fn gone(ctx: &Context, peers: &Peers) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Whether engine `id`, gone at heartbeat `revision`, has beaten since (and is not leaving):
+/// it is alive after all, and keeps the rooms not yet claimed. Only that stops a takeover
+/// once begun. Not our own heartbeats lapsing: a takeover of thousands of rooms loads this
+/// engine and JetStream enough to delay them, and the claims' compare-and-set, not the
+/// lease, is what keeps a room to one owner.
+fn beat_again(peers: &Peers, id: &str, revision: u64) -> bool {
+    let known = peers.lock().expect("peers lock");
+    known
+        .peers
+        .get(id)
+        .is_some_and(|peer| peer.revision != revision && !peer.leaving)
+}
+
 /// The engines alive now, this one included.
 fn alive(ctx: &Context, peers: &Peers) -> Vec<String> {
     let known = peers.lock().expect("peers lock");
@@ -261,9 +277,8 @@ async fn adopt(ctx: &Arc<Context>, peers: &Peers, from: String, revision: Option
             }
             return;
         }
-        if from != ctx.engine_id && revision.is_some() {
-            let still_gone = gone(ctx, peers).iter().any(|(id, _)| *id == from);
-            if !still_gone {
+        if let Some(revision) = revision.filter(|_| from != ctx.engine_id) {
+            if beat_again(peers, &from, revision) {
                 return;
             }
         }
@@ -318,11 +333,22 @@ async fn claim(ctx: &Arc<Context>, from: &str, code: RoomCode) {
     record.owner = ctx.engine_id.clone();
     record.epoch += 1;
     let value = serde_json::to_vec(&record).expect("records serialise");
-    match store
+    let claimed = match store
         .rooms
         .update(code.as_str(), value.into(), revision)
         .await
     {
+        Ok(revision) => Ok(revision),
+        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Err(e),
+        // No answer (a timeout under load, a leader election): the write may have landed
+        // all the same, and then nobody else will ever claim the room, because it names us.
+        // The record says which.
+        Err(e) => match landed(ctx, &code, &record).await {
+            Some(revision) => Ok(revision),
+            None => Err(e),
+        },
+    };
+    match claimed {
         Ok(revision) => {
             if from != ctx.engine_id {
                 let _ = store.owners.delete(&old_index).await;
@@ -337,6 +363,28 @@ async fn claim(ctx: &Arc<Context>, from: &str, code: RoomCode) {
             let _ = store.owners.delete(&new_index).await;
         }
     }
+}
+
+/// After a claim that got no answer: the record's revision if it names this engine with the
+/// claim's epoch (the claim landed), else `None`. Asks a few times, as the store may be
+/// between leaders; a room whose record cannot be read at all stays unclaimed here, and its
+/// old index entry (still in place) makes the next round look at it again.
+async fn landed(ctx: &Context, code: &RoomCode, claim: &crate::store::RoomRecord) -> Option<u64> {
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..6 {
+        match ctx.store.load(code).await {
+            Ok(Some((stored, revision)))
+                if stored.owner == claim.owner && stored.epoch == claim.epoch =>
+            {
+                return Some(revision);
+            }
+            Ok(_) => return None,
+            Err(e) => tracing::warn!(room = %code, error = %e, "reading a claim back"),
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+    }
+    None
 }
 
 /// The engine that rendezvous hashing picks for a room among `engines`: each room goes to

@@ -24,12 +24,18 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     args: Vec<String>,
-    _store: tempfile::TempDir,
+    store: tempfile::TempDir,
 }
 
 impl NatsServer {
     /// Starts `nats-server` on a random port and waits until it accepts clients.
     pub fn start() -> Self {
+        Self::start_with_file_budget(JETSTREAM_FILE_BUDGET)
+    }
+
+    /// As [`NatsServer::start`], with room on disk for `bytes` of JetStream data: benchmarks
+    /// with tens of thousands of rooms need more than tests do.
+    pub fn start_with_file_budget(bytes: u64) -> Self {
         let store = tempfile::tempdir().expect("temp dir for nats-server");
         // JetStream on, in the server's own store: the engine keeps rooms there, and a restart
         // on the same store is how tests prove they survive one. Its disk budget is small on
@@ -41,7 +47,7 @@ impl NatsServer {
             format!(
                 "jetstream {{\n  store_dir: {:?}\n  max_file_store: {}\n  max_memory_store: {}\n}}\n",
                 store.path().join("js"),
-                JETSTREAM_FILE_BUDGET,
+                bytes,
                 JETSTREAM_MEMORY_BUDGET,
             ),
         )
@@ -57,10 +63,15 @@ impl NatsServer {
                 "-c".into(),
                 config.display().to_string(),
             ],
-            _store: store,
+            store,
         };
         server.spawn();
         server
+    }
+
+    /// Where the server keeps its JetStream data (to measure what it takes on disk).
+    pub fn store_dir(&self) -> std::path::PathBuf {
+        self.store.path().join("js")
     }
 
     /// `nats://127.0.0.1:<port>`.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bench::histogram::Recorder;
 use bench::rig::CpuMeter;
-use bench::Stack;
+use bench::{Engines, Stack};
 use clap::Parser;
 use futures::StreamExt;
 use serde_json::json;
@@ -39,20 +39,21 @@ async fn main() -> anyhow::Result<()> {
     let settings = json!({"title": "bench", "total": 3, "mafia": 1,
         "durations_ms": {"day_intro": 1, "notice": 1, "day_per_player": 3_600_000}});
     let rooms: Vec<_> = futures::stream::iter(0..args.rooms)
-        .map(|_| stack.seated_room(&settings))
+        .map(|_| stack.engines.seated_room(&settings))
         .buffer_unordered(256)
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
     for (code, players) in &rooms {
-        stack.start_game(code, &players[0]).await?;
+        stack.engines.start_game(code, &players[0]).await?;
     }
     // Wait until every room is in its day: a vote is accepted everywhere.
     for (code, players) in &rooms {
         let vote = json!({"type": "vote", "player": players[0], "target": players[1]});
         while stack
-            .ask(stack.subjects.room_cmd(code), vote.clone())
+            .engines
+            .ask(stack.engines.subjects.room_cmd(code), vote.clone())
             .await
             .is_err()
         {
@@ -63,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut clients = Vec::new();
     for _ in 0..args.clients {
-        clients.push(Stack::connect(&stack.nats).await?);
+        clients.push(Engines::connect(&stack.nats.url()).await?.client);
     }
     let rooms = Arc::new(rooms);
     let running = Arc::new(AtomicBool::new(true));
@@ -76,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|w| {
             let (client, rooms, running) =
                 (clients[w % clients.len()].clone(), rooms.clone(), running.clone());
-            let (subjects, latencies) = (stack.subjects.clone(), latencies.clone());
+            let (subjects, latencies) = (stack.engines.subjects.clone(), latencies.clone());
             tokio::spawn(async move {
                 let mut errors = 0u64;
                 let mut i = w;

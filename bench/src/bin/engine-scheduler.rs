@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
             "night_intro": ms(3000.0), "night": ms(40_000.0), "ended": ms(30_000.0)}});
     let setup = Instant::now();
     let rooms: Vec<_> = futures::stream::iter(0..args.rooms)
-        .map(|_| stack.seated_room(&settings))
+        .map(|_| stack.engines.seated_room(&settings))
         .buffer_unordered(args.concurrency)
         .collect::<Vec<_>>()
         .await
@@ -115,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
 
     let started = Instant::now();
     futures::stream::iter(&rooms)
-        .map(|(code, players)| stack.start_game(code, &players[0]))
+        .map(|(code, players)| stack.engines.start_game(code, &players[0]))
         .buffer_unordered(args.concurrency)
         .collect::<Vec<_>>()
         .await
