@@ -344,8 +344,13 @@ async fn claim(ctx: &Arc<Context>, from: &str, code: RoomCode) {
         // all the same, and then nobody else will ever claim the room, because it names us.
         // The record says which.
         Err(e) => match landed(ctx, &code, &record).await {
-            Some(revision) => Ok(revision),
-            None => Err(e),
+            Some(Some(revision)) => Ok(revision),
+            Some(None) => Err(e),
+            None => {
+                // Keeps both index entries: see `landed`.
+                tracing::error!(room = %code, error = %e, "claim unanswered and unreadable");
+                return;
+            }
         },
     };
     match claimed {
@@ -365,20 +370,26 @@ async fn claim(ctx: &Arc<Context>, from: &str, code: RoomCode) {
     }
 }
 
-/// After a claim that got no answer: the record's revision if it names this engine with the
-/// claim's epoch (the claim landed), else `None`. Asks a few times, as the store may be
-/// between leaders; a room whose record cannot be read at all stays unclaimed here, and its
-/// old index entry (still in place) makes the next round look at it again.
-async fn landed(ctx: &Context, code: &RoomCode, claim: &crate::store::RoomRecord) -> Option<u64> {
+/// After a claim that got no answer: `Some(Some(revision))` if the record names this engine
+/// with the claim's epoch (the claim landed), `Some(None)` if it does not, `None` if it cannot
+/// be read (asked a few times, as the store may be between leaders). In that last case the
+/// room keeps both index entries; if the claim did land, a later round finds a record naming
+/// this engine and, not knowing whether this engine runs it, leaves it, until this engine
+/// restarts and adopts its own. Closing that needs a list of the rooms an engine runs.
+async fn landed(
+    ctx: &Context,
+    code: &RoomCode,
+    claim: &crate::store::RoomRecord,
+) -> Option<Option<u64>> {
     let mut wait = Duration::from_millis(100);
     for _ in 0..6 {
         match ctx.store.load(code).await {
             Ok(Some((stored, revision)))
                 if stored.owner == claim.owner && stored.epoch == claim.epoch =>
             {
-                return Some(revision);
+                return Some(Some(revision));
             }
-            Ok(_) => return None,
+            Ok(_) => return Some(None),
             Err(e) => tracing::warn!(room = %code, error = %e, "reading a claim back"),
         }
         tokio::time::sleep(wait).await;
