@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use test_support::NatsServer;
 use tokio::sync::oneshot;
 
+pub mod bot;
 pub mod browser;
 pub mod fleet;
 pub mod histogram;

@@ -110,7 +110,10 @@ impl Rig {
             started.push(gateway.await?);
         }
         let nginx = match nginx_workers {
-            Some(workers) => Some(Nginx::start(&started, workers, dir.path()).await?),
+            Some(workers) => {
+                let upstreams: Vec<SocketAddr> = started.iter().map(|g| g.addr).collect();
+                Some(Nginx::start(&upstreams, workers, &[], dir.path()).await?)
+            }
             None => None,
         };
         Ok(Rig {
@@ -201,29 +204,36 @@ pub struct Published {
 }
 
 /// nginx running `deploy/nginx/nginx.conf.template` as `deploy/nginx/render` renders it.
-struct Nginx {
-    service: Service,
-    addr: SocketAddr,
+pub struct Nginx {
+    pub service: Service,
+    pub addr: SocketAddr,
 }
 
 impl Nginx {
-    /// Renders the config for these gateways with `workers` worker processes (each worker
-    /// holds two descriptors per stream under the per-process limit), and starts nginx.
+    /// Renders the config for gateways at `upstreams` with `workers` worker processes (each
+    /// worker holds two descriptors per stream under the per-process limit) and render's
+    /// other settings from `env` (e.g. `CREATE_RATE`), and starts nginx.
     /// The listener gets `reuseport`, so the kernel spreads new connections evenly over the
     /// workers; without it one busy worker takes most of a connection storm and runs out of
     /// descriptors.
-    async fn start(gateways: &[Gateway], workers: usize, dir: &Path) -> anyhow::Result<Nginx> {
+    pub async fn start(
+        upstreams: &[SocketAddr],
+        workers: usize,
+        env: &[(&str, &str)],
+        dir: &Path,
+    ) -> anyhow::Result<Nginx> {
         let prefix = dir.join("nginx");
         let addr = loopback(free_port()?);
         let render = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nginx/render");
         let rendered = Command::new(render)
+            .envs(env.iter().copied())
             .env("WORKER_PROCESSES", workers.to_string())
             .arg(&prefix)
             .arg(format!("{addr} reuseport"))
             .arg(&prefix)
             // Longer than the gateway's heartbeat (15 s), as deploy/up has it.
             .arg("60s")
-            .args(gateways.iter().map(|g| g.addr.to_string()))
+            .args(upstreams.iter().map(|a| a.to_string()))
             .output()
             .context("run deploy/nginx/render")?;
         ensure!(
@@ -266,38 +276,24 @@ pub struct GameRigArgs {
     pub gateway: Option<PathBuf>,
 }
 
-/// A `game-engine` process's command line and admin address: on `nats_url`, its admin port
-/// free on loopback, signing tokens with `signing`, phases as short as `min_phase` allowed.
-pub fn engine_command(
-    binary: &Path,
-    nats_url: &str,
-    signing: &Path,
-    min_phase: &str,
-) -> anyhow::Result<(Command, SocketAddr)> {
-    let admin = loopback(free_port()?);
-    let mut engine = Command::new(binary);
-    engine
-        .env("PHASECAST_NATS__URL", nats_url)
-        .env("PHASECAST_ENGINE__ADMIN_LISTEN", admin.to_string())
-        .env("PHASECAST_ENGINE__MIN_PHASE", min_phase)
-        .env("PHASECAST_ENGINE__SHUTDOWN_GRACE", "2s")
-        .env("PHASECAST_AUTH__SIGNING_KEY_FILE", signing);
-    Ok((engine, admin))
-}
-
 impl GameRigArgs {
-    /// The engine binary to run, checked to exist.
-    pub fn engine_binary(&self) -> anyhow::Result<PathBuf> {
-        let binary = Self::binary(&self.engine, "game-engine")?;
-        check_built(&binary, "game-engine")?;
-        Ok(binary)
+    fn binary(given: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
+        let path = match given {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()?.with_file_name(name),
+        };
+        check_built(&path, name)?;
+        Ok(path)
     }
 
-    fn binary(given: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
-        match given {
-            Some(path) => Ok(path.clone()),
-            None => Ok(std::env::current_exe()?.with_file_name(name)),
-        }
+    /// The `game-engine` binary to run, checked to exist.
+    pub fn engine_binary(&self) -> anyhow::Result<PathBuf> {
+        Self::binary(&self.engine, "game-engine")
+    }
+
+    /// The `gateway` binary to run, checked to exist.
+    pub fn gateway_binary(&self) -> anyhow::Result<PathBuf> {
+        Self::binary(&self.gateway, "gateway")
     }
 }
 
@@ -327,7 +323,8 @@ impl GameRig {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir()?;
         let (signing, verify) = test_support::write_test_keys(dir.path());
-        let (mut engine, _) = engine_command(&engine_binary, &nats.url(), &signing, min_phase)?;
+        let admin = loopback(free_port()?);
+        let mut engine = engine_command(&engine_binary, &nats.url(), admin, min_phase, &signing);
         let mut engine = Service::spawn("game-engine", &mut engine, dir.path())?;
         let client = async_nats::ConnectOptions::new()
             .request_timeout(Some(Duration::from_secs(5)))
@@ -343,7 +340,7 @@ impl GameRig {
         engine.wait_ready(answers).await?;
         let gateway = Gateway::start(
             "gateway",
-            &GameRigArgs::binary(&args.gateway, "gateway")?,
+            &args.gateway_binary()?,
             &nats.url(),
             &verify,
             max_connections,
@@ -386,6 +383,26 @@ impl fmt::Display for GameRig {
     }
 }
 
+/// The command that runs `game-engine` on `nats_url` with its admin listener (`/healthz`,
+/// `/metrics`) on `admin`, `engine.min_phase`, a 2 s shutdown grace and the token key
+/// `signing`; add further `PHASECAST_*` variables to it before spawning.
+pub fn engine_command(
+    binary: &Path,
+    nats_url: &str,
+    admin: SocketAddr,
+    min_phase: &str,
+    signing: &Path,
+) -> Command {
+    let mut engine = Command::new(binary);
+    engine
+        .env("PHASECAST_NATS__URL", nats_url)
+        .env("PHASECAST_ENGINE__ADMIN_LISTEN", admin.to_string())
+        .env("PHASECAST_ENGINE__MIN_PHASE", min_phase)
+        .env("PHASECAST_ENGINE__SHUTDOWN_GRACE", "2s")
+        .env("PHASECAST_AUTH__SIGNING_KEY_FILE", signing);
+    engine
+}
+
 // ---- processes -----------------------------------------------------------------------------
 
 /// A child process whose output goes to `<dir>/<name>.log`; SIGTERM when dropped.
@@ -421,6 +438,45 @@ impl Service {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `signal` (`KILL`, `TERM`, `STOP`, `CONT`, ...) to the process, unless it has
+    /// exited: an unreaped child's pid cannot belong to anyone else.
+    pub fn signal(&mut self, signal: &str) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} has exited ({status}): not signalled", self.name);
+        }
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .context("run kill")?;
+        ensure!(status.success(), "kill -{signal} {}: {status}", self.pid());
+        Ok(())
+    }
+
+    /// Waits up to `within` for the process to exit (checked every 10 ms); its exit status,
+    /// or an error naming the process if it still runs.
+    pub async fn wait_exit(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let began = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            ensure!(
+                began.elapsed() < within,
+                "{} still runs {within:?} after it was told to stop",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Where its output goes.
+    pub fn log(&self) -> &Path {
+        &self.log
     }
 
     /// Waits until `answers` says the process serves; fails, quoting the end of its log, if it
@@ -462,6 +518,11 @@ impl Drop for Service {
     /// SIGTERM, so that the process stops cleanly (nginx's master stops its workers, which a
     /// SIGKILL would leave behind); SIGKILL if it has not exited within 10 s.
     fn drop(&mut self) {
+        // Once reaped (`wait_exit`), the pid may be someone else's: signal only a child that
+        // has not exited.
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -472,6 +533,18 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What a gateway is configured with (`PHASECAST_*`), besides its listeners.
+#[derive(Clone, Copy, Debug)]
+pub struct GatewayConfig<'a> {
+    pub nats_url: &'a str,
+    /// `auth.verify_key_file`.
+    pub verify_key: &'a Path,
+    /// `gateway.max_connections`.
+    pub max_connections: usize,
+    /// `gateway.heartbeat`, when not the default.
+    pub heartbeat: Option<&'a str>,
 }
 
 /// A `gateway` process on its own ports.
@@ -495,8 +568,35 @@ impl Gateway {
         heartbeat: Option<&str>,
         dir: &Path,
     ) -> anyhow::Result<Gateway> {
-        check_built(binary, "gateway")?;
         let (addr, admin) = (loopback(free_port()?), loopback(free_port()?));
+        let listen = [addr, admin];
+        let config = GatewayConfig {
+            nats_url,
+            verify_key,
+            max_connections,
+            heartbeat,
+        };
+        Self::start_at(name, binary, &config, listen, dir).await
+    }
+
+    /// Starts `binary` with `config`, its public listener on `listen[0]` and its admin
+    /// listener on `listen[1]` (a gateway restarted where nginx expects it); started once
+    /// `/readyz` answers 200.
+    pub async fn start_at(
+        name: &str,
+        binary: &Path,
+        config: &GatewayConfig<'_>,
+        listen: [SocketAddr; 2],
+        dir: &Path,
+    ) -> anyhow::Result<Gateway> {
+        check_built(binary, "gateway")?;
+        let [addr, admin] = listen;
+        let GatewayConfig {
+            nats_url,
+            verify_key,
+            max_connections,
+            heartbeat,
+        } = *config;
         let mut command = Command::new(binary);
         command
             .env("PHASECAST_NATS__URL", nats_url)
@@ -524,6 +624,16 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.service.pid()
+    }
+
+    /// The admin listener (`/metrics`).
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The process, to signal it.
+    pub fn service_mut(&mut self) -> &mut Service {
+        &mut self.service
     }
 
     /// Open streams as the gateway counts them (`phasecast_gateway_connections`, all streams).
@@ -568,7 +678,8 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn loopback(port: u16) -> SocketAddr {
+/// `127.0.0.1:<port>`.
+pub fn loopback(port: u16) -> SocketAddr {
     (Ipv4Addr::LOCALHOST, port).into()
 }
 

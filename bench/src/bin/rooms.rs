@@ -16,14 +16,9 @@
 //! addresses). Players' commands share a pool of keep-alive connections, as they would behind
 //! nginx; the streams are one socket each.
 //!
-//! How players play (docs/protocol.md, section 9): by day everyone votes for the living player
-//! with the lowest id (that player votes for the next one), so each vote kills someone; most
-//! vote during `day` (`--day-vote-share`), the rest only in `vote`, so some days end early
-//! because everyone voted and others at their deadline. At night the mafia pick a random
-//! living non-mafia, the doctor protects a random living player, the police investigate one.
-//! Each action is sent at a random moment in the first 10–60 % of the time left in its phase.
-//! Games end in a win after a few rounds; the room then closes and its players start a new
-//! room, so rooms stay in play for the whole measurement.
+//! How players play: `bench::bot` (votes by day, some only in the vote phase, night actions
+//! at random moments). Games end in a win after a few rounds; the room then closes and its
+//! players start a new room, so rooms stay in play for the whole measurement.
 //!
 //! Deadline → client: a `phase` event carries `ends_at`, the new phase's deadline in unix ms
 //! (PROTOCOL.md, "Game messages"). The deadline of the phase that just ended is the `ends_at`
@@ -62,17 +57,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use bench::bot::{audience_ids, Action, Bot, Durations};
 use bench::browser::{self, RoomStream, Seat};
 use bench::histogram::{Latencies, Recorder};
 use bench::http::{source_address, HttpPool};
 use bench::rig::{cpu_line, rss_kib, CpuMeter, GameRig, GameRigArgs, Gateway};
 use bench::sse::{self, Frame, Sequence, Step};
-use bench::unix_ns;
 use clap::Parser;
-use proto::event::{Death, GameOver, PhaseChanged, RoleDealt, RoomSnapshot};
-use proto::event::{Phase, Role, Team};
+use proto::event::{GameOver, Phase, PhaseChanged, Team};
 use proto::{PlayerId, RoomCode, Subjects};
-use rand::seq::IndexedRandom;
 use rand::Rng;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -118,50 +111,10 @@ struct Args {
     rig: GameRigArgs,
 }
 
-/// Phase durations, ms: a round of about 13 s for 8 players.
-const DEFAULT_DURATIONS: [(&str, u64); 8] = [
-    ("day_intro", 1000),
-    ("notice", 1000),
-    ("day_per_player", 500),
-    ("vote", 2000),
-    ("vote_result", 1000),
-    ("night_intro", 1000),
-    ("night", 3000),
-    ("ended", 2000),
-];
-
 /// Bounds every HTTP exchange and stream opening.
 const HTTP_LIMIT: Duration = Duration::from_secs(10);
 /// Tolerance when comparing `ends_at` values: each is whole ms from the system clock.
 const SLACK_MS: i64 = 2;
-
-#[derive(Clone, Debug)]
-struct Durations(BTreeMap<String, u64>);
-
-impl Durations {
-    fn parse(overrides: &str) -> anyhow::Result<Durations> {
-        let mut all: BTreeMap<String, u64> = DEFAULT_DURATIONS
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect();
-        let given: BTreeMap<String, u64> =
-            serde_json::from_str(overrides).context("--durations: a JSON object of ms")?;
-        for (key, ms) in given {
-            anyhow::ensure!(all.contains_key(&key), "--durations: unknown phase {key:?}");
-            all.insert(key, ms);
-        }
-        Ok(Durations(all))
-    }
-
-    /// How long `phase` lasts when entered with `living` players alive.
-    fn of(&self, phase: Phase, living: usize) -> u64 {
-        let ms = |key: &str| self.0.get(key).copied().unwrap_or(0);
-        match phase {
-            Phase::Day => ms("day_per_player") * living as u64,
-            other => ms(other.as_str()),
-        }
-    }
-}
 
 /// Figures gathered while measuring.
 #[derive(Default)]
@@ -487,32 +440,20 @@ async fn send_command(
     result
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Action {
-    Vote,
-    Skill,
-}
-
 /// One player: reads their stream as the page would and acts on what it shows.
 struct Player {
     ctx: Arc<Ctx>,
     code: RoomCode,
-    me: PlayerId,
     token: Arc<str>,
     /// The one player of the table who counts the game's result.
     counts_result: bool,
-    role: Option<Role>,
-    mafia: BTreeSet<PlayerId>,
-    /// Players in join order, with whether they are alive.
-    players: Vec<(PlayerId, bool)>,
-    phase: Phase,
-    ends_at: Option<u64>,
+    /// What the player knows of the game, and what it plans.
+    bot: Bot,
     /// The stream's ids so far, for duplicates (gaps are checked at game over).
     sequence: Sequence,
     snapshot_id: u64,
     /// Ids delivered after the snapshot, for the check at game over.
     delivered: Vec<u64>,
-    vote_later: bool,
     pending: Option<(tokio::time::Instant, Action)>,
 }
 
@@ -525,31 +466,16 @@ impl Player {
         stream: RoomStream,
         counts: bool,
     ) -> (Self, sse::Stream) {
-        let snapshot: &RoomSnapshot = &stream.snapshot;
-        let role = snapshot
-            .players
-            .iter()
-            .find(|p| p.player_id == seat.player_id)
-            .and_then(|p| p.role);
+        let bot = Bot::new(seat.player_id, &stream.snapshot, ctx.day_vote_share);
         let player = Player {
-            players: snapshot
-                .players
-                .iter()
-                .map(|p| (p.player_id.clone(), p.alive))
-                .collect(),
-            phase: snapshot.phase,
-            ends_at: snapshot.ends_at,
+            bot,
             sequence: stream.sequence,
             snapshot_id: stream.snapshot_id,
             ctx,
             code,
-            me: seat.player_id,
             token: seat.token.into(),
             counts_result: counts,
-            role,
-            mafia: BTreeSet::new(),
             delivered: Vec::new(),
-            vote_later: false,
             pending: None,
         };
         (player, stream.stream)
@@ -616,27 +542,10 @@ impl Player {
     }
 
     fn on_event(&mut self, frame: &Frame<'_>) -> anyhow::Result<()> {
-        let data = frame.data;
         match frame.event {
-            "role" => {
-                let dealt: RoleDealt = serde_json::from_str(data)?;
-                self.role = Some(dealt.role);
-                self.mafia = dealt.mafia.into_iter().collect();
-                if dealt.role == Role::Mafia {
-                    self.mafia.insert(self.me.clone());
-                }
-            }
-            "death" => {
-                let death: Death = serde_json::from_str(data)?;
-                for (player, alive) in &mut self.players {
-                    if *player == death.player_id {
-                        *alive = false;
-                    }
-                }
-            }
-            "phase" => self.on_phase(serde_json::from_str(data)?, frame.received_ns),
+            "phase" => self.on_phase(serde_json::from_str(frame.data)?, frame.received_ns),
             "game_over" => {
-                let over: GameOver = serde_json::from_str(data)?;
+                let over: GameOver = serde_json::from_str(frame.data)?;
                 if self.counts_result {
                     let side = match over.winner {
                         Team::Citizens => "citizens",
@@ -659,39 +568,31 @@ impl Player {
                 tokio::spawn(check_ids(
                     self.ctx.clone(),
                     self.code.clone(),
-                    self.me.clone(),
+                    self.bot.me.clone(),
                     self.snapshot_id,
                     delivered,
                     upto,
                 ));
             }
-            _ => {}
+            event => {
+                self.bot.on_event(event, frame.data)?;
+            }
         }
         Ok(())
     }
 
-    fn living(&self) -> impl Iterator<Item = &PlayerId> {
-        self.players
-            .iter()
-            .filter(|(_, alive)| *alive)
-            .map(|(p, _)| p)
-    }
-
-    fn alive(&self) -> bool {
-        self.living().any(|p| *p == self.me)
-    }
-
     fn on_phase(&mut self, change: PhaseChanged, received_ns: u64) {
         let stats = &self.ctx.stats;
+        let bot = &self.bot;
         if let (Some(ended_at), Some(ends_at), true) = (
-            self.ends_at,
+            bot.ends_at,
             change.ends_at,
-            self.phase != Phase::Waiting && stats.measuring(),
+            bot.phase != Phase::Waiting && stats.measuring(),
         ) {
             // When the new phase began, by the engine's own account.
-            let duration = self.ctx.durations.of(change.phase, self.living().count());
+            let duration = self.ctx.durations.of(change.phase, bot.living().count());
             let began = ends_at as i64 - duration as i64;
-            if self.phase == Phase::Day && began + SLACK_MS < ended_at as i64 {
+            if bot.phase == Phase::Day && began + SLACK_MS < ended_at as i64 {
                 stats.early_phase_changes.fetch_add(1, Ordering::Relaxed);
             } else {
                 if (began - ended_at as i64).abs() > SLACK_MS {
@@ -702,75 +603,19 @@ impl Player {
                     .phase_latency
                     .lock()
                     .expect("lock")
-                    .entry(self.phase.as_str())
+                    .entry(bot.phase.as_str())
                     .or_default()
                     .record(latency);
             }
         }
-        self.phase = change.phase;
-        self.ends_at = change.ends_at;
-        self.pending = None;
-        if change.phase == Phase::Day {
-            self.vote_later = false;
-        }
-        if !self.alive() {
-            return;
-        }
-        let mut rng = rand::rng();
-        let action = match change.phase {
-            Phase::Day if rng.random_bool(self.ctx.day_vote_share.clamp(0.0, 1.0)) => {
-                Some(Action::Vote)
-            }
-            Phase::Day => {
-                self.vote_later = true;
-                None
-            }
-            Phase::Vote if self.vote_later => {
-                self.vote_later = false;
-                Some(Action::Vote)
-            }
-            Phase::Night if self.role.is_some_and(|r| r != Role::Citizen) => Some(Action::Skill),
-            _ => None,
-        };
-        if let (Some(action), Some(ends_at)) = (action, change.ends_at) {
-            let left_ms = (ends_at as f64 - unix_ns() as f64 / 1e6).max(0.0);
-            let delay = Duration::from_secs_f64(left_ms * rng.random_range(0.1..0.6) / 1e3);
-            self.pending = Some((tokio::time::Instant::now() + delay, action));
-        }
+        self.pending = (self.bot.on_phase(change))
+            .map(|(delay, action)| (tokio::time::Instant::now() + delay, action));
     }
 
     /// Sends the action's command in the background, so the stream keeps being read.
     fn act(&mut self, action: Action) {
-        let mut rng = rand::rng();
-        let living: Vec<&PlayerId> = self.living().collect();
-        let target = match (action, self.role) {
-            (Action::Vote, _) => {
-                // Everyone agrees on the living player with the lowest id; they pick the next.
-                let mut sorted = living.clone();
-                sorted.sort();
-                sorted.into_iter().find(|p| **p != self.me)
-            }
-            (Action::Skill, Some(Role::Mafia)) => {
-                let others: Vec<&PlayerId> = living
-                    .into_iter()
-                    .filter(|p| !self.mafia.contains(*p))
-                    .collect();
-                others.choose(&mut rng).copied()
-            }
-            (Action::Skill, Some(Role::Doctor)) => living.choose(&mut rng).copied(),
-            (Action::Skill, Some(Role::Police)) => {
-                let others: Vec<&PlayerId> =
-                    living.into_iter().filter(|p| **p != self.me).collect();
-                others.choose(&mut rng).copied()
-            }
-            (Action::Skill, _) => None,
-        };
-        let Some(target) = target.cloned() else {
+        let Some(body) = self.bot.command(action) else {
             return;
-        };
-        let body = match action {
-            Action::Vote => json!({"type": "vote", "target": target}),
-            Action::Skill => json!({"type": "skill", "target": target}),
         };
         let (ctx, code, token) = (self.ctx.clone(), self.code.clone(), self.token.clone());
         tokio::spawn(async move {
@@ -794,30 +639,23 @@ async fn check_ids(
     upto: u64,
 ) {
     let stats = &ctx.stats;
-    let request = json!({"viewer": viewer, "since": snapshot_id}).to_string();
-    let reply = timeout(
+    let history = audience_ids(
+        &ctx.nats,
+        &ctx.subjects,
+        &code,
+        &viewer,
+        snapshot_id,
         Duration::from_secs(5),
-        ctx.nats
-            .request(ctx.subjects.room_snap(&code), request.into()),
-    )
-    .await;
-    let reply: Value = match reply {
-        Ok(Ok(message)) => serde_json::from_slice(&message.payload).unwrap_or(Value::Null),
-        Ok(Err(e)) => return stats.error(anyhow::anyhow!("room {code}: history request: {e}")),
-        Err(_) => return stats.error(anyhow::anyhow!("room {code}: history request timed out")),
+    );
+    let events = match history.await {
+        Ok(Some(ids)) => ids,
+        Ok(None) => {
+            stats.streams_unverifiable.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Err(e) => return stats.error(e),
     };
-    let Some(events) = reply["events"].as_array() else {
-        return stats.error(anyhow::anyhow!("room {code}: history reply {reply}"));
-    };
-    if events.iter().any(|e| e["event"] == "snapshot") {
-        stats.streams_unverifiable.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    let expected: BTreeSet<u64> = events
-        .iter()
-        .filter_map(|e| e["id"].as_u64())
-        .filter(|id| *id <= upto)
-        .collect();
+    let expected: BTreeSet<u64> = events.into_iter().filter(|id| *id <= upto).collect();
     let got: BTreeSet<u64> = delivered.into_iter().filter(|id| *id <= upto).collect();
     stats
         .gaps

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use bench::histogram::Recorder;
-use bench::rig::{engine_command, ready, CpuMeter, GameRigArgs, Service};
+use bench::rig::{engine_command, free_port, loopback, ready, CpuMeter, GameRigArgs, Service};
 use bench::Engines;
 use clap::Parser;
 use futures::StreamExt;
@@ -81,7 +81,8 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (signing, _) = test_support::write_test_keys(dir.path());
     let start_engine = |name: &str| -> anyhow::Result<_> {
-        let (mut command, admin) = engine_command(&binary, &nats.url(), &signing, "100ms")?;
+        let admin = loopback(free_port()?);
+        let mut command = engine_command(&binary, &nats.url(), admin, "100ms", &signing);
         command.env("PHASECAST_ENGINE__LEASE", format!("{}ms", args.lease_ms));
         Ok((Service::spawn(name, &mut command, dir.path())?, admin))
     };
