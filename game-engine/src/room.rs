@@ -43,6 +43,9 @@ const LATE_LIMIT_MS: u64 = 500;
 
 /// How long a room waits after a commit JetStream did not take, doubling up to the maximum.
 const PAUSE_MIN: Duration = Duration::from_millis(100);
+/// How long a closed room answers snapshot requests: longer than a gateway's catch-up
+/// retries last (about 40 s), so one that reconnects to NATS after the end still gets it.
+const CLOSED_LINGER: Duration = Duration::from_secs(60);
 const PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// How a room's loop goes on after a step.
@@ -180,9 +183,12 @@ impl Room {
             let stepped = !outcome.events.is_empty();
             if outcome.flow != Flow::Continue {
                 // Stop listening before `room_closed` goes out, so that no request reaches
-                // a room that no longer answers.
+                // a room that no longer answers. A closed room still answers snapshots for a
+                // while (see `linger`).
                 let _ = commands.unsubscribe().await;
-                let _ = snaps.unsubscribe().await;
+                if outcome.flow != Flow::Closed {
+                    let _ = snaps.unsubscribe().await;
+                }
             }
             self.publish(outcome.events).await;
             if let Some((to, body)) = outcome.reply {
@@ -205,14 +211,34 @@ impl Room {
                 }
             }
         };
+        gauge!(m::ROOMS, "phase" => self.phase.as_str()).decrement(1.0);
+        gauge!(m::PLAYERS).decrement(self.players as f64);
         if flow == Flow::Closed {
             let index = format!("{}.{}", self.ctx.engine_id, self.code);
             if let Err(e) = self.ctx.store.owners.delete(&index).await {
                 tracing::warn!(room = %self.code, error = %e, "could not drop a closed room's index key");
             }
+            self.linger(snaps).await;
         }
-        gauge!(m::ROOMS, "phase" => self.phase.as_str()).decrement(1.0);
-        gauge!(m::PLAYERS).decrement(self.players as f64);
+    }
+
+    /// After `room_closed`: answers snapshot and catch-up requests for [`CLOSED_LINGER`]
+    /// more. A gateway that was cut off from NATS while the game ended asks for what it
+    /// missed when it is back (seconds later, on a cluster whose node restarts); answered,
+    /// its players see `game_over` and `room_closed`, where "no such room" would have left
+    /// them never knowing how the game ended.
+    async fn linger(&mut self, mut snaps: Subscriber) {
+        let until = tokio::time::sleep(CLOSED_LINGER);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                Some(msg) = snaps.next() => self.on_snap(msg).await,
+                () = &mut until => break,
+                () = self.ctx.shutdown.cancelled() => break,
+                else => break,
+            }
+        }
+        let _ = snaps.unsubscribe().await;
     }
 
     /// At the start of a room's tenure: if the log lacks the last step, its owner may have
@@ -324,7 +350,9 @@ impl Room {
         }
         let reply = request.and_then(|req| {
             let game = &self.record.game;
-            if self.record.closed {
+            // Closed: only a catch-up (what a stream missed, up to `room_closed`), never a
+            // new stream's snapshot.
+            if self.record.closed && req.since.is_none() {
                 return Err(no_such_room());
             }
             if let Some(viewer) = &req.viewer {

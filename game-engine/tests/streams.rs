@@ -3,7 +3,7 @@
 mod common;
 
 use common::{fast_room, Harness};
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn since_replays_what_the_viewer_missed_while_history_holds_it() {
@@ -144,6 +144,23 @@ async fn an_empty_waiting_room_closes_and_the_host_moves_on() {
         gone.unwrap_err().kind(),
         async_nats::RequestErrorKind::NoResponders
     ));
+    // A gateway that missed the end (cut off from NATS meanwhile) still gets it when it asks.
+    let missed = h
+        .client
+        .request(
+            h.subjects.room_snap(&code),
+            json!({"viewer": null, "since": 0}).to_string().into(),
+        )
+        .await
+        .expect("a closed room answers catch-ups for a while");
+    let missed: Value = serde_json::from_slice(&missed.payload).unwrap();
+    let names: Vec<&str> = missed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.last(), Some(&"room_closed"), "{missed}");
 }
 
 #[tokio::test]
