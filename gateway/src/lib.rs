@@ -4,7 +4,8 @@
 //!
 //! - [`state`] (what everything shares), [`backend`] (requests to whoever serves rooms, over
 //!   NATS), [`auth`] (tokens), [`frame`] (SSE bytes), [`error`], [`config`], [`metrics`];
-//! - [`hub`]: one NATS subscription per watched stream, fanned out to its connections;
+//! - [`hub`]: the NATS subscriptions of each watched stream (the lobby's subject; a room's public
+//!   and private subjects), shared by all its connections and fanned out to them;
 //! - [`stream`]: one browser's stream (snapshot, resume, catch-up, heartbeats);
 //! - HTTP: [`connection`] serves each accepted connection (streams by hand, the rest through
 //!   axum), [`bridge`] forwards commands, and [`server::Gateway`] is the whole process;
