@@ -12,11 +12,12 @@
 //! phase. Games end in a win after a few rounds.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
 use proto::event::{Death, PhaseChanged, RoleDealt, RoomSnapshot};
-use proto::event::{Phase, Role};
+use proto::event::{Phase, Role, Team};
 use proto::{PlayerId, RoomCode, Subjects};
 use rand::seq::IndexedRandom;
 use rand::Rng;
@@ -255,4 +256,27 @@ pub async fn audience_ids(
     Ok(Some(
         events.iter().filter_map(|e| e["id"].as_u64()).collect(),
     ))
+}
+
+/// Games won, by side, as the bots saw `game_over`.
+#[derive(Default)]
+pub struct Wins(Mutex<BTreeMap<&'static str, u64>>);
+
+impl Wins {
+    pub fn count(&self, winner: Team) {
+        let side = match winner {
+            Team::Citizens => "citizens",
+            Team::Mafia => "mafia",
+        };
+        *self.0.lock().expect("wins lock").entry(side).or_default() += 1;
+    }
+
+    /// `citizens 3, mafia 5`, with `won` between side and count (`citizens won 3`) if given.
+    pub fn summary(&self, won: &str) -> String {
+        let wins = self.0.lock().expect("wins lock");
+        wins.iter()
+            .map(|(side, n)| format!("{side} {won}{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }

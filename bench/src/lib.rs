@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::{StreamExt, TryStreamExt};
 use game_engine::{Config, Engine};
 use proto::{PlayerId, RoomCode, Subjects};
 use serde_json::{json, Value};
@@ -102,6 +103,33 @@ impl Engines {
             )?);
         }
         Ok((code, players))
+    }
+
+    /// `n` rooms seated as [`Engines::seated_room`] does, `concurrency` at a time.
+    pub async fn seated_rooms(
+        &self,
+        n: usize,
+        settings: &Value,
+        concurrency: usize,
+    ) -> anyhow::Result<Vec<(RoomCode, Vec<PlayerId>)>> {
+        futures::stream::iter(0..n)
+            .map(|_| self.seated_room(settings))
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await
+    }
+
+    /// Starts the game of every room, each by its first player, `concurrency` at a time.
+    pub async fn start_games(
+        &self,
+        rooms: &[(RoomCode, Vec<PlayerId>)],
+        concurrency: usize,
+    ) -> anyhow::Result<()> {
+        futures::stream::iter(rooms)
+            .map(|(code, players)| self.start_game(code, &players[0]))
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await
     }
 
     pub async fn start_game(&self, code: &RoomCode, host: &PlayerId) -> anyhow::Result<()> {

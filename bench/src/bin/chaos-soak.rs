@@ -64,7 +64,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use bench::bot::{audience_ids, Action, Bot, Durations};
+use bench::bot::{audience_ids, Action, Bot, Durations, Wins};
 use bench::browser::{self, RoomStream};
 use bench::http::{source_address, HttpPool, Response};
 use bench::rig::{
@@ -919,7 +919,7 @@ struct Stats {
     /// Games whose players have all stopped, over or not.
     finished: AtomicU64,
     games_over: AtomicU64,
-    games_won: Mutex<BTreeMap<&'static str, u64>>,
+    games_won: Wins,
     /// Tables that could not seat or start a room (not games: never started).
     setup_failures: Mutex<BTreeMap<String, u64>>,
     commands: AtomicU64,
@@ -1514,18 +1514,7 @@ impl Player {
             .get_or_insert_with(Instant::now);
         self.deadline = self.deadline.min(Instant::now() + CLOSE_WAIT);
         if let (true, Some(winner)) = (self.counts_result, winner) {
-            let side = match winner {
-                Team::Citizens => "citizens",
-                Team::Mafia => "mafia",
-            };
-            *self
-                .ctx
-                .stats
-                .games_won
-                .lock()
-                .expect("lock")
-                .entry(side)
-                .or_default() += 1;
+            self.ctx.stats.games_won.count(winner);
         }
     }
 
@@ -1688,15 +1677,11 @@ fn report(ctx: &Ctx, tap: &Tap, busy: f64) -> u64 {
     };
     println!();
     println!("==== chaos soak: {:.0} s ====", ctx.at());
-    let won = s.games_won.lock().expect("lock").clone();
     println!(
         "games: {} started, {} reached game_over ({}); setup failures (no game started): {}",
         load(&s.games_started),
         load(&s.games_over),
-        won.iter()
-            .map(|(k, v)| format!("{k} won {v}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        s.games_won.summary("won "),
         map(&s.setup_failures)
     );
     let faults = ctx.faults.lock().expect("lock");

@@ -15,7 +15,6 @@ use bench::histogram::Recorder;
 use bench::rig::CpuMeter;
 use bench::{Engines, Stack};
 use clap::Parser;
-use futures::StreamExt;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -38,13 +37,10 @@ async fn main() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let settings = json!({"title": "bench", "total": 3, "mafia": 1,
         "durations_ms": {"day_intro": 1, "notice": 1, "day_per_player": 3_600_000}});
-    let rooms: Vec<_> = futures::stream::iter(0..args.rooms)
-        .map(|_| stack.engines.seated_room(&settings))
-        .buffer_unordered(256)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let rooms = stack
+        .engines
+        .seated_rooms(args.rooms, &settings, 256)
+        .await?;
     for (code, players) in &rooms {
         stack.engines.start_game(code, &players[0]).await?;
     }

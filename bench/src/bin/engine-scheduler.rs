@@ -15,7 +15,6 @@ use bench::histogram::Recorder;
 use bench::rig::CpuMeter;
 use bench::Stack;
 use clap::Parser;
-use futures::StreamExt;
 use metrics::{Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, SharedString, Unit};
 use serde_json::json;
 
@@ -89,13 +88,9 @@ async fn main() -> anyhow::Result<()> {
             "day_per_player": ms(20_000.0), "vote": ms(10_000.0), "vote_result": ms(3000.0),
             "night_intro": ms(3000.0), "night": ms(40_000.0), "ended": ms(30_000.0)}});
     let setup = Instant::now();
-    let rooms: Vec<_> = futures::stream::iter(0..args.rooms)
-        .map(|_| stack.engines.seated_room(&settings))
-        .buffer_unordered(args.concurrency)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let rooms = (stack.engines)
+        .seated_rooms(args.rooms, &settings, args.concurrency)
+        .await?;
     println!(
         "seated {} rooms of 3 in {:.1} s",
         rooms.len(),
@@ -114,13 +109,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let started = Instant::now();
-    futures::stream::iter(&rooms)
-        .map(|(code, players)| stack.engines.start_game(code, &players[0]))
-        .buffer_unordered(args.concurrency)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    stack.engines.start_games(&rooms, args.concurrency).await?;
     println!(
         "started every game in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -57,14 +57,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bench::bot::{audience_ids, Action, Bot, Durations};
+use bench::bot::{audience_ids, Action, Bot, Durations, Wins};
 use bench::browser::{self, RoomStream, Seat};
 use bench::histogram::{Latencies, Recorder};
 use bench::http::{source_address, HttpPool};
 use bench::rig::{cpu_line, rss_kib, CpuMeter, GameRig, GameRigArgs, Gateway};
 use bench::sse::{self, Frame, Sequence, Step};
 use clap::Parser;
-use proto::event::{GameOver, Phase, PhaseChanged, Team};
+use proto::event::{GameOver, Phase, PhaseChanged};
 use proto::{PlayerId, RoomCode, Subjects};
 use rand::Rng;
 use serde_json::{json, Value};
@@ -135,7 +135,7 @@ struct Stats {
     extra_ids: AtomicU64,
     streams_verified: AtomicU64,
     streams_unverifiable: AtomicU64,
-    games_won: Mutex<BTreeMap<&'static str, u64>>,
+    games_won: Wins,
     rooms_playing: AtomicI64,
     errors: AtomicU64,
     first_errors: Mutex<Vec<String>>,
@@ -279,13 +279,9 @@ fn report(stats: &Stats, span: f64, in_play: &[i64], rooms: usize) {
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let min = in_play.iter().min().copied().unwrap_or(0);
     let mean = in_play.iter().sum::<i64>() as f64 / in_play.len().max(1) as f64;
-    let won = stats.games_won.lock().expect("lock").clone();
     println!(
         "measured {span:.1} s: rooms in play min {min}, mean {mean:.0} of {rooms}; games won {}",
-        won.iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        stats.games_won.summary("")
     );
     let by_phase: Vec<(&str, Latencies)> = (stats.phase_latency.lock().expect("lock").iter())
         .map(|(phase, recorder)| (*phase, recorder.take()))
@@ -547,18 +543,7 @@ impl Player {
             "game_over" => {
                 let over: GameOver = serde_json::from_str(frame.data)?;
                 if self.counts_result {
-                    let side = match over.winner {
-                        Team::Citizens => "citizens",
-                        Team::Mafia => "mafia",
-                    };
-                    *self
-                        .ctx
-                        .stats
-                        .games_won
-                        .lock()
-                        .expect("lock")
-                        .entry(side)
-                        .or_default() += 1;
+                    self.ctx.stats.games_won.count(over.winner);
                 }
                 let upto = frame.id.context("game_over without an id")?;
                 let delivered = std::mem::take(&mut self.delivered);

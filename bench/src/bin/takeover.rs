@@ -110,17 +110,11 @@ async fn main() -> anyhow::Result<()> {
             "vote": phase, "vote_result": phase, "night_intro": phase, "night": phase,
             "ended": phase}});
     let seating = Instant::now();
-    let rooms: Vec<_> = futures::stream::iter(0..args.rooms)
-        .map(|_| async {
-            let (code, players) = engines.seated_room(&settings).await?;
-            engines.start_game(&code, &players[0]).await?;
-            anyhow::Ok(code)
-        })
-        .buffer_unordered(args.concurrency)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let seated = (engines)
+        .seated_rooms(args.rooms, &settings, args.concurrency)
+        .await?;
+    engines.start_games(&seated, args.concurrency).await?;
+    let rooms: Vec<_> = seated.into_iter().map(|(code, _)| code).collect();
     println!(
         "{} games of 3 started on engine A in {:.1} s; phases of {} ms, lease {} ms",
         rooms.len(),
