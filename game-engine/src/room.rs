@@ -7,11 +7,13 @@
 //!
 //! Every step (a command or a deadline) runs in the order that makes a room survive its
 //! engine: compute with the rules, commit the record to JetStream (the fence: a stale owner
-//! fails here and stops), publish the events, append them to the room's log, reply. Nothing
-//! is published before it is committed, so an id never carries two payloads.
+//! fails here and stops), publish the events, send them to the room's log, reply, and wait
+//! for the log's ack before the next step. Nothing is published before it is committed, so
+//! an id never carries two payloads.
 
 use std::sync::Arc;
 
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::{Message, Subject, Subscriber};
 use futures::StreamExt;
 use metrics::{counter, gauge, histogram};
@@ -41,12 +43,13 @@ use crate::store::{CommitError, Logged, RoomRecord};
 /// delay would follow at once, and players would get zero-length phases.
 const LATE_LIMIT_MS: u64 = 500;
 
-/// How long a room waits after a commit JetStream did not take, doubling up to the maximum.
+/// How long a room waits after a commit or a log append JetStream did not take, doubling up
+/// to the maximum.
 const PAUSE_MIN: Duration = Duration::from_millis(100);
+const PAUSE_MAX: Duration = Duration::from_secs(2);
 /// How long a closed room answers snapshot requests: longer than a gateway's catch-up
 /// retries last (about 40 s), so one that reconnects to NATS after the end still gets it.
 const CLOSED_LINGER: Duration = Duration::from_secs(60);
-const PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// How a room's loop goes on after a step.
 #[derive(Debug, PartialEq, Eq)]
@@ -80,6 +83,14 @@ impl Outcome {
             undo: None,
         }
     }
+}
+
+/// A step on its way to NATS: its events published and its log append sent.
+struct Sent {
+    /// [`Room::connects`] before the events were published.
+    connects: u64,
+    /// The append's ack to come, if it could be sent.
+    ack: Option<PublishAckFuture>,
 }
 
 /// A room this engine owns.
@@ -190,13 +201,23 @@ impl Room {
                     let _ = snaps.unsubscribe().await;
                 }
             }
-            self.publish(outcome.events).await;
+            // The reply goes out once the events are published, without waiting for the log
+            // to ack them: the committed record holds them already (a successor repeats its
+            // last step), and the room takes no next step before the log has them.
+            let sent = self.send(&outcome.events).await;
             if let Some((to, body)) = outcome.reply {
                 self.ctx.reply(to, body, "a room command").await;
             }
             if let Some((started, kind)) = outcome.command {
                 let seconds = started.elapsed().as_secs_f64();
                 histogram!(m::COMMAND_SECONDS, "type" => kind).record(seconds);
+            }
+            if stepped {
+                self.logged(&outcome.events, sent).await;
+                for event in outcome.events {
+                    self.history.record(event);
+                }
+                self.count_players();
             }
             if stepped || outcome.flow == Flow::Closed {
                 self.sync_lobby().await;
@@ -247,9 +268,9 @@ impl Room {
     /// connection, in order). A room created with its creator seated starts this way too:
     /// its first step is committed with the room, and goes out here.
     async fn resume(&mut self) {
-        if self.record.outbox.is_empty() {
+        let Some(last) = self.record.outbox.last() else {
             return;
-        }
+        };
         let logged = match self.ctx.store.last_logged_id(&self.code).await {
             Ok(id) => id,
             Err(e) => {
@@ -257,19 +278,12 @@ impl Room {
                 0
             }
         };
-        let missing: Vec<Logged> = (self.record.outbox.iter())
-            .filter(|e| e.id > logged)
-            .cloned()
-            .collect();
-        if missing.is_empty() {
+        if logged >= last.id {
             return;
         }
-        for event in &self.record.outbox {
-            publish::room_event(&self.ctx, &self.code, event).await;
-        }
-        let _ = (self.ctx.store)
-            .append(&self.code, &missing, &self.ctx.shutdown)
-            .await;
+        let outbox = self.record.outbox.clone();
+        let sent = self.send(&outbox).await;
+        self.logged(&outbox, sent).await;
     }
 
     /// A command: replayed from memory if its `request_id` was seen, else applied; its
@@ -467,23 +481,68 @@ impl Room {
         }
     }
 
-    /// Publishes committed events, then appends them to the log: after the publishes on the
-    /// same connection, so that once the log has a step NATS has its events, and a successor
-    /// need only repeat the last step.
-    async fn publish(&mut self, events: Vec<Logged>) {
+    /// Publishes a committed step's events, then sends their log append on the same
+    /// connection: once the log has a step, NATS has had its events, so a successor need
+    /// only repeat the last step. What it returns is for [`Room::logged`].
+    async fn send(&self, events: &[Logged]) -> Sent {
+        let connects = self.connects();
         if events.is_empty() {
-            return;
+            return Sent {
+                connects,
+                ack: None,
+            };
         }
-        for event in &events {
+        for event in events {
             publish::room_event(&self.ctx, &self.code, event).await;
         }
-        let _ = (self.ctx.store)
-            .append(&self.code, &events, &self.ctx.shutdown)
-            .await;
-        for event in events {
-            self.history.record(event);
+        let ack = match self.ctx.store.send_append(&self.code, events).await {
+            Ok(ack) => Some(ack),
+            Err(e) => {
+                tracing::warn!(room = %self.code, error = %e, "log append failed");
+                None
+            }
+        };
+        Sent { connects, ack }
+    }
+
+    /// Waits until the log has a step [`Room::send`] sent, on the connection its events went
+    /// out on, sending both again until it does (or the engine stops). A connection that
+    /// dies takes what was written to it last, so an append with no ack may have lost the
+    /// events with it, and an append acked on the next connection proves nothing of them.
+    /// Either way the events are published again (gateways deliver an id once) with the
+    /// append (a no-op in the log if it has it, by its message id): otherwise a gateway whose
+    /// own connection lived would never get them, since nothing else tells it.
+    async fn logged(&self, events: &[Logged], mut sent: Sent) {
+        let mut wait = PAUSE_MIN;
+        while !events.is_empty() {
+            let acked = match sent.ack.take() {
+                Some(pending) => match pending.await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(room = %self.code, error = %e, "log append not acked");
+                        false
+                    }
+                },
+                None => false,
+            };
+            if acked && self.connects() == sent.connects {
+                return;
+            }
+            if !acked {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = self.ctx.shutdown.cancelled() => return,
+                }
+                wait = (wait * 2).min(PAUSE_MAX);
+            }
+            sent = self.send(events).await;
         }
-        self.count_players();
+    }
+
+    /// How many times the engine's NATS client has connected: counted by the client as it
+    /// connects, before anything is read on the new connection.
+    fn connects(&self) -> u64 {
+        (self.ctx.client.statistics().connects).load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This engine's lease may have lapsed: carry on only if the record is still ours.

@@ -20,7 +20,6 @@ use futures::StreamExt;
 use proto::{RoomCode, StoreNames};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio_util::sync::CancellationToken;
 
 use crate::outgoing::{Audience, Effects};
 use crate::rules::Game;
@@ -157,10 +156,6 @@ pub enum CommitError {
     Landed(Box<RoomRecord>, u64),
 }
 
-/// Why an append did not happen.
-#[derive(Debug)]
-pub struct Stopped;
-
 /// The engine's handles on JetStream.
 #[derive(Clone)]
 pub struct Store {
@@ -175,10 +170,6 @@ pub struct Store {
     /// engine asked for, if the bucket was there before).
     pub replicas: usize,
 }
-
-/// How long to wait between attempts while JetStream is unavailable.
-const RETRY: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl Store {
     /// Creates the buckets and the log stream if they are missing, so that the first engine
@@ -308,43 +299,26 @@ impl Store {
         }
     }
 
-    /// Appends one step's events to the room's log, waiting out an outage. The message id
+    /// Sends one step's events to the room's log and returns the pending ack. The message id
     /// makes a repeated append (by a successor, or after a lost ack) a no-op.
-    pub async fn append(
+    pub async fn send_append(
         &self,
         code: &RoomCode,
         events: &[Logged],
-        stop: &CancellationToken,
-    ) -> Result<(), Stopped> {
-        let Some(first) = events.first() else {
-            return Ok(());
-        };
+    ) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
+        let first = events.first().map_or(0, |e| e.id);
         let body = Bytes::from(
             serde_json::to_vec(&LogEntry {
                 events: events.to_vec(),
             })
             .expect("log entries serialise"),
         );
-        let mut wait = RETRY;
-        loop {
-            let publish = PublishMessage::build()
-                .payload(body.clone())
-                .message_id(format!("{code}:{}", first.id));
-            let sent = self
-                .js
-                .send_publish(self.names.room_log(code), publish)
-                .await;
-            match sent {
-                Ok(ack) => match ack.await {
-                    Ok(_) => return Ok(()),
-                    Err(e) => tracing::warn!(room = %code, error = %e, "log append not acked"),
-                },
-                Err(e) => tracing::warn!(room = %code, error = %e, "log append failed"),
-            }
-            if pause(&mut wait, stop).await {
-                return Err(Stopped);
-            }
-        }
+        let publish = PublishMessage::build()
+            .payload(body)
+            .message_id(format!("{code}:{first}"));
+        self.js
+            .send_publish(self.names.room_log(code), publish)
+            .await
     }
 
     /// The id of the last event in the room's log, 0 if it has none.
@@ -507,15 +481,4 @@ async fn open_bucket(
     js.get_key_value(&bucket)
         .await
         .with_context(|| format!("JetStream: cannot open the KV bucket {bucket}"))
-}
-
-/// Sleeps before the next attempt (doubling up to [`RETRY_MAX`]); true if the engine is
-/// stopping instead.
-async fn pause(wait: &mut Duration, stop: &CancellationToken) -> bool {
-    let stopped = tokio::select! {
-        () = tokio::time::sleep(*wait) => false,
-        () = stop.cancelled() => true,
-    };
-    *wait = (*wait * 2).min(RETRY_MAX);
-    stopped
 }

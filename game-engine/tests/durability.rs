@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{fast_room, Harness};
 use serde_json::json;
+use test_support::CutProxy;
 
 #[tokio::test]
 async fn a_retried_command_gets_its_first_reply_and_changes_nothing() {
@@ -126,4 +127,41 @@ async fn a_nats_restart_keeps_rooms_and_history_and_bunches_no_phases() {
         (first["id"].as_u64(), first["event"].as_str()),
         (Some(vote.id), Some("phase"))
     );
+}
+
+/// The engine's connection dies just as it publishes a step's event (a NATS node killed with
+/// the engine's last writes in flight): the event, and what followed it on that connection,
+/// is lost. A client whose own connection lived still receives the event, once: the engine
+/// publishes a step again until the log has it on the connection its events went out on.
+#[tokio::test]
+async fn an_event_lost_with_the_engines_connection_is_published_again() {
+    let proxy = std::sync::OnceLock::new();
+    let h = Harness::start_with(|config| {
+        let cut = CutProxy::start(&config.nats.url);
+        config.nats.url = cut.url();
+        let _ = proxy.set(cut);
+    })
+    .await;
+    let proxy = proxy.get().unwrap();
+    let code = h.room(fast_room(3, 1, 0, 0)).await;
+    let mut public = h.watch(&code, None).await;
+    proxy.cut_at_publish(&h.subjects.room_events(&code));
+    // Sent without waiting for the reply: it goes out after the event, so it is lost too.
+    let join = json!({"type": "join", "name": "Ann"});
+    h.client
+        .publish_with_reply(
+            h.subjects.room_cmd(&code),
+            h.client.new_inbox(),
+            join.to_string().into(),
+        )
+        .await
+        .unwrap();
+    // Up to the JetStream ack timeout (5 s) passes before the engine knows its append is
+    // lost, within the watcher's wait.
+    let joined = public.next().await;
+    assert_eq!(proxy.cuts(), 1, "the connection was cut at the event");
+    assert_eq!(joined.name, "player_joined");
+    assert_eq!(joined.data["name"], "Ann", "{:?}", joined.data);
+    // Ann is seated once: a second join under her name is refused.
+    h.refuses(&code, join, "name_taken").await;
 }

@@ -51,20 +51,30 @@ impl NatsCluster {
         Self::start_nodes(3)
     }
 
+    /// As [`NatsCluster::start`], with room on each node for `bytes` of JetStream data:
+    /// benchmarks with thousands of rooms need more than tests do.
+    pub fn start_with_file_budget(bytes: u64) -> Self {
+        Self::start_sized(3, bytes)
+    }
+
     /// Starts an `n`-node cluster (at least 2) and waits until it has formed.
     pub fn start_nodes(n: usize) -> Self {
+        Self::start_sized(n, JETSTREAM_FILE_BUDGET)
+    }
+
+    fn start_sized(n: usize, file_budget: u64) -> Self {
         assert!(n >= 2, "a cluster has at least two nodes");
         // A port found free can be taken before its node binds it; then start again with
         // other ports.
         for _ in 0..4 {
-            if let Some(cluster) = Self::try_start(n) {
+            if let Some(cluster) = Self::try_start(n, file_budget) {
                 return cluster;
             }
         }
         panic!("a nats-server cluster did not start with four sets of ports");
     }
 
-    fn try_start(n: usize) -> Option<Self> {
+    fn try_start(n: usize, file_budget: u64) -> Option<Self> {
         let dir = tempfile::tempdir().expect("temp dir for the cluster");
         // All ports are chosen before any node starts: each node's routes name the others.
         let ports: Vec<(u16, u16, u16)> = (0..n)
@@ -90,8 +100,8 @@ impl NatsCluster {
                      http: 127.0.0.1:{http_port}\n\
                      jetstream {{\n  store_dir: {store:?}\n  max_file_store: {file}\n  max_memory_store: {memory}\n}}\n\
                      cluster {{\n  name: {CLUSTER_NAME}\n  listen: 127.0.0.1:{route_port}\n  routes: [{routes}]\n}}\n",
-                    store = dir.path().join(format!("{name}-js")),
-                    file = JETSTREAM_FILE_BUDGET,
+                    store = store_dir(dir.path(), &name),
+                    file = file_budget,
                     memory = JETSTREAM_MEMORY_BUDGET,
                     routes = others
                         .iter()
@@ -201,6 +211,11 @@ impl NatsCluster {
     /// Where the nodes' configs, logs and stores are.
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
+    }
+
+    /// Where node `i` keeps its JetStream data (to measure what it takes on disk).
+    pub fn store_dir(&self, i: usize) -> PathBuf {
+        store_dir(self.dir.path(), &self.nodes[i].name)
     }
 
     /// `GET /<path>` on node `i`'s monitoring port as JSON; `None` if the node does not
@@ -446,4 +461,9 @@ fn dechunk(mut body: &str) -> String {
         body = rest[size..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// The JetStream store of the node called `name`, in the cluster's directory.
+fn store_dir(dir: &std::path::Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}-js"))
 }

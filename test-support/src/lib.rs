@@ -3,10 +3,13 @@
 //!
 //! One server per test keeps tests independent and parallel-safe; it listens on a random port
 //! (`-p -1`), is killed on drop, and its store directory is deleted with it. Tests that kill
-//! servers use [`NatsCluster`]: three nodes, any of which can die.
+//! servers use [`NatsCluster`]: three nodes, any of which can die; tests that lose a client's
+//! last writes with its connection put a [`CutProxy`] between it and the server.
 
 mod cluster;
+mod cut;
 pub use cluster::{NatsCluster, CLUSTER_NAME, CLUSTER_WAIT};
+pub use cut::CutProxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

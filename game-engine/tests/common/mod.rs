@@ -59,8 +59,22 @@ impl Harness {
             engine: Some(engine),
             _keys: keys,
         };
-        // The engine is ready once it answers the lobby.
-        harness.lobby_snap(None).await;
+        // The engine is ready once it answers the lobby: it subscribes as it starts running,
+        // so a first request may find no responder yet.
+        let ready = async {
+            let body = json!({"viewer": null, "since": null}).to_string();
+            let subject = harness.subjects.lobby_snap();
+            while (harness.client)
+                .request(subject.clone(), body.clone().into())
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        timeout(WAIT, ready)
+            .await
+            .expect("the engine answers the lobby");
         harness
     }
 
