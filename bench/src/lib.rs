@@ -1,5 +1,5 @@
-//! Shared pieces of the benchmarks: an engine on a real nats-server with rooms full of
-//! players, the wall clock events are stamped with, and the modules below.
+//! Shared pieces of the benchmarks: an engine on a real nats-server (or cluster) with rooms
+//! full of players, the wall clock events are stamped with, and the modules below.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -7,7 +7,7 @@ use futures::{StreamExt, TryStreamExt};
 use game_engine::{Config, Engine};
 use proto::{PlayerId, RoomCode, Subjects};
 use serde_json::{json, Value};
-use test_support::NatsServer;
+use servers::{Servers, Topology};
 use tokio::sync::oneshot;
 
 pub mod bot;
@@ -18,23 +18,25 @@ pub mod http;
 pub mod lobby;
 pub mod report;
 pub mod rig;
+pub mod servers;
 pub mod sse;
 
-/// A nats-server and an in-process engine on it; the engine stops when this is dropped.
+/// NATS (one server or a cluster) and an in-process engine on it (on the first server); the
+/// engine stops when this is dropped.
 pub struct Stack {
-    pub nats: NatsServer,
+    pub nats: Servers,
     pub engines: Engines,
     _stop: oneshot::Sender<()>,
     _keys: tempfile::TempDir,
 }
 
 impl Stack {
-    pub async fn start() -> anyhow::Result<Stack> {
-        let nats = NatsServer::start();
+    pub async fn start(topology: Topology) -> anyhow::Result<Stack> {
+        let nats = Servers::start_async(topology, servers::FILE_BUDGET).await?;
         let keys = tempfile::tempdir()?;
         let (signing, _) = test_support::write_test_keys(keys.path());
         let mut config = Config::default();
-        config.nats.url = nats.url();
+        config.nats.url = nats.url(0);
         config.engine.admin_listen = "127.0.0.1:0".parse()?;
         config.auth.signing_key_file = Some(signing);
         // The command benchmark uses 1 ms phases to reach the day at once.
@@ -44,7 +46,7 @@ impl Stack {
         tokio::spawn(engine.run_until(async move {
             let _ = stopped.await;
         }));
-        let engines = Engines::connect(&nats.url()).await?;
+        let engines = Engines::connect(&nats.url(0)).await?;
         Ok(Stack {
             nats,
             engines,

@@ -27,6 +27,7 @@ use test_support::NatsServer;
 use crate::fleet::{Fleet, Settled, Tally};
 use crate::http::{request_bytes, HttpConn};
 use crate::lobby::Lobby;
+use crate::servers::{Servers, Topology, FILE_BUDGET};
 use crate::unix_ns;
 
 /// How long a process may take to start answering.
@@ -274,6 +275,9 @@ pub struct GameRigArgs {
     /// `cargo build --release -p gateway`).
     #[arg(long)]
     pub gateway: Option<PathBuf>,
+    /// One nats-server (R1) or a three-node cluster (R3).
+    #[arg(long, value_enum, default_value_t = Topology::Single)]
+    pub nats: Topology,
 }
 
 impl GameRigArgs {
@@ -304,7 +308,7 @@ pub struct GameRig {
     /// A NATS connection for the benchmark's own checks.
     pub client: async_nats::Client,
     pub subjects: Subjects,
-    pub nats: NatsServer,
+    pub nats: Servers,
     /// Keys and logs.
     pub dir: tempfile::TempDir,
 }
@@ -320,15 +324,16 @@ impl GameRig {
         heartbeat: Option<&str>,
     ) -> anyhow::Result<GameRig> {
         let engine_binary = args.engine_binary()?;
-        let nats = NatsServer::start();
+        let nats = Servers::start_async(args.nats, FILE_BUDGET).await?;
         let dir = tempfile::tempdir()?;
         let (signing, verify) = test_support::write_test_keys(dir.path());
         let admin = loopback(free_port()?);
-        let mut engine = engine_command(&engine_binary, &nats.url(), admin, min_phase, &signing);
+        // On a cluster, the engine, the gateway and this tool each on their own node.
+        let mut engine = engine_command(&engine_binary, &nats.url(0), admin, min_phase, &signing);
         let mut engine = Service::spawn("game-engine", &mut engine, dir.path())?;
         let client = async_nats::ConnectOptions::new()
             .request_timeout(Some(Duration::from_secs(5)))
-            .connect(nats.url())
+            .connect(nats.url(2))
             .await
             .context("connecting the benchmark to nats-server")?;
         let subjects = Subjects::default();
@@ -341,7 +346,7 @@ impl GameRig {
         let gateway = Gateway::start(
             "gateway",
             &args.gateway_binary()?,
-            &nats.url(),
+            &nats.url(1),
             &verify,
             max_connections,
             heartbeat,
@@ -363,9 +368,11 @@ impl GameRig {
         vec![
             ("game-engine", self.engine.pid()),
             ("gateway", self.gateway.pid()),
-            ("nats-server", self.nats.pid().unwrap_or(0)),
             ("load tool", std::process::id()),
         ]
+        .into_iter()
+        .chain(self.nats.pids())
+        .collect()
     }
 }
 
@@ -374,7 +381,8 @@ impl fmt::Display for GameRig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "nats-server, game-engine (pid {}) and gateway (pid {}, {}) running; logs in {}",
+            "{}, game-engine (pid {}) and gateway (pid {}, {}) running; logs in {}",
+            self.nats,
             self.engine.pid(),
             self.gateway.pid(),
             self.gateway.addr,

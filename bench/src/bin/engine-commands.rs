@@ -3,9 +3,12 @@
 //! Rooms of three are seated and started; in the day, two of each room's three players vote
 //! back and forth (the third never votes, so the day never ends early), from `--clients`
 //! connections with `--concurrency` requests in flight in all. Generator, nats-server and
-//! engine share this machine.
+//! engine share this machine. With `--nats cluster` every step is a JetStream write kept on
+//! three nodes (R3): the engine is connected to node 0 and the load comes from connections
+//! spread over the three.
 //!
 //! `cargo run --release -p bench --bin engine-commands -- --rooms 1000 --seconds 10`
+//! `cargo run --release -p bench --bin engine-commands -- --nats cluster --rooms 1000`
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,12 +16,15 @@ use std::time::{Duration, Instant};
 
 use bench::histogram::Recorder;
 use bench::rig::CpuMeter;
+use bench::servers::Topology;
 use bench::{Engines, Stack};
 use clap::Parser;
 use serde_json::json;
 
 #[derive(Parser)]
 struct Args {
+    #[arg(long, value_enum, default_value_t = Topology::Single)]
+    nats: Topology,
     #[arg(long, default_value_t = 1000)]
     rooms: usize,
     #[arg(long, default_value_t = 10)]
@@ -34,7 +40,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let stack = Stack::start().await?;
+    let stack = Stack::start(args.nats).await?;
     let settings = json!({"title": "bench", "total": 3, "mafia": 1,
         "durations_ms": {"day_intro": 1, "notice": 1, "day_per_player": 3_600_000}});
     let rooms = stack
@@ -59,16 +65,15 @@ async fn main() -> anyhow::Result<()> {
     println!("{} rooms in their day", rooms.len());
 
     let mut clients = Vec::new();
-    for _ in 0..args.clients {
-        clients.push(Engines::connect(&stack.nats.url()).await?.client);
+    for i in 0..args.clients {
+        clients.push(Engines::connect(&stack.nats.url(i)).await?.client);
     }
     let rooms = Arc::new(rooms);
     let running = Arc::new(AtomicBool::new(true));
     let latencies = Arc::new(Recorder::default());
-    let cpu = CpuMeter::start(&[
-        ("engine + load generator", std::process::id()),
-        ("nats-server", stack.nats.pid().unwrap_or(0)),
-    ]);
+    let mut meters = vec![("engine + load generator", std::process::id())];
+    meters.extend(stack.nats.pids());
+    let cpu = CpuMeter::start(&meters);
     let workers: Vec<_> = (0..args.concurrency)
         .map(|w| {
             let (client, rooms, running) =
@@ -103,7 +108,8 @@ async fn main() -> anyhow::Result<()> {
     let (span, cpu) = (cpu.elapsed(), cpu.percents());
     let latencies = latencies.take();
     println!(
-        "{} commands in {:.1} s: {:.0}/s, {} errors; {} connections, {} in flight",
+        "{}: {} commands in {:.1} s: {:.0}/s, {} errors; {} connections, {} in flight",
+        stack.nats,
         latencies.count(),
         span,
         latencies.count() as f64 / span,
@@ -112,9 +118,9 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency
     );
     println!("latency: {}", latencies.summary());
-    println!(
-        "CPU: engine + load generator {:.0} % of a core, nats-server {:.0} %",
-        cpu[0].1, cpu[1].1
-    );
+    let cpu: Vec<String> = (cpu.iter())
+        .map(|(name, pct)| format!("{name} {pct:.0} %"))
+        .collect();
+    println!("CPU (% of a core): {}", cpu.join(", "));
     Ok(())
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bench::histogram::Recorder;
 use bench::rig::CpuMeter;
+use bench::servers::Topology;
 use bench::Stack;
 use clap::Parser;
 use metrics::{Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, SharedString, Unit};
@@ -75,12 +76,9 @@ async fn main() -> anyhow::Result<()> {
     let lateness = Arc::new(Lateness::default());
     metrics::set_global_recorder(Capture(lateness.clone()))
         .map_err(|_| anyhow::anyhow!("a recorder is already installed"))?;
-    let stack = Stack::start().await?;
+    let stack = Stack::start(Topology::Single).await?;
     // The engine runs in this process.
-    let processes = [
-        ("engine", std::process::id()),
-        ("nats-server", stack.nats.pid().unwrap_or(0)),
-    ];
+    let processes = [("engine", std::process::id()), stack.nats.pids()[0]];
 
     let ms = |default_ms: f64| (default_ms / args.speed).round() as u64;
     let settings = json!({"title": "bench", "total": 3, "mafia": 1,
@@ -95,6 +93,14 @@ async fn main() -> anyhow::Result<()> {
         "seated {} rooms of 3 in {:.1} s",
         rooms.len(),
         setup.elapsed().as_secs_f64()
+    );
+    let store = stack.nats.store_bytes();
+    println!(
+        "JetStream: {:.1} MiB on disk ({:.1} KiB per room), nats-server RSS {:.0} MiB ({:.1} KiB per room)",
+        store as f64 / (1 << 20) as f64,
+        store as f64 / 1024.0 / rooms.len() as f64,
+        stack.nats.rss_kib() as f64 / 1024.0,
+        stack.nats.rss_kib() as f64 / rooms.len() as f64,
     );
 
     // Idle: every room has a deadline pending, none is due.

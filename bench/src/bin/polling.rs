@@ -292,7 +292,7 @@ async fn polling(rig: &GameRig, players: &[(RoomCode, Seat)], args: &Args) -> an
     let mut server = std::process::Command::new(std::env::current_exe()?);
     server
         .arg("status-server")
-        .args(["--nats", &rig.nats.url()])
+        .args(["--nats", &rig.nats.url(0)])
         .args(["--listen", &listen.to_string()]);
     let mut server = Service::spawn("status-server", &mut server, rig.dir.path())?;
     server

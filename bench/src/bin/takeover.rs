@@ -10,6 +10,8 @@
 //! after the kill are the dead engine's, still in flight (the survivor cannot own a room
 //! before the lease has run out), and do not count as the survivor's.
 //!
+//! With `--nats cluster`, on a three-node cluster (R3): A, B and the tap each on their own node.
+//!
 //! `cargo build --release -p game-engine -p bench && target/release/takeover --rooms 10000`
 
 use std::collections::HashMap;
@@ -21,12 +23,12 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 use bench::histogram::Recorder;
 use bench::rig::{engine_command, free_port, loopback, ready, CpuMeter, GameRigArgs, Service};
+use bench::servers::{Servers, FILE_BUDGET};
 use bench::Engines;
 use clap::Parser;
 use futures::StreamExt;
 use proto::headers::{SSE_EVENT, SSE_ID};
 use serde_json::json;
-use test_support::NatsServer;
 
 #[derive(Parser)]
 struct Args {
@@ -77,20 +79,21 @@ const IN_FLIGHT: Duration = Duration::from_millis(500);
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let binary = args.rig.engine_binary()?;
-    let nats = NatsServer::start_with_file_budget(8 << 30);
+    let nats = Servers::start_async(args.rig.nats, FILE_BUDGET).await?;
     let dir = tempfile::tempdir()?;
     let (signing, _) = test_support::write_test_keys(dir.path());
-    let start_engine = |name: &str| -> anyhow::Result<_> {
+    // On a cluster, A, B and the tap each on their own node.
+    let start_engine = |name: &str, node: usize| -> anyhow::Result<_> {
         let admin = loopback(free_port()?);
-        let mut command = engine_command(&binary, &nats.url(), admin, "100ms", &signing);
+        let mut command = engine_command(&binary, &nats.url(node), admin, "100ms", &signing);
         command.env("PHASECAST_ENGINE__LEASE", format!("{}ms", args.lease_ms));
         Ok((Service::spawn(name, &mut command, dir.path())?, admin))
     };
-    let (mut owner, owner_admin) = start_engine("engine-a")?;
+    let (mut owner, owner_admin) = start_engine("engine-a", 0)?;
     owner
         .wait_ready(async || ready(owner_admin, "/healthz").await)
         .await?;
-    let engines = Engines::connect(&nats.url()).await?;
+    let engines = Engines::connect(&nats.url(2)).await?;
 
     let tap = Arc::new(Mutex::new(Tap::default()));
     let mut events = engines.client.subscribe("game.room.*.evt").await?;
@@ -125,24 +128,23 @@ async fn main() -> anyhow::Result<()> {
 
     // The survivor, up for more than a lease before the kill: it counts another engine's
     // silence only once its own heartbeats have come back for a whole lease.
-    let (mut survivor, survivor_admin) = start_engine("engine-b")?;
+    let (mut survivor, survivor_admin) = start_engine("engine-b", 1)?;
     survivor
         .wait_ready(async || ready(survivor_admin, "/healthz").await)
         .await?;
     let lease = Duration::from_millis(args.lease_ms);
     tokio::time::sleep(lease * 2).await;
-    let store = dir_bytes(&nats.store_dir());
+    let store = nats.store_bytes();
     println!(
-        "JetStream before the kill: {:.1} MiB on disk ({:.1} KiB per room), nats-server RSS {:.0} MiB",
+        "JetStream before the kill, {nats}: {:.1} MiB on disk ({:.1} KiB per room), RSS {:.0} MiB",
         store as f64 / (1 << 20) as f64,
         store as f64 / 1024.0 / rooms.len() as f64,
-        bench::rig::rss_kib(nats.pid().unwrap_or(0)) as f64 / 1024.0
+        nats.rss_kib() as f64 / 1024.0
     );
 
-    let cpu = CpuMeter::start(&[
-        ("survivor", survivor.pid()),
-        ("nats-server", nats.pid().unwrap_or(0)),
-    ]);
+    let mut meters = vec![("survivor", survivor.pid())];
+    meters.extend(nats.pids());
+    let cpu = CpuMeter::start(&meters);
     tap.lock().expect("tap").killed = Some(Instant::now());
     let killed = Command::new("kill")
         .args(["-KILL", &owner.pid().to_string()])
@@ -215,9 +217,12 @@ async fn main() -> anyhow::Result<()> {
     for (room, id, last) in tap.went_back.iter().take(5) {
         println!("  went back: room {room} id {id} after {last}");
     }
+    let cpu: Vec<String> = (cpu.iter())
+        .map(|(name, pct)| format!("{name} {pct:.0} %"))
+        .collect();
     println!(
-        "CPU from the kill until the last room fired: survivor {:.0} %, nats-server {:.0} %",
-        cpu[0].1, cpu[1].1
+        "CPU from the kill until the last room fired (% of a core): {}",
+        cpu.join(", ")
     );
     drop(survivor);
     if !(missing.is_empty() && tap.two_payloads.is_empty() && tap.went_back.is_empty()) {
@@ -280,19 +285,4 @@ fn fired_count(tap: &Mutex<Tap>, rooms: &[proto::RoomCode]) -> usize {
                 .is_some_and(|room| room.fired.is_some())
         })
         .count()
-}
-
-/// Bytes in the files under `dir`.
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| match entry.metadata() {
-            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
-            Ok(meta) => meta.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
