@@ -231,6 +231,9 @@ async fn main() -> anyhow::Result<()> {
     go.send_replace(Some(t0));
     tokio::time::sleep_until((t0 + Duration::from_secs(args.stagger)).into()).await;
 
+    // Every stream open and every first game started: the load the memory target names.
+    let full = Memory::of(&rig.gateway).await;
+    let full_streams = rig.gateway.connections().await;
     // Measure.
     let cpu = CpuMeter::start(&rig.processes());
     ctx.stats.measuring.store(true, Ordering::Relaxed);
@@ -260,8 +263,19 @@ async fn main() -> anyhow::Result<()> {
         open_streams.as_ref().map_or("?".into(), |v| v.to_string()),
         slow.map_or("?".into(), |v| format!("{v:.0}")),
     );
+    if let Ok(&streams) = full_streams.as_ref() {
+        println!(
+            "gateway memory with {streams} streams open, as the measurement began: {}",
+            full.per_stream(&idle, streams)
+        );
+    }
+    // Streams of ended games close, but the allocator keeps much of what they held: per
+    // stream still open, this overstates what one costs.
     if let Ok(&streams) = open_streams.as_ref() {
-        println!("gateway memory: {}", memory.per_stream(&idle, streams));
+        println!(
+            "gateway memory at the end, per stream open then: {}",
+            memory.per_stream(&idle, streams)
+        );
     }
     println!("CPU: {}", cpu_line(&cpu));
     let errors = ctx.stats.errors.load(Ordering::Relaxed);
