@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bench::histogram::Recorder;
-use bench::rig::CpuMeter;
+use bench::rig::{cpu_line, CpuMeter};
 use bench::servers::Topology;
 use bench::{Engines, Stack};
 use clap::Parser;
@@ -118,9 +118,6 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency
     );
     println!("latency: {}", latencies.summary());
-    let cpu: Vec<String> = (cpu.iter())
-        .map(|(name, pct)| format!("{name} {pct:.0} %"))
-        .collect();
-    println!("CPU (% of a core): {}", cpu.join(", "));
+    println!("CPU (% of a core): {}", cpu_line(&cpu));
     Ok(())
 }

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use bench::histogram::Recorder;
-use bench::rig::{engine_command, free_port, loopback, ready, CpuMeter, GameRigArgs, Service};
+use bench::rig::{
+    cpu_line, engine_command, free_port, loopback, ready, CpuMeter, GameRigArgs, Service,
+};
 use bench::servers::{Servers, FILE_BUDGET};
 use bench::Engines;
 use clap::Parser;
@@ -217,12 +219,9 @@ async fn main() -> anyhow::Result<()> {
     for (room, id, last) in tap.went_back.iter().take(5) {
         println!("  went back: room {room} id {id} after {last}");
     }
-    let cpu: Vec<String> = (cpu.iter())
-        .map(|(name, pct)| format!("{name} {pct:.0} %"))
-        .collect();
     println!(
         "CPU from the kill until the last room fired (% of a core): {}",
-        cpu.join(", ")
+        cpu_line(&cpu)
     );
     drop(survivor);
     if !(missing.is_empty() && tap.two_payloads.is_empty() && tap.went_back.is_empty()) {
