@@ -8,13 +8,15 @@
 //! The tests share the machine's two cores with each other (three nats-servers and two
 //! engines each), so they take turns.
 
+mod common;
+
+use common::tap::Tap;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use futures::StreamExt;
-use proto::headers::{SSE_EVENT, SSE_ID};
 use proto::{RoomCode, Subjects};
 use serde_json::{json, Value};
 use test_support::NatsCluster;
@@ -191,18 +193,7 @@ impl World {
     async fn tap(&self, code: &RoomCode, node: usize) -> Tap {
         let client = async_nats::connect(self.cluster.url(node)).await.unwrap();
         assert_eq!(client.server_info().server_name, self.cluster.name(node));
-        let sub = client
-            .subscribe(self.subjects.room_wildcard(code))
-            .await
-            .unwrap();
-        client.flush().await.unwrap();
-        Tap {
-            _client: client,
-            sub,
-            payloads: BTreeMap::new(),
-            last_on: BTreeMap::new(),
-            seen: Vec::new(),
-        }
+        Tap::on(client, self.subjects.room_wildcard(code)).await
     }
 
     /// Kills node `i` (-9).
@@ -214,99 +205,7 @@ impl World {
 impl Drop for World {
     /// A failed test shows what the engines logged.
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            for entry in std::fs::read_dir(self.dir.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if entry.path().extension().is_some_and(|e| e == "log") {
-                    let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                    eprintln!("--- {}\n{log}", entry.path().display());
-                }
-            }
-        }
-    }
-}
-
-/// Every event of one room, as published, with the invariants checked as they arrive.
-struct Tap {
-    _client: async_nats::Client,
-    sub: async_nats::Subscriber,
-    /// id → (event name, data): one payload per id, whoever published it.
-    payloads: BTreeMap<u64, (String, String)>,
-    /// subject → the last id published on it.
-    last_on: BTreeMap<String, u64>,
-    /// (subject, id, name, data) in arrival order, first copies only.
-    seen: Vec<(String, u64, String, Value)>,
-}
-
-impl Tap {
-    /// The next event not seen before (re-published copies are checked, then skipped).
-    async fn next(&mut self) -> (String, u64, String, Value) {
-        loop {
-            let msg = timeout(WAIT, self.sub.next())
-                .await
-                .expect("an event in time")
-                .unwrap();
-            let Some(headers) = msg.headers else { continue };
-            let Some(id) = headers.get(SSE_ID) else {
-                continue;
-            };
-            let id: u64 = id.as_str().parse().unwrap();
-            let name = headers.get(SSE_EVENT).unwrap().as_str().to_owned();
-            let data = String::from_utf8(msg.payload.to_vec()).unwrap();
-            let subject = msg.subject.to_string();
-            if let Some(before) = self.payloads.get(&id) {
-                assert_eq!(before, &(name, data), "id {id} carried two payloads");
-                continue;
-            }
-            let last = self.last_on.insert(subject.clone(), id).unwrap_or(0);
-            assert!(id > last, "{subject}: new id {id} after {last}");
-            self.payloads.insert(id, (name.clone(), data.clone()));
-            let event = (subject, id, name, serde_json::from_str(&data).unwrap());
-            self.seen.push(event.clone());
-            return event;
-        }
-    }
-
-    async fn until(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        loop {
-            let (_, _, n, data) = self.next().await;
-            if n == name && pred(&data) {
-                return data;
-            }
-        }
-    }
-
-    fn count(&self, name: &str, pred: impl Fn(&Value) -> bool) -> usize {
-        self.seen
-            .iter()
-            .filter(|e| e.2 == name && pred(&e.3))
-            .count()
-    }
-
-    /// Every id from 1 to the last one arrived: none lost on the way, whatever died.
-    fn assert_no_gap(&self) {
-        let last = *self.payloads.keys().last().expect("events");
-        let missing: Vec<u64> = (1..=last)
-            .filter(|id| !self.payloads.contains_key(id))
-            .collect();
-        assert!(missing.is_empty(), "ids never seen: {missing:?}");
-    }
-
-    /// The phases the room went through, as (phase, round).
-    fn phases(&self) -> Vec<(String, u64)> {
-        self.seen
-            .iter()
-            .filter(|e| e.2 == "phase")
-            .map(|e| {
-                (
-                    e.3["phase"].as_str().unwrap().to_owned(),
-                    e.3["round"].as_u64().unwrap_or(0),
-                )
-            })
-            .collect()
+        common::show_logs_if_panicking(self.dir.path());
     }
 }
 

@@ -3,7 +3,10 @@
 //! every room subject checks the invariants of `docs/durability.md` throughout: an id never
 //! carries two payloads, and on each subject ids never go back.
 
-use std::collections::{BTreeMap, HashSet};
+mod common;
+
+use common::tap::Tap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -211,97 +214,14 @@ impl World {
     }
 
     async fn tap(&self, code: &RoomCode) -> Tap {
-        let sub = self
-            .client
-            .subscribe(self.subjects.room_wildcard(code))
-            .await
-            .unwrap();
-        self.client.flush().await.unwrap();
-        Tap {
-            sub,
-            payloads: BTreeMap::new(),
-            last_on: BTreeMap::new(),
-            seen: Vec::new(),
-        }
+        Tap::on(self.client.clone(), self.subjects.room_wildcard(code)).await
     }
 }
 
 impl Drop for World {
     /// A failed test shows what the engines logged.
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            for entry in std::fs::read_dir(self.dir.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if entry.path().extension().is_some_and(|e| e == "log") {
-                    let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                    eprintln!("--- {}\n{log}", entry.path().display());
-                }
-            }
-        }
-    }
-}
-
-/// Every event of one room, as published, with the invariants checked as they arrive: an id
-/// seen again must carry the same bytes (a repeat), and a new id is above every id before
-/// it on its subject.
-struct Tap {
-    sub: async_nats::Subscriber,
-    /// id → (event name, data): one payload per id, whoever published it.
-    payloads: BTreeMap<u64, (String, String)>,
-    /// subject → the last id published on it.
-    last_on: BTreeMap<String, u64>,
-    /// (subject, id, name, data) in arrival order, first copies only (an event for several
-    /// players is one id on several subjects: its first copy).
-    seen: Vec<(String, u64, String, Value)>,
-}
-
-impl Tap {
-    /// The next event not seen before (re-published copies are checked, then skipped).
-    async fn next(&mut self) -> (String, u64, String, Value) {
-        loop {
-            let msg = timeout(WAIT, self.sub.next())
-                .await
-                .expect("an event in time")
-                .unwrap();
-            let Some(headers) = msg.headers else { continue };
-            let Some(id) = headers.get(SSE_ID) else {
-                continue;
-            };
-            let id: u64 = id.as_str().parse().unwrap();
-            let name = headers.get(SSE_EVENT).unwrap().as_str().to_owned();
-            let data = String::from_utf8(msg.payload.to_vec()).unwrap();
-            let subject = msg.subject.to_string();
-            if let Some(before) = self.payloads.get(&id) {
-                // A repeat (a successor re-publishing a step): the same bytes, or a bug.
-                assert_eq!(before, &(name, data), "id {id} carried two payloads");
-                continue;
-            }
-            let last = self.last_on.insert(subject.clone(), id).unwrap_or(0);
-            assert!(id > last, "{subject}: new id {id} after {last}");
-            self.payloads.insert(id, (name.clone(), data.clone()));
-            let event = (subject, id, name, serde_json::from_str(&data).unwrap());
-            self.seen.push(event.clone());
-            return event;
-        }
-    }
-
-    async fn until(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        loop {
-            let (_, _, n, data) = self.next().await;
-            if n == name && pred(&data) {
-                return data;
-            }
-        }
-    }
-
-    fn count(&self, name: &str, pred: impl Fn(&Value) -> bool) -> usize {
-        self.seen
-            .iter()
-            .filter(|e| e.2 == name && pred(&e.3))
-            .count()
+        common::show_logs_if_panicking(self.dir.path());
     }
 }
 

@@ -9,12 +9,14 @@ use async_nats::{Client, Subscriber};
 use futures::StreamExt;
 use game_engine::{Config, Engine};
 use proto::headers::{SSE_EVENT, SSE_ID};
-use proto::{PlayerId, RoomCode, Subjects};
+use proto::{PlayerId, RoomCode, StoreNames, Subjects};
 use serde_json::{json, Value};
 use test_support::NatsServer;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+
+pub mod tap;
 
 /// How long any single network wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -45,12 +47,28 @@ impl Harness {
         // The tests play whole games with millisecond phases.
         config.engine.min_phase = Duration::ZERO;
         tweak(&mut config);
+        let engines_bucket = StoreNames::new(&config.subject_prefix).engines_bucket();
         let engine = Engine::build(config).await.expect("engine builds");
         let admin = engine.admin_addr();
+        // The engine subscribes its subjects as it starts running, then writes its first
+        // heartbeat on the same connection: once the heartbeat is in the bucket (which
+        // `build` made), every subscription is in place and a request finds a responder.
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let mut beats = (async_nats::jetstream::new(client.clone()))
+            .get_key_value(engines_bucket)
+            .await
+            .expect("the engines bucket")
+            .watch_with_history(engine.id())
+            .await
+            .expect("a watch on the engine's heartbeat");
         let stop = CancellationToken::new();
         let engine = tokio::spawn(engine.run_until(stop.clone().cancelled_owned()));
-        let client = async_nats::connect(nats.url()).await.unwrap();
-        let harness = Harness {
+        timeout(WAIT, beats.next())
+            .await
+            .expect("the engine's first heartbeat in time")
+            .expect("the watch open")
+            .expect("a heartbeat");
+        Harness {
             nats,
             client,
             subjects: Subjects::default(),
@@ -58,24 +76,7 @@ impl Harness {
             stop,
             engine: Some(engine),
             _keys: keys,
-        };
-        // The engine is ready once it answers the lobby: it subscribes as it starts running,
-        // so a first request may find no responder yet.
-        let ready = async {
-            let body = json!({"viewer": null, "since": null}).to_string();
-            let subject = harness.subjects.lobby_snap();
-            while (harness.client)
-                .request(subject.clone(), body.clone().into())
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        timeout(WAIT, ready)
-            .await
-            .expect("the engine answers the lobby");
-        harness
+        }
     }
 
     /// Stops the engine as SIGTERM would and waits for it. The NATS server keeps running
@@ -280,4 +281,17 @@ pub fn fast_room(total: u8, mafia: u8, doctor: u8, police: u8) -> Value {
         "durations_ms": {"day_intro": 20, "notice": 20, "day_per_player": 10000, "vote": 100,
             "vote_result": 20, "night_intro": 20, "night": 400, "ended": 100}
     })
+}
+
+/// After a failed test, prints every `*.log` in `dir` (the logs of the processes it ran).
+pub fn show_logs_if_panicking(dir: &std::path::Path) {
+    if !std::thread::panicking() {
+        return;
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            eprintln!("--- {}\n{log}", entry.path().display());
+        }
+    }
 }
