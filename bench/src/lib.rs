@@ -32,7 +32,7 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(topology: Topology) -> anyhow::Result<Stack> {
-        let nats = Servers::start_async(topology, servers::FILE_BUDGET).await?;
+        let nats = Servers::start(topology, servers::FILE_BUDGET).await?;
         let keys = tempfile::tempdir()?;
         let (signing, _) = test_support::write_test_keys(keys.path());
         let mut config = Config::default();

@@ -324,7 +324,7 @@ impl GameRig {
         heartbeat: Option<&str>,
     ) -> anyhow::Result<GameRig> {
         let engine_binary = args.engine_binary()?;
-        let nats = Servers::start_async(args.nats, FILE_BUDGET).await?;
+        let nats = Servers::start(args.nats, FILE_BUDGET).await?;
         let dir = tempfile::tempdir()?;
         let (signing, verify) = test_support::write_test_keys(dir.path());
         let admin = loopback(free_port()?);

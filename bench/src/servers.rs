@@ -30,19 +30,14 @@ pub enum Servers {
 }
 
 impl Servers {
-    /// Starts `topology` with room for `file_budget` bytes of JetStream data on each server.
-    /// Blocks until every server serves (a cluster: until it has formed): call it from
-    /// `spawn_blocking`.
-    pub fn start(topology: Topology, file_budget: u64) -> Servers {
-        match topology {
+    /// Starts `topology` with room for `file_budget` bytes of JetStream data on each server,
+    /// and returns once every server serves (a cluster: once it has formed).
+    pub async fn start(topology: Topology, file_budget: u64) -> anyhow::Result<Servers> {
+        Ok(tokio::task::spawn_blocking(move || match topology {
             Topology::Single => Servers::Single(NatsServer::start_with_file_budget(file_budget)),
             Topology::Cluster => Servers::Cluster(NatsCluster::start_with_file_budget(file_budget)),
-        }
-    }
-
-    /// As [`Servers::start`], from async code.
-    pub async fn start_async(topology: Topology, file_budget: u64) -> anyhow::Result<Servers> {
-        Ok(tokio::task::spawn_blocking(move || Servers::start(topology, file_budget)).await?)
+        })
+        .await?)
     }
 
     /// The URL of server `i`, counted round the servers there are: on one server every `i`
@@ -68,7 +63,7 @@ impl Servers {
     }
 
     /// The JetStream store of each server (a cluster's nodes each hold every copy they keep).
-    pub fn store_dirs(&self) -> Vec<PathBuf> {
+    fn store_dirs(&self) -> Vec<PathBuf> {
         match self {
             Servers::Single(server) => vec![server.store_dir()],
             Servers::Cluster(cluster) => (0..cluster.len()).map(|i| cluster.store_dir(i)).collect(),

@@ -81,7 +81,7 @@ const IN_FLIGHT: Duration = Duration::from_millis(500);
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let binary = args.rig.engine_binary()?;
-    let nats = Servers::start_async(args.rig.nats, FILE_BUDGET).await?;
+    let nats = Servers::start(args.rig.nats, FILE_BUDGET).await?;
     let dir = tempfile::tempdir()?;
     let (signing, _) = test_support::write_test_keys(dir.path());
     // On a cluster, A, B and the tap each on their own node.
