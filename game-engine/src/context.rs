@@ -3,15 +3,17 @@
 //!
 //! A leaf module: rooms, the lobby and ownership all depend on it, and it on none of them.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_nats::Client;
 use proto::Subjects;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenSigner;
+use crate::lobby::LobbyMark;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 
@@ -34,6 +36,11 @@ pub struct Context {
     /// Bumped when this engine's lease may have lapsed (it could not renew its heartbeat in
     /// time, say after SIGSTOP): every room then checks that it still owns its record.
     pub recheck: watch::Sender<u64>,
+    /// How far this engine's lobby has read the lobby bucket, for its rooms' lobby writes to
+    /// tell when the bucket went back.
+    pub lobby_mark: Mutex<LobbyMark>,
+    /// Told when a lobby write shows the bucket went back: the lobby starts again from it.
+    pub lobby_went_back: Notify,
 }
 
 impl Context {

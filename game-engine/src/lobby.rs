@@ -10,7 +10,8 @@
 //! stream outlives any engine.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Entry, Operation};
 use async_nats::{Message, Subscriber};
@@ -32,6 +33,51 @@ use crate::store::Logged;
 
 /// Most rooms a lobby snapshot lists (about 100 KiB of JSON).
 pub const MAX_LISTED: usize = 1000;
+
+/// How often the lobby asks the bucket's stream where it ends, in case it went back while
+/// this engine wrote nothing to it.
+const END_CHECK: Duration = Duration::from_secs(5);
+
+/// How far the lobby has read the bucket: what its rooms' lobby writes are checked against.
+/// A write is stored above everything already in the bucket, which includes every revision
+/// the lobby has read, unless the bucket lost some of them.
+#[derive(Debug, Default)]
+pub struct LobbyMark {
+    /// Counts the lobby's fresh starts: a write checked against an earlier one's reading is
+    /// not evidence against the current one.
+    generation: u64,
+    /// The newest revision read in this generation.
+    seen: u64,
+    /// The generation a write found behind the bucket.
+    went_back: Option<u64>,
+}
+
+impl LobbyMark {
+    /// Notes a lobby write acknowledged at `revision`; true if it shows the bucket went back.
+    fn written(&mut self, revision: u64) -> bool {
+        let behind = revision <= self.seen;
+        if behind {
+            self.went_back = Some(self.generation);
+        }
+        behind
+    }
+
+    /// Whether a write found this generation behind (and forgets it).
+    fn went_back(&mut self) -> bool {
+        self.went_back.take() == Some(self.generation)
+    }
+
+    fn start_again(&mut self) {
+        self.generation += 1;
+        self.seen = 0;
+        self.went_back = None;
+    }
+}
+
+fn lock(mark: &Mutex<LobbyMark>) -> MutexGuard<'_, LobbyMark> {
+    // Plain numbers: a panic elsewhere while holding it leaves nothing half-written.
+    mark.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A room's entry in the lobby bucket: the listing and the event that announces it.
 #[derive(Serialize, Deserialize)]
@@ -94,6 +140,11 @@ impl Listing {
         };
         match written {
             Ok(revision) => {
+                if let Some(revision) = revision {
+                    if lock(&ctx.lobby_mark).written(revision) {
+                        ctx.lobby_went_back.notify_one();
+                    }
+                }
                 self.room = room;
                 self.revision = revision;
             }
@@ -138,7 +189,10 @@ impl Lobby {
     /// Follows the bucket and answers snapshots until the engine shuts down.
     pub async fn run(mut self, mut snaps: Subscriber) {
         let shutdown = self.ctx.shutdown.clone();
+        let ctx = self.ctx.clone();
         let mut changes = None;
+        let mut end_checks = tokio::time::interval(END_CHECK);
+        end_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let Some(watch) = &mut changes else {
                 // (Re)start the watch after the last revision seen: at once when the bucket is
@@ -162,9 +216,47 @@ impl Lobby {
                     None => changes = None,
                 },
                 Some(msg) = snaps.next() => self.on_snap(msg).await,
+                () = ctx.lobby_went_back.notified() => if lock(&ctx.lobby_mark).went_back() {
+                    self.start_again("a lobby write was acknowledged at a revision already seen");
+                    changes = None;
+                },
+                _ = end_checks.tick() => if self.bucket_ends_below().await {
+                    self.start_again("the lobby bucket ends below a revision already seen");
+                    changes = None;
+                },
                 () = shutdown.cancelled() => break,
             }
         }
+    }
+
+    /// Whether the bucket's stream now ends below the last revision seen: it lost writes it
+    /// had acknowledged (nats-server 2.9.10 has done so on a cluster whose nodes were killed
+    /// and paused: docs/durability.md), and now gives their revisions to other writes.
+    async fn bucket_ends_below(&self) -> bool {
+        let last = self.history.last_id();
+        if last == 0 {
+            return false;
+        }
+        match self.ctx.store.lobby.stream.get_info().await {
+            Ok(info) => info.state.last_sequence < last,
+            Err(_) => false,
+        }
+    }
+
+    /// Forgets the lobby and reads it again from the bucket, publishing every listing with
+    /// its revision as it comes: revisions this engine had seen may now hold other listings,
+    /// and a lobby that skipped them would stay wrong. Gateways see the ids go back and send
+    /// their lobby streams to a fresh snapshot.
+    fn start_again(&mut self, why: &str) {
+        tracing::warn!(
+            last = self.history.last_id(),
+            "{why}: reading the lobby again"
+        );
+        metrics::counter!(crate::metrics::LOBBY_RESTARTS).increment(1);
+        self.rooms.clear();
+        self.history = History::after(self.ctx.history, 0);
+        self.snapshot = None;
+        lock(&self.ctx.lobby_mark).start_again();
     }
 
     async fn watch(&self) -> Result<kv::Watch, kv::WatchError> {
@@ -208,6 +300,7 @@ impl Lobby {
         };
         publish::send(&self.ctx, self.ctx.subjects.lobby_events(), &event).await;
         self.history.record(event);
+        lock(&self.ctx.lobby_mark).seen = entry.revision;
     }
 
     async fn on_snap(&mut self, msg: Message) {

@@ -15,6 +15,7 @@ pub const ROOMS_TAKEN_OVER: &str = "phasecast_engine_rooms_taken_over_total";
 pub const OWNERSHIP_LOST: &str = "phasecast_engine_ownership_lost_total";
 pub const STEPS_DEFERRED: &str = "phasecast_engine_steps_deferred_total";
 pub const STORE_REPLICAS: &str = "phasecast_engine_store_replicas";
+pub const LOBBY_RESTARTS: &str = "phasecast_engine_lobby_restarts_total";
 
 /// Latency buckets from 50 µs to 5 s: scheduler lateness lives at the low end, a command
 /// queued behind a slow NATS at the high end.
@@ -55,6 +56,10 @@ fn describe() {
     describe_counter!(
         STEPS_DEFERRED,
         "Room steps undone because JetStream did not take their commit (retried later)"
+    );
+    describe_counter!(
+        LOBBY_RESTARTS,
+        "Times the lobby bucket went back below a revision this engine had seen, and its lobby was read again"
     );
     describe_gauge!(
         STORE_REPLICAS,

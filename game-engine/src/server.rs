@@ -115,6 +115,8 @@ impl Engine {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             recheck: tokio::sync::watch::Sender::new(0),
+            lobby_mark: std::sync::Mutex::default(),
+            lobby_went_back: tokio::sync::Notify::new(),
         });
         Ok(Engine {
             ctx,

@@ -116,6 +116,90 @@ async fn the_lobby_follows_rooms_as_they_open_fill_start_and_close() {
     assert_eq!(replayed, watched);
 }
 
+/// A store that lost acknowledged lobby writes hands their revisions to other listings
+/// (nats-server 2.9.10 has done so on a cluster: docs/durability.md). Emulated here by
+/// deleting the lobby bucket's stream and creating it again empty.
+#[tokio::test]
+async fn a_lobby_bucket_that_went_back_is_read_again() {
+    use futures::StreamExt;
+    let h = Harness::start().await;
+    for _ in 0..3 {
+        h.room(fast_room(3, 1, 0, 0)).await;
+    }
+    let listed = |snap: &Value| snap["events"][0]["data"]["rooms"].as_array().unwrap().len();
+    let before = timeout_poll(|| async {
+        let snap = h.lobby_snap(None).await;
+        (listed(&snap) == 3).then_some(snap["events"][0]["id"].as_u64().unwrap())
+    })
+    .await;
+
+    let js = async_nats::jetstream::new(h.client.clone());
+    let name = format!("KV_{}", proto::StoreNames::new("game").lobby_bucket());
+    let config = js
+        .get_stream(&name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    js.delete_stream(&name).await.unwrap();
+    js.create_stream(config).await.unwrap();
+
+    let mut events = h.client.subscribe(h.subjects.lobby_events()).await.unwrap();
+    h.client.flush().await.unwrap();
+    // Its listing is written at revision 1, which the engine has seen already: it reads the
+    // lobby again, from the bucket as it is now.
+    let code = h.room(fast_room(3, 1, 0, 0)).await;
+    let opened = tokio::time::timeout(common::WAIT, async {
+        loop {
+            let msg = events.next().await.unwrap();
+            let data: Value = serde_json::from_slice(&msg.payload).unwrap();
+            if data["code"] == json!(code) {
+                return msg;
+            }
+        }
+    })
+    .await
+    .expect("the new room announced");
+    let headers = opened.headers.unwrap();
+    assert_eq!(headers.get(proto::headers::SSE_ID).unwrap().as_str(), "1");
+    let snap = h.lobby_snap(None).await;
+    let rooms = snap["events"][0]["data"]["rooms"].as_array().unwrap();
+    assert_eq!(rooms.len(), 1, "only what the bucket holds now: {rooms:?}");
+    assert_eq!(rooms[0]["code"], json!(code));
+    let id = snap["events"][0]["id"].as_u64().unwrap();
+    assert!(
+        id < before,
+        "the snapshot's id ({id}) is the bucket's, below {before}"
+    );
+    let metrics = h.admin_get("/metrics").await;
+    let restarts = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("phasecast_engine_lobby_restarts_total "));
+    assert_eq!(restarts, Some("1"), "{metrics}");
+}
+
+/// Polls `probe` (a request to the engine each time) every 20 ms until it gives a value,
+/// for at most [`common::WAIT`].
+async fn timeout_poll<T, F, Fut>(mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    tokio::time::timeout(common::WAIT, async {
+        loop {
+            if let Some(value) = probe().await {
+                return value;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("in time")
+}
+
 #[tokio::test]
 async fn an_empty_waiting_room_closes_and_the_host_moves_on() {
     let h = Harness::start().await;

@@ -12,8 +12,16 @@
 //! that falls a whole ring behind (or misses events while NATS is away) catches up by asking
 //! the engine for what it missed, rather than slowing the rest; a topic's members that need
 //! the same catch-up share one request ([`Membership::catch_up`]).
+//!
+//! A topic also watches its backend's ids ([`Sequence`]): ids only rise, so one that comes
+//! back is either the same event published again (dropped by each stream) or the backend
+//! counting again from an earlier id, for other events (a backend restarted without its
+//! history, or a store that lost what it had acknowledged). Then every member starts again
+//! from a fresh snapshot ([`Item::Reset`]), rather than dropping every event until the ids
+//! pass the old ones.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,9 +30,10 @@ use async_nats::{Client, Message, Subscriber};
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt};
 use metrics::{counter, gauge};
-use proto::{PlayerId, RoomCode, Subjects};
+use proto::{PlayerId, RoomCode, SnapReply, SnapRequest, Subjects};
 use rand::Rng;
 use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +78,9 @@ pub enum Item {
     /// from now. The delay is drawn once per topic, so that its members ask together (and
     /// share one request) while topics spread their requests out.
     Resync(u32),
+    /// The backend's ids went back: what a member sent may belong to a history the backend
+    /// no longer has. Start again from a fresh snapshot.
+    Reset,
 }
 
 /// What a catch-up request brings: the frames to send, or why there are none and when to
@@ -120,6 +132,8 @@ struct Inner {
     lobby_ring: usize,
     room_ring: usize,
     heartbeat: Duration,
+    /// How long a topic waits for the backend when it asks where its ids are.
+    request_timeout: Duration,
     shutdown: CancellationToken,
     topics: Mutex<HashMap<StreamKey, Arc<Topic>>>,
 }
@@ -133,12 +147,14 @@ pub struct Hub {
 impl Hub {
     /// `ring` is how many items a connection may fall behind before it must catch up by
     /// request (a room's ring is at most [`ROOM_RING`]); `heartbeat` how often every stream
-    /// gets a `: ping`; `shutdown` ends every stream.
+    /// gets a `: ping`; `request_timeout` how long a backend may take to answer; `shutdown`
+    /// ends every stream.
     pub fn new(
         client: Client,
         subjects: Subjects,
         ring: usize,
         heartbeat: Duration,
+        request_timeout: Duration,
         shutdown: CancellationToken,
     ) -> Self {
         Hub {
@@ -148,6 +164,7 @@ impl Hub {
                 lobby_ring: ring.max(1),
                 room_ring: ring.clamp(1, ROOM_RING),
                 heartbeat,
+                request_timeout,
                 shutdown,
                 topics: Mutex::new(HashMap::new()),
             }),
@@ -237,17 +254,51 @@ async fn run_topic(
         let mut heartbeats = tokio::time::interval(hub.heartbeat);
         heartbeats.set_missed_tick_behavior(MissedTickBehavior::Delay);
         heartbeats.reset();
+        let mut sequence = Sequence::default();
+        // Whether an id came that only the backend can place ([`Seen::Older`]); the check in
+        // flight, with the last id when it began; and when the next may begin.
+        let mut suspect = false;
+        let mut check: Option<(u64, JoinHandle<bool>)> = None;
+        let mut next_check = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = topic.stop.cancelled() => break,
                 _ = heartbeats.tick() => {
                     let _ = ring.send(Item::Heartbeat);
                 }
-                msg = events.next() => match msg {
-                    Some(msg) => publish(&hub.subjects, &ring, &msg),
-                    None => break,
-                },
+                () = tokio::time::sleep_until(next_check), if suspect && check.is_none() => {
+                    suspect = false;
+                    let last = sequence.last().unwrap_or(0);
+                    check = Some((last, tokio::spawn(backend_behind(hub.clone(), key.clone(), last))));
+                }
+                behind = async { (&mut check.as_mut().expect("guarded").1).await }, if check.is_some() => {
+                    let (from, _) = check.take().expect("guarded");
+                    next_check = tokio::time::Instant::now() + RESET_CONFIRM;
+                    // Only if no newer id came meanwhile: those would show the ids going on
+                    // from where they were, and the backend that answered merely late.
+                    if behind.unwrap_or(false) && sequence.last() == Some(from) {
+                        reset(&ring, &mut sequence, "behind");
+                    }
+                }
+                msg = events.next() => {
+                    let Some(msg) = msg else { break };
+                    let Some(frame) = Frame::from_message(&msg) else {
+                        counter!(m::EVENTS_MALFORMED).increment(1);
+                        continue;
+                    };
+                    let to = hub.subjects.player_of(&msg.subject);
+                    match sequence.see(&frame, to) {
+                        Seen::Next | Seen::Repeat => {}
+                        Seen::Reused => reset(&ring, &mut sequence, "reused"),
+                        Seen::Older => suspect = true,
+                    }
+                    let to = to.map(Box::from);
+                    let _ = ring.send(Item::Frame(Arc::new(Addressed { frame, to })));
+                }
             }
+        }
+        if let Some((_, task)) = check {
+            task.abort();
         }
         gauge!(m::NATS_SUBSCRIPTIONS).decrement(count);
     }
@@ -283,15 +334,119 @@ async fn subscribe(hub: &Inner, key: &StreamKey) -> Option<Vec<Subscriber>> {
     Some(subs)
 }
 
-/// Puts one NATS message into the topic's ring, addressed to one player if it came on a
-/// private subject.
-fn publish(subjects: &Subjects, ring: &broadcast::Sender<Item>, msg: &Message) {
-    let Some(frame) = Frame::from_message(msg) else {
-        counter!(m::EVENTS_MALFORMED).increment(1);
-        return;
+/// How many of its latest ids a topic remembers (with a hash of each event's bytes) to tell an
+/// event published again from an id reused for another event. As many as a room's ring: an
+/// event is published again only while it is its room's last step.
+const REMEMBERED_IDS: usize = ROOM_RING;
+
+/// How long a backend must stay behind a topic's ids, asked twice this far apart, for the
+/// topic to start again: a lobby engine that has just started answers from behind for a
+/// moment (it catches up with the bucket), while ids that really went back stay back. Also
+/// the least time between two such checks.
+const RESET_CONFIRM: Duration = Duration::from_secs(1);
+
+/// The latest ids a topic has passed on, oldest first, each with hashes of who it was for and
+/// of its frame.
+#[derive(Default)]
+struct Sequence {
+    recent: VecDeque<Remembered>,
+    hasher: RandomState,
+}
+
+struct Remembered {
+    id: u64,
+    to: u64,
+    frame: u64,
+}
+
+/// What an id is to a topic that has seen [`Sequence`].
+#[derive(Debug, PartialEq)]
+enum Seen {
+    /// Above every id so far.
+    Next,
+    /// A remembered id with the same bytes: the same event, published again. Also the same
+    /// id for another audience (an event sent to several players one subject each), which
+    /// is not compared: a backend may word each player's copy differently.
+    Repeat,
+    /// A remembered id for the same audience with other bytes: the backend's ids went back.
+    Reused,
+    /// Not above the last id and not remembered: an old event published again late (an
+    /// engine catching up with the lobby publishes what it missed), or ids that went back
+    /// further than the topic remembers; only the backend can tell which.
+    Older,
+}
+
+impl Sequence {
+    fn last(&self) -> Option<u64> {
+        self.recent.back().map(|r| r.id)
+    }
+
+    fn see(&mut self, frame: &Frame, to: Option<&str>) -> Seen {
+        let seen = Remembered {
+            id: frame.id,
+            to: self.hasher.hash_one(to),
+            frame: self.hasher.hash_one(&frame.bytes),
+        };
+        if self.last().is_none_or(|last| seen.id > last) {
+            if self.recent.len() == REMEMBERED_IDS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(seen);
+            return Seen::Next;
+        }
+        let mut same_id = self.recent.iter().filter(|r| r.id == seen.id).peekable();
+        if same_id.peek().is_none() {
+            return Seen::Older;
+        }
+        match same_id.find(|r| r.to == seen.to) {
+            Some(r) if r.frame != seen.frame => Seen::Reused,
+            _ => Seen::Repeat,
+        }
+    }
+}
+
+/// Sends every member of the topic back to a snapshot, and forgets the ids seen: those that
+/// follow are the backend's new count.
+fn reset(ring: &broadcast::Sender<Item>, sequence: &mut Sequence, why: &'static str) {
+    sequence.recent.clear();
+    counter!(m::STREAM_RESETS, "why" => why).increment(1);
+    tracing::info!(
+        why,
+        "a stream's ids went back; its clients start again from a snapshot"
+    );
+    let _ = ring.send(Item::Reset);
+}
+
+/// Whether the backend is behind `last`: its current id (a public snapshot's) below `last`,
+/// asked twice [`RESET_CONFIRM`] apart. No answer is not behind: a room between engines, or
+/// one that has ended, has not gone back.
+async fn backend_behind(hub: Arc<Inner>, key: StreamKey, last: u64) -> bool {
+    let subject = match &key {
+        StreamKey::Lobby => hub.subjects.lobby_snap(),
+        StreamKey::Room(code) => hub.subjects.room_snap(code),
     };
-    let to = subjects.player_of(&msg.subject).map(Box::from);
-    let _ = ring.send(Item::Frame(Arc::new(Addressed { frame, to })));
+    let request = SnapRequest {
+        viewer: None,
+        since: None,
+    };
+    let body = bytes::Bytes::from(serde_json::to_vec(&request).expect("requests serialise"));
+    let current = || async {
+        let ask = hub.client.request(subject.clone(), body.clone());
+        let reply = tokio::time::timeout(hub.request_timeout, ask)
+            .await
+            .ok()?
+            .ok()?;
+        SnapReply::decode(&reply.payload)
+            .ok()?
+            .events
+            .last()
+            .map(|e| e.id)
+    };
+    if current().await.is_none_or(|id| id >= last) {
+        return false;
+    }
+    tokio::time::sleep(RESET_CONFIRM).await;
+    current().await.is_some_and(|id| id < last)
 }
 
 /// One connection's place in a stream; leaving the stream is dropping it.
@@ -424,5 +579,41 @@ impl Ordered {
             let (msg, i, _) = futures::future::select_all(waits).await;
             self.peeked[i] = Some(msg?);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tick(id: u64, data: &str) -> Frame {
+        Frame::encode(id, "tick", data.as_bytes())
+    }
+
+    #[test]
+    fn a_sequence_tells_repeats_from_reused_and_older_ids() {
+        let mut seq = Sequence::default();
+        for id in 1..=40 {
+            assert_eq!(seq.see(&tick(id, "{}"), None), Seen::Next);
+        }
+        assert_eq!(seq.see(&tick(40, "{}"), None), Seen::Repeat);
+        assert_eq!(seq.see(&tick(20, "{}"), None), Seen::Repeat);
+        assert_eq!(seq.see(&tick(20, r#"{"other":1}"#), None), Seen::Reused);
+        // Remembered: the last 32, 9 to 40.
+        assert_eq!(seq.see(&tick(8, "{}"), None), Seen::Older);
+        assert_eq!(seq.see(&tick(9, "{}"), None), Seen::Repeat);
+        // One event to two players, each copy worded for its player.
+        assert_eq!(
+            seq.see(&tick(41, r#"{"role":"mafia"}"#), Some("ann")),
+            Seen::Next
+        );
+        assert_eq!(
+            seq.see(&tick(41, r#"{"role":"doctor"}"#), Some("bob")),
+            Seen::Repeat
+        );
+        assert_eq!(
+            seq.see(&tick(41, r#"{"role":"police"}"#), Some("ann")),
+            Seen::Reused
+        );
     }
 }

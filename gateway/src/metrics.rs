@@ -15,6 +15,7 @@ pub const EVENTS_MALFORMED: &str = "phasecast_gateway_events_malformed_total";
 pub const SLOW_CONSUMERS: &str = "phasecast_gateway_slow_consumer_disconnects_total";
 pub const STREAMS_LAGGED: &str = "phasecast_gateway_streams_lagged_total";
 pub const CATCH_UP_REQUESTS: &str = "phasecast_gateway_catch_up_requests_total";
+pub const STREAM_RESETS: &str = "phasecast_gateway_stream_resets_total";
 pub const NATS_SUBSCRIPTIONS: &str = "phasecast_gateway_nats_subscriptions";
 pub const NATS_CONNECTED: &str = "phasecast_gateway_nats_connected";
 pub const SNAPSHOT_SECONDS: &str = "phasecast_gateway_snapshot_seconds";
@@ -57,6 +58,10 @@ fn describe() {
     describe_counter!(
         CATCH_UP_REQUESTS,
         "Catch-up requests sent to engines (after an outage or a lag), shared by the streams that needed the same one"
+    );
+    describe_counter!(
+        STREAM_RESETS,
+        "Times a stream's ids went back (reused, or the backend behind) and its clients started again from a snapshot"
     );
     describe_gauge!(
         NATS_SUBSCRIPTIONS,

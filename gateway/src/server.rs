@@ -160,6 +160,7 @@ impl Gateway {
             subjects.clone(),
             config.gateway.client_queue,
             config.gateway.heartbeat,
+            config.gateway.request_timeout,
             shutdown.clone(),
         );
         let state = AppState(Arc::new(Inner {

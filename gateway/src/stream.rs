@@ -345,6 +345,12 @@ impl Live {
                 self.start_resync(Duration::from_millis(after_ms.into()));
                 None
             }
+            // The ids went back: from a snapshot, whatever was sent before.
+            Ok(Item::Reset) => {
+                self.last = None;
+                self.start_resync(Duration::ZERO);
+                None
+            }
             // The client (or its task) fell a whole ring behind: what it skipped is fetched.
             // Only a client that stops reading is dropped (the write stall).
             Err(RecvError::Lagged(_)) => {

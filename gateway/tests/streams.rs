@@ -447,6 +447,97 @@ async fn a_room_stream_ends_after_room_closed_and_a_lower_snapshot_still_resets(
     assert!(sse.next().await.is_none(), "nothing follows room_closed");
 }
 
+/// Reads events until the first `snapshot`, which it returns; fails on one that is not
+/// numbered above the previous one (no event may be lost or repeated on the way).
+async fn until_snapshot(sse: &mut Sse, mut last: u64) -> common::SseEvent {
+    loop {
+        let event = sse.next().await.expect("the stream stays open");
+        if event.event == "snapshot" {
+            return event;
+        }
+        let id = event.id.expect("an id");
+        assert!(id > last, "{id} after {last}, before any snapshot");
+        last = id;
+    }
+}
+
+#[tokio::test]
+async fn a_backend_counting_again_from_an_earlier_id_sends_its_streams_to_a_snapshot() {
+    let s = Setup::new(|_| {}).await;
+    let code = room();
+    let ann = PlayerId::parse("ann12345").unwrap();
+    let url = format!(
+        "{}?token={}",
+        s.gateway.url(&format!("/v1/rooms/{code}/events")),
+        token(&code, &ann, 60)
+    );
+    let fake = FakeStream::start(&s, Some(code.clone()), true).await;
+    let mut sse = Sse::connect(&url, &[]).await;
+    assert_eq!(sse.next().await.unwrap().id, Some(0));
+    fake.send(Publish::Public { n: 10, size: 1 });
+    for id in 1..=10 {
+        assert_eq!(sse.next().await.unwrap().id, Some(id));
+    }
+    // The backend restarts without its history and numbers other events from 1 again: id 1
+    // is one the gateway still remembers, with other bytes.
+    drop(fake);
+    let fake = FakeStream::start(&s, Some(code.clone()), true).await;
+    fake.send(Publish::Public { n: 3, size: 2 });
+    let snapshot = until_snapshot(&mut sse, 10).await;
+    let at = snapshot.id.unwrap();
+    assert!(at <= 3, "the new backend's snapshot (id {at})");
+    fake.send(Publish::Public { n: 1, size: 2 });
+    for id in at + 1..=4 {
+        assert_eq!(
+            sse.next().await.unwrap().id,
+            Some(id),
+            "live after the reset"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ids_back_further_than_remembered_reset_and_a_late_old_event_does_not() {
+    let s = Setup::new(|_| {}).await;
+    let fake = FakeStream::start(&s, None, true).await;
+    let mut sse = Sse::connect(&s.gateway.url("/v1/lobby/events"), &[]).await;
+    assert_eq!(sse.next().await.unwrap().id, Some(0));
+    fake.send(Publish::Public { n: 100, size: 1 });
+    for id in 1..=100 {
+        assert_eq!(sse.next().await.unwrap().id, Some(id));
+    }
+    // An old event published late (as an engine catching up with the lobby does): the
+    // backend, asked, is at 100, so nothing is reset and the stream goes on at 101.
+    let asked = fake.snap_requests.lock().unwrap().len();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(proto::headers::SSE_ID, "50");
+    headers.insert(proto::headers::SSE_EVENT, "tick");
+    let lobby = s.subjects.lobby_events();
+    s.client
+        .publish_with_headers(lobby, headers, "{\"late\":1}".into())
+        .await
+        .unwrap();
+    common::poll_until("the gateway asks the backend where it is", || async {
+        fake.snap_requests.lock().unwrap().len() > asked
+    })
+    .await;
+    fake.send(Publish::Public { n: 1, size: 1 });
+    assert_eq!(sse.next().await.unwrap().id, Some(101));
+    // The backend restarts from nothing: ids 1.. are far below what the gateway remembers,
+    // and the backend says it is at 3, twice.
+    drop(fake);
+    let fake = FakeStream::start(&s, None, true).await;
+    fake.send(Publish::Public { n: 3, size: 2 });
+    let snapshot = until_snapshot(&mut sse, 101).await;
+    assert_eq!(snapshot.id, Some(3), "the new backend's snapshot");
+    fake.send(Publish::Public { n: 1, size: 2 });
+    assert_eq!(
+        sse.next().await.unwrap().id,
+        Some(4),
+        "live after the reset"
+    );
+}
+
 #[tokio::test]
 async fn public_and_private_events_reach_a_player_in_publication_order() {
     let s = Setup::new(|c| c.gateway.client_queue = 20_000).await;

@@ -220,8 +220,11 @@ impl Sse {
     }
 
     /// The next event, or `None` when the server ended the stream.
+    /// The next event, within [`WAIT`] (heartbeats do not count: a stream that only pings
+    /// has sent nothing).
     pub async fn next(&mut self) -> Option<SseEvent> {
         assert_eq!(self.status, 200, "not a stream: {}", self.error);
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();
@@ -250,9 +253,9 @@ impl Sse {
                 ev.data = data.join("\n");
                 return Some(ev);
             }
-            let chunk = timeout(WAIT, self.body.as_mut()?.next())
+            let chunk = tokio::time::timeout_at(deadline, self.body.as_mut()?.next())
                 .await
-                .expect("stream data in time");
+                .expect("an event in time");
             match chunk {
                 Some(Ok(bytes)) => self.buf.push_str(std::str::from_utf8(&bytes).unwrap()),
                 _ => return None,
