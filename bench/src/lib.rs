@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 pub mod bot;
 pub mod browser;
+pub mod faults;
 pub mod fleet;
 pub mod histogram;
 pub mod http;

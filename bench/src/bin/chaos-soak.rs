@@ -66,6 +66,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bench::bot::{audience_ids, Action, Bot, Durations, Wins};
 use bench::browser::{self, RoomStream};
+use bench::faults::{fault_node, keep_node_logs, lock, Fault, SharedCluster};
 use bench::http::{source_address, HttpPool, Response};
 use bench::rig::{
     engine_command, free_port, loopback, ready, GameRigArgs, Gateway, GatewayConfig, Nginx, Service,
@@ -106,7 +107,8 @@ struct Args {
     /// Longest time a process stays down or paused, ms.
     #[arg(long, default_value_t = 3000)]
     hold_max_ms: u64,
-    /// Keep the engines', gateways' and nginx's logs (printed where) instead of deleting them.
+    /// Keep the engines', gateways', nginx's and the NATS nodes' logs (printed where) instead
+    /// of deleting them.
     #[arg(long)]
     keep_logs: bool,
     /// No faults at all: the same load, for comparison.
@@ -289,6 +291,9 @@ async fn run(args: Args) -> anyhow::Result<u64> {
     if let Some(stack) = stack {
         let logs = stack.dir.path().display().to_string();
         if keep_logs {
+            if let Err(e) = keep_node_logs(&lock(&stack.cluster), stack.dir.path()) {
+                println!("cannot keep the NATS nodes' logs: {e}");
+            }
             let _ = stack.dir.keep();
             println!("logs kept in {logs}");
         }
@@ -304,7 +309,7 @@ struct Stack {
     nginx: Nginx,
     gateways: Vec<GatewaySlot>,
     engines: Vec<EngineSlot>,
-    cluster: Arc<Mutex<NatsCluster>>,
+    cluster: SharedCluster,
     subjects: Subjects,
     engine_binary: PathBuf,
     gateway_binary: PathBuf,
@@ -479,14 +484,6 @@ fn placeholder_service(dir: &std::path::Path) -> anyhow::Result<Service> {
     Service::spawn("placeholder", &mut std::process::Command::new("true"), dir)
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the cluster (a node that did not come back) is reported by its
-    // task; the cluster itself is still there to be stopped.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// A NATS client that knows every node and reconnects to another when its own dies.
 async fn connect(urls: &[String], name: &str) -> anyhow::Result<async_nats::Client> {
     let addrs: Vec<async_nats::ServerAddr> =
@@ -515,26 +512,6 @@ enum Target {
     Engine(usize),
     Nats(usize),
     Gateway(usize),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Fault {
-    /// `kill -9`, then a restart.
-    Kill,
-    /// SIGSTOP, then SIGCONT.
-    Pause,
-    /// SIGTERM (a graceful stop), then a restart.
-    Term,
-}
-
-impl Fault {
-    fn name(self) -> &'static str {
-        match self {
-            Fault::Kill => "kill -9",
-            Fault::Pause => "SIGSTOP",
-            Fault::Term => "SIGTERM",
-        }
-    }
 }
 
 /// One fault as it happened.
@@ -572,7 +549,7 @@ async fn drive_faults(
                 n @ 3..6 => Target::Nats(n - 3),
                 n => Target::Gateway(n - 6),
             };
-            let fault = [Fault::Kill, Fault::Pause, Fault::Term][rng.random_range(0..3)];
+            let fault = Fault::ALL[rng.random_range(0..Fault::ALL.len())];
             let hold = Duration::from_millis(rng.random_range(plan.hold.0..=plan.hold.1));
             (target, fault, hold)
         };
@@ -643,34 +620,7 @@ impl Stack {
                     self.start_gateway(i).await?;
                 }
             }
-            Target::Nats(i) => {
-                let pid = lock(&self.cluster).pid(i).context("node not running")?;
-                match fault {
-                    Fault::Kill => {
-                        let cluster = self.cluster.clone();
-                        blocking(move || lock(&cluster).kill(i)).await?;
-                    }
-                    Fault::Pause | Fault::Term => {
-                        let signal = if fault == Fault::Pause {
-                            "STOP"
-                        } else {
-                            "TERM"
-                        };
-                        signal_pid(pid, signal)?;
-                    }
-                }
-                if fault == Fault::Term {
-                    exited(pid, Duration::from_secs(15)).await?;
-                }
-                sleep(hold).await;
-                let cluster = self.cluster.clone();
-                if fault == Fault::Pause {
-                    signal_pid(pid, "CONT")?;
-                    blocking(move || lock(&cluster).wait_formed()).await?;
-                } else {
-                    blocking(move || lock(&cluster).restart(i)).await?;
-                }
-            }
+            Target::Nats(i) => fault_node(&self.cluster, i, fault, hold).await?,
         }
         Ok(())
     }
@@ -697,43 +647,6 @@ async fn stop_or_pause(service: &mut Service, fault: Fault, hold: Duration) -> a
         }
     }
     Ok(())
-}
-
-/// Runs a blocking cluster call (they poll with sleeps under their own deadline, and panic
-/// past it) off the runtime; a panic becomes an error.
-async fn blocking(f: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// `kill -<signal> <pid>` for a node of the cluster, which holds it unreaped.
-fn signal_pid(pid: u32, signal: &str) -> anyhow::Result<()> {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()?;
-    anyhow::ensure!(status.success(), "kill -{signal} {pid}: {status}");
-    Ok(())
-}
-
-/// Waits (checking every 20 ms, up to `within`) until process `pid`, a child not yet
-/// reaped, has exited: a zombie.
-async fn exited(pid: u32, within: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next());
-        if matches!(state, None | Some("Z")) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "pid {pid} still runs after {within:?}"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
 }
 
 // ---- the tap -------------------------------------------------------------------------------
