@@ -266,7 +266,9 @@ async fn run_topic(
                 _ = heartbeats.tick() => {
                     let _ = ring.send(Item::Heartbeat);
                 }
-                () = tokio::time::sleep_until(next_check), if suspect && check.is_none() => {
+                // In an async block: a disabled branch's block is never polled, so the
+                // events' path makes no timer.
+                () = async move { tokio::time::sleep_until(next_check).await }, if suspect && check.is_none() => {
                     suspect = false;
                     let last = sequence.last().unwrap_or(0);
                     check = Some((last, tokio::spawn(backend_behind(hub.clone(), key.clone(), last))));
