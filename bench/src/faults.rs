@@ -31,6 +31,51 @@ impl Fault {
     }
 }
 
+/// How often faults come and how long each is held: the options every fault driver takes.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct Pace {
+    /// Seconds from one fault's start to the next (later if the last one took longer to
+    /// recover from).
+    #[arg(long, default_value_t = 5.0)]
+    pub fault_every: f64,
+    /// Shortest time a process stays down or paused, ms.
+    #[arg(long, default_value_t = 500)]
+    pub hold_min_ms: u64,
+    /// Longest time a process stays down or paused, ms.
+    #[arg(long, default_value_t = 3000)]
+    pub hold_max_ms: u64,
+}
+
+impl Pace {
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.hold_min_ms <= self.hold_max_ms,
+            "--hold-min-ms over --hold-max-ms"
+        );
+        anyhow::ensure!(self.fault_every > 0.0, "--fault-every must be positive");
+        Ok(())
+    }
+
+    pub fn every(&self) -> Duration {
+        Duration::from_secs_f64(self.fault_every)
+    }
+
+    /// A hold drawn between the shortest and the longest.
+    pub fn hold(&self, rng: &mut impl rand::Rng) -> Duration {
+        Duration::from_millis(rng.random_range(self.hold_min_ms..=self.hold_max_ms))
+    }
+}
+
+impl std::fmt::Display for Pace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "every {} s, held {}–{} ms",
+            self.fault_every, self.hold_min_ms, self.hold_max_ms
+        )
+    }
+}
+
 /// The cluster, shared between the fault driver and whoever reads it.
 pub type SharedCluster = Arc<Mutex<NatsCluster>>;
 

@@ -28,12 +28,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_nats::jetstream::{self, kv, stream};
-use bench::faults::{blocking, fault_node, keep_node_logs, lock, Fault, SharedCluster};
+use bench::faults::{blocking, fault_node, keep_node_logs, lock, Fault, Pace, SharedCluster};
 use clap::Parser;
 use futures::StreamExt;
 use rand::Rng;
 use test_support::NatsCluster;
 
+/// Whether a replicated (R3) KV bucket keeps every write it acknowledged while its stream
+/// leader is killed, paused or stopped again and again.
 #[derive(Parser)]
 struct Args {
     /// How long writers write while faults are injected.
@@ -45,14 +47,8 @@ struct Args {
     /// Keys per writer.
     #[arg(long, default_value_t = 16)]
     keys: usize,
-    /// Seconds between the starts of two faults.
-    #[arg(long, default_value_t = 4.0)]
-    fault_every: f64,
-    /// Shortest and longest time a node stays down or paused, ms.
-    #[arg(long, default_value_t = 500)]
-    hold_min_ms: u64,
-    #[arg(long, default_value_t = 3000)]
-    hold_max_ms: u64,
+    #[command(flatten)]
+    pace: Pace,
     /// Keep the nodes' logs (printed where).
     #[arg(long)]
     keep_logs: bool,
@@ -94,10 +90,7 @@ struct Counts {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(
-        args.hold_min_ms <= args.hold_max_ms,
-        "--hold-min-ms over --hold-max-ms"
-    );
+    args.pace.check()?;
     let cluster = blocking_start().await?;
     let lost = run(&args, &cluster).await;
     let kept = tempfile::tempdir()?;
@@ -143,8 +136,8 @@ async fn run(args: &Args, cluster: &SharedCluster) -> anyhow::Result<usize> {
     .await
     .context("creating the bucket's stream")?;
     println!(
-        "3-node cluster, bucket {BUCKET} (R3, history 1), {} writers × {} keys, {} s, a fault every {} s",
-        args.writers, args.keys, args.seconds, args.fault_every
+        "3-node cluster, bucket {BUCKET} (R3, history 1), {} writers × {} keys, {} s, faults {}",
+        args.writers, args.keys, args.seconds, args.pace
     );
 
     let end = Instant::now() + Duration::from_secs(args.seconds);
@@ -350,7 +343,7 @@ async fn drive_faults(
     cluster: &SharedCluster,
     end: Instant,
 ) -> anyhow::Result<String> {
-    let every = Duration::from_secs_f64(args.fault_every);
+    let every = args.pace.every();
     let mut tally: HashMap<&'static str, u32> = HashMap::new();
     let started = Instant::now();
     let mut next = started + every;
@@ -367,7 +360,7 @@ async fn drive_faults(
                 _ => rng.random_range(0..lock(cluster).len()),
             };
             let fault = Fault::ALL[rng.random_range(0..Fault::ALL.len())];
-            let hold = Duration::from_millis(rng.random_range(args.hold_min_ms..=args.hold_max_ms));
+            let hold = args.pace.hold(&mut rng);
             (target, fault, hold)
         };
         let name = lock(cluster).name(target).to_owned();

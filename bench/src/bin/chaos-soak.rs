@@ -66,7 +66,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bench::bot::{audience_ids, Action, Bot, Durations, Wins};
 use bench::browser::{self, RoomStream};
-use bench::faults::{fault_node, keep_node_logs, lock, Fault, SharedCluster};
+use bench::faults::{fault_node, keep_node_logs, lock, Fault, Pace, SharedCluster};
 use bench::http::{source_address, HttpPool, Response};
 use bench::rig::{
     engine_command, free_port, loopback, ready, GameRigArgs, Gateway, GatewayConfig, Nginx, Service,
@@ -83,6 +83,8 @@ use test_support::NatsCluster;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
+/// Games played through faults on a three-node cluster, three engines and two gateways behind
+/// nginx, checked from a tap and from every player.
 #[derive(Parser)]
 struct Args {
     /// How long games are started for; games in play then finish (faults stopped).
@@ -97,16 +99,8 @@ struct Args {
     /// Most players in a room.
     #[arg(long, default_value_t = 8)]
     players_max: u8,
-    /// Seconds from one fault's start to the next (later if the last one took longer to
-    /// recover from).
-    #[arg(long, default_value_t = 5.0)]
-    fault_every: f64,
-    /// Shortest time a process stays down or paused, ms.
-    #[arg(long, default_value_t = 500)]
-    hold_min_ms: u64,
-    /// Longest time a process stays down or paused, ms.
-    #[arg(long, default_value_t = 3000)]
-    hold_max_ms: u64,
+    #[command(flatten)]
+    pace: Pace,
     /// Keep the engines', gateways', nginx's and the NATS nodes' logs (printed where) instead
     /// of deleting them.
     #[arg(long)]
@@ -162,10 +156,7 @@ async fn main() -> anyhow::Result<()> {
         args.players_min >= 3 && args.players_min <= args.players_max,
         "--players-min: at least 3, at most --players-max"
     );
-    anyhow::ensure!(
-        args.hold_min_ms <= args.hold_max_ms,
-        "--hold-min-ms over --hold-max-ms"
-    );
+    args.pace.check()?;
     let violations = run(args).await?;
     if violations > 0 {
         // Every process of the run has been stopped by now (`run` owned them).
@@ -189,10 +180,7 @@ async fn run(args: Args) -> anyhow::Result<u64> {
         if args.no_faults {
             "none".to_string()
         } else {
-            format!(
-                "every {} s, held {}–{} ms",
-                args.fault_every, args.hold_min_ms, args.hold_max_ms
-            )
+            args.pace.to_string()
         }
     );
     let urls: Vec<String> = (0..3).map(|i| stack.url(i)).collect();
@@ -230,8 +218,7 @@ async fn run(args: Args) -> anyhow::Result<u64> {
     let plan = FaultPlan {
         start: t0 + Duration::from_secs(args.stagger),
         end,
-        every: Duration::from_secs_f64(args.fault_every),
-        hold: (args.hold_min_ms, args.hold_max_ms),
+        pace: args.pace,
         none: args.no_faults,
     };
     // The driver runs on this task (its futures are not `Send`), beside the progress lines.
@@ -502,8 +489,7 @@ async fn connect(urls: &[String], name: &str) -> anyhow::Result<async_nats::Clie
 struct FaultPlan {
     start: Instant,
     end: Instant,
-    every: Duration,
-    hold: (u64, u64),
+    pace: Pace,
     none: bool,
 }
 
@@ -550,7 +536,7 @@ async fn drive_faults(
                 n => Target::Gateway(n - 6),
             };
             let fault = Fault::ALL[rng.random_range(0..Fault::ALL.len())];
-            let hold = Duration::from_millis(rng.random_range(plan.hold.0..=plan.hold.1));
+            let hold = plan.pace.hold(&mut rng);
             (target, fault, hold)
         };
         let name = stack.name(target);
@@ -581,7 +567,7 @@ async fn drive_faults(
             ctx.at(),
             recovered_in.as_secs_f64()
         );
-        next = (began + plan.every).max(Instant::now() + Duration::from_millis(500));
+        next = (began + plan.pace.every()).max(Instant::now() + Duration::from_millis(500));
     }
 }
 
