@@ -121,17 +121,14 @@ async fn the_lobby_follows_rooms_as_they_open_fill_start_and_close() {
 /// deleting the lobby bucket's stream and creating it again empty.
 #[tokio::test]
 async fn a_lobby_bucket_that_went_back_is_read_again() {
-    use futures::StreamExt;
     let h = Harness::start().await;
+    let mut events = h.client.subscribe(h.subjects.lobby_events()).await.unwrap();
+    h.client.flush().await.unwrap();
+    let mut before = 0;
     for _ in 0..3 {
-        h.room(fast_room(3, 1, 0, 0)).await;
+        let code = h.room(fast_room(3, 1, 0, 0)).await;
+        before = announced(&mut events, &code).await;
     }
-    let listed = |snap: &Value| snap["events"][0]["data"]["rooms"].as_array().unwrap().len();
-    let before = timeout_poll(|| async {
-        let snap = h.lobby_snap(None).await;
-        (listed(&snap) == 3).then_some(snap["events"][0]["id"].as_u64().unwrap())
-    })
-    .await;
 
     let js = async_nats::jetstream::new(h.client.clone());
     let name = format!("KV_{}", proto::StoreNames::new("game").lobby_bucket());
@@ -147,24 +144,10 @@ async fn a_lobby_bucket_that_went_back_is_read_again() {
     js.delete_stream(&name).await.unwrap();
     js.create_stream(config).await.unwrap();
 
-    let mut events = h.client.subscribe(h.subjects.lobby_events()).await.unwrap();
-    h.client.flush().await.unwrap();
     // Its listing is written at revision 1, which the engine has seen already: it reads the
     // lobby again, from the bucket as it is now.
     let code = h.room(fast_room(3, 1, 0, 0)).await;
-    let opened = tokio::time::timeout(common::WAIT, async {
-        loop {
-            let msg = events.next().await.unwrap();
-            let data: Value = serde_json::from_slice(&msg.payload).unwrap();
-            if data["code"] == json!(code) {
-                return msg;
-            }
-        }
-    })
-    .await
-    .expect("the new room announced");
-    let headers = opened.headers.unwrap();
-    assert_eq!(headers.get(proto::headers::SSE_ID).unwrap().as_str(), "1");
+    assert_eq!(announced(&mut events, &code).await, 1);
     let snap = h.lobby_snap(None).await;
     let rooms = snap["events"][0]["data"]["rooms"].as_array().unwrap();
     assert_eq!(rooms.len(), 1, "only what the bucket holds now: {rooms:?}");
@@ -181,23 +164,28 @@ async fn a_lobby_bucket_that_went_back_is_read_again() {
     assert_eq!(restarts, Some("1"), "{metrics}");
 }
 
-/// Polls `probe` (a request to the engine each time) every 20 ms until it gives a value,
-/// for at most [`common::WAIT`].
-async fn timeout_poll<T, F, Fut>(mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    tokio::time::timeout(common::WAIT, async {
+/// The id of the lobby event that announces room `code`, from a raw subscription (lobby ids
+/// here go back, which a [`common::Watcher`] refuses).
+async fn announced(events: &mut async_nats::Subscriber, code: &proto::RoomCode) -> u64 {
+    use futures::StreamExt;
+    let msg = tokio::time::timeout(common::WAIT, async {
         loop {
-            if let Some(value) = probe().await {
-                return value;
+            let msg = events.next().await.expect("subscription open");
+            let data: Value = serde_json::from_slice(&msg.payload).unwrap();
+            if data["code"] == json!(code) {
+                return msg;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })
     .await
-    .expect("in time")
+    .expect("the room announced in time");
+    let headers = msg.headers.expect("events carry headers");
+    headers
+        .get(proto::headers::SSE_ID)
+        .unwrap()
+        .as_str()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test]
