@@ -37,6 +37,28 @@ pub const DEFAULT_DURATIONS: [(&str, u64); 8] = [
     ("ended", 2000),
 ];
 
+/// How the games of a benchmark are played: the options of every benchmark whose bots play.
+#[derive(Clone, Debug, clap::Args)]
+pub struct PlayArgs {
+    /// Phase durations in ms as a JSON object over the defaults (`bench::bot::DEFAULT_DURATIONS`),
+    /// e.g. '{"night": 5000}'. Keys as in `durations_ms` (docs/protocol.md, section 5.1).
+    #[arg(long, default_value = "{}")]
+    pub durations: String,
+    /// `engine.min_phase`: must not exceed the shortest duration.
+    #[arg(long, default_value = "100ms")]
+    pub min_phase: String,
+    /// Share of living players who vote during `day`; the others vote in `vote`. A day ends
+    /// early only if every living player voted in it.
+    #[arg(long, default_value_t = 0.9)]
+    pub day_vote_share: f64,
+}
+
+impl PlayArgs {
+    pub fn durations(&self) -> anyhow::Result<Durations> {
+        Durations::parse(&self.durations)
+    }
+}
+
 /// The `durations_ms` of the rooms a benchmark creates.
 #[derive(Clone, Debug)]
 pub struct Durations(pub BTreeMap<String, u64>);

@@ -64,7 +64,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use bench::bot::{audience_ids, Action, Bot, Durations, Wins};
+use bench::bot::{audience_ids, Action, Bot, Durations, PlayArgs, Wins};
 use bench::browser::{self, RoomStream};
 use bench::faults::{fault_node, keep_node_logs, lock, Fault, Pace, SharedCluster};
 use bench::http::{source_address, HttpPool, Response};
@@ -108,16 +108,8 @@ struct Args {
     /// No faults at all: the same load, for comparison.
     #[arg(long)]
     no_faults: bool,
-    /// Phase durations in ms as a JSON object over `bench::bot`'s defaults, e.g.
-    /// '{"night": 5000}'.
-    #[arg(long, default_value = "{}")]
-    durations: String,
-    /// `engine.min_phase`: must not exceed the shortest duration.
-    #[arg(long, default_value = "100ms")]
-    min_phase: String,
-    /// Share of living players who vote during `day`; the others vote in `vote`.
-    #[arg(long, default_value_t = 0.9)]
-    day_vote_share: f64,
+    #[command(flatten)]
+    play: PlayArgs,
     /// Wait before reopening a broken stream: the gateway's default `retry:` (2 s), which
     /// EventSource honours.
     #[arg(long, default_value_t = 2000)]
@@ -167,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// The whole soak; the number of violations.
 async fn run(args: Args) -> anyhow::Result<u64> {
-    let durations = Durations::parse(&args.durations)?;
+    let durations = args.play.durations()?;
     let keep_logs = args.keep_logs;
     let stack = Stack::start(&args).await?;
     println!("{stack}");
@@ -194,7 +186,7 @@ async fn run(args: Args) -> anyhow::Result<u64> {
         nats,
         subjects: stack.subjects.clone(),
         durations,
-        day_vote_share: args.day_vote_share,
+        day_vote_share: args.play.day_vote_share,
         reconnect: Duration::from_millis(args.reconnect_ms),
         retry_for: Duration::from_secs(args.retry_for),
         game_limit: Duration::from_secs(args.game_limit),
@@ -347,7 +339,7 @@ impl Stack {
             subjects: Subjects::default(),
             engine_binary,
             gateway_binary,
-            min_phase: args.min_phase.clone(),
+            min_phase: args.play.min_phase.clone(),
             signing,
             verify,
             dir,

@@ -57,7 +57,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bench::bot::{audience_ids, Action, Bot, Durations, Wins};
+use bench::bot::{audience_ids, Action, Bot, Durations, PlayArgs, Wins};
 use bench::browser::{self, RoomStream, Seat};
 use bench::histogram::{Latencies, Recorder};
 use bench::http::{source_address, HttpPool};
@@ -86,17 +86,8 @@ struct Args {
     /// The first games start spread evenly over this many seconds, as real rooms would.
     #[arg(long, default_value_t = 10)]
     stagger: u64,
-    /// Phase durations in ms as a JSON object over the defaults of this benchmark, e.g.
-    /// '{"night": 5000}'. Keys as in `durations_ms` (docs/protocol.md, section 5.1).
-    #[arg(long, default_value = "{}")]
-    durations: String,
-    /// `engine.min_phase`: must not exceed the shortest duration.
-    #[arg(long, default_value = "100ms")]
-    min_phase: String,
-    /// Share of living players who vote during `day`; the others vote in `vote`. A day ends
-    /// early only if every living player voted in it.
-    #[arg(long, default_value_t = 0.9)]
-    day_vote_share: f64,
+    #[command(flatten)]
+    play: PlayArgs,
     /// Share of streams whose ids are checked against the engine's history at game over
     /// (one history read from the engine per checked stream; 0.125 is one player per room).
     #[arg(long, default_value_t = 1.0)]
@@ -175,10 +166,10 @@ struct Ctx {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.players >= 3, "--players: at least 3");
-    let durations = Durations::parse(&args.durations)?;
+    let durations = args.play.durations()?;
     let settings = browser::room_settings(args.players, &durations.0);
     let connections = args.rooms * args.players as usize;
-    let rig = GameRig::start(&args.rig, &args.min_phase, connections + 1000, None).await?;
+    let rig = GameRig::start(&args.rig, &args.play.min_phase, connections + 1000, None).await?;
     // The gateway before any stream: what the figures per stream leave out.
     let idle = Memory::of(&rig.gateway).await;
     println!("{rig}");
@@ -197,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
         subjects: rig.subjects.clone(),
         settings,
         durations,
-        day_vote_share: args.day_vote_share,
+        day_vote_share: args.play.day_vote_share,
         check_ids: args.check_ids.clamp(0.0, 1.0),
         setup: Semaphore::new(args.setup_concurrency),
         next_source: AtomicUsize::new(0),
