@@ -9,7 +9,7 @@ use test_support::NatsCluster;
 use tokio::time::sleep;
 
 /// What is done to a process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Fault {
     /// `kill -9`, then a restart.
     Kill,
@@ -32,7 +32,7 @@ impl Fault {
 }
 
 /// How often faults come and how long each is held: the options every fault driver takes.
-#[derive(Clone, Copy, Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct Pace {
     /// Seconds from one fault's start to the next (later if the last one took longer to
     /// recover from).
@@ -44,6 +44,9 @@ pub struct Pace {
     /// Longest time a process stays down or paused, ms.
     #[arg(long, default_value_t = 3000)]
     pub hold_max_ms: u64,
+    /// Which faults to draw from, comma-separated (to tell which of them does harm).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Fault::ALL)]
+    pub faults: Vec<Fault>,
 }
 
 impl Pace {
@@ -53,6 +56,7 @@ impl Pace {
             "--hold-min-ms over --hold-max-ms"
         );
         anyhow::ensure!(self.fault_every > 0.0, "--fault-every must be positive");
+        anyhow::ensure!(!self.faults.is_empty(), "--faults names none");
         Ok(())
     }
 
@@ -60,18 +64,25 @@ impl Pace {
         Duration::from_secs_f64(self.fault_every)
     }
 
-    /// A hold drawn between the shortest and the longest.
-    pub fn hold(&self, rng: &mut impl rand::Rng) -> Duration {
-        Duration::from_millis(rng.random_range(self.hold_min_ms..=self.hold_max_ms))
+    /// A fault drawn from those asked for, and its hold drawn between the shortest and the
+    /// longest.
+    pub fn draw(&self, rng: &mut impl rand::Rng) -> (Fault, Duration) {
+        let fault = self.faults[rng.random_range(0..self.faults.len())];
+        let hold = Duration::from_millis(rng.random_range(self.hold_min_ms..=self.hold_max_ms));
+        (fault, hold)
     }
 }
 
 impl std::fmt::Display for Pace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let faults: Vec<_> = self.faults.iter().map(|fault| fault.name()).collect();
         write!(
             f,
-            "every {} s, held {}–{} ms",
-            self.fault_every, self.hold_min_ms, self.hold_max_ms
+            "{} every {} s, held {}–{} ms",
+            faults.join(" / "),
+            self.fault_every,
+            self.hold_min_ms,
+            self.hold_max_ms
         )
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_nats::jetstream::{self, kv, stream};
-use bench::faults::{blocking, fault_node, keep_node_logs, lock, Fault, Pace, SharedCluster};
+use bench::faults::{blocking, fault_node, keep_node_logs, lock, Pace, SharedCluster};
 use clap::Parser;
 use futures::StreamExt;
 use rand::Rng;
@@ -359,8 +359,7 @@ async fn drive_faults(
                 Some(leader) if rng.random_range(0..4) > 0 => leader,
                 _ => rng.random_range(0..lock(cluster).len()),
             };
-            let fault = Fault::ALL[rng.random_range(0..Fault::ALL.len())];
-            let hold = args.pace.hold(&mut rng);
+            let (fault, hold) = args.pace.draw(&mut rng);
             (target, fault, hold)
         };
         let name = lock(cluster).name(target).to_owned();

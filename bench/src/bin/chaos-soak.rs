@@ -210,7 +210,7 @@ async fn run(args: Args) -> anyhow::Result<u64> {
     let plan = FaultPlan {
         start: t0 + Duration::from_secs(args.stagger),
         end,
-        pace: args.pace,
+        pace: args.pace.clone(),
         none: args.no_faults,
     };
     // The driver runs on this task (its futures are not `Send`), beside the progress lines.
@@ -527,8 +527,7 @@ async fn drive_faults(
                 n @ 3..6 => Target::Nats(n - 3),
                 n => Target::Gateway(n - 6),
             };
-            let fault = Fault::ALL[rng.random_range(0..Fault::ALL.len())];
-            let hold = plan.pace.hold(&mut rng);
+            let (fault, hold) = plan.pace.draw(&mut rng);
             (target, fault, hold)
         };
         let name = stack.name(target);
