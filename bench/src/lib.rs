@@ -10,6 +10,11 @@ use serde_json::{json, Value};
 use servers::{Servers, Topology};
 use tokio::sync::oneshot;
 
+/// The engine binary's allocator, so that the engines these benchmarks run in-process are
+/// measured as they run in production.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub mod bot;
 pub mod browser;
 pub mod faults;

@@ -305,6 +305,8 @@ impl GameRigArgs {
 pub struct GameRig {
     pub gateway: Gateway,
     engine: Service,
+    /// The engine's admin listener (`/metrics`).
+    pub engine_admin: SocketAddr,
     /// A NATS connection for the benchmark's own checks.
     pub client: async_nats::Client,
     pub subjects: Subjects,
@@ -356,6 +358,7 @@ impl GameRig {
         Ok(GameRig {
             gateway,
             engine,
+            engine_admin: admin,
             client,
             subjects,
             nats,
@@ -692,6 +695,82 @@ pub fn loopback(port: u16) -> SocketAddr {
 }
 
 /// `GET path` answered 200 (`/readyz`, `/healthz`).
+/// A histogram as a process's `/metrics` renders it: cumulative counts by upper bound.
+pub struct Buckets(Vec<(f64, f64)>);
+
+impl Buckets {
+    /// Reads histogram `name` (all its series summed) from the admin listener at `admin`.
+    pub async fn read(admin: SocketAddr, name: &str) -> anyhow::Result<Buckets> {
+        let (status, page) = get(admin, "/metrics").await?;
+        ensure!(status == 200, "GET /metrics on {admin}: HTTP {status}");
+        let prefix = format!("{name}_bucket{{");
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        for line in page.lines().filter(|l| l.starts_with(&prefix)) {
+            let le = line
+                .split("le=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next());
+            let count = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok());
+            let (Some(le), Some(count)) = (le, count) else {
+                continue;
+            };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse()?
+            };
+            match buckets.iter_mut().find(|(bound, _)| *bound == le) {
+                Some((_, sum)) => *sum += count,
+                None => buckets.push((le, count)),
+            }
+        }
+        ensure!(!buckets.is_empty(), "{admin} has no histogram {name}");
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Ok(Buckets(buckets))
+    }
+
+    /// What was recorded between `before` and this reading.
+    pub fn since(&self, before: &Buckets) -> Buckets {
+        Buckets(
+            (self.0.iter())
+                .map(|&(le, count)| {
+                    let earlier = before.0.iter().find(|(b, _)| *b == le).map_or(0.0, |c| c.1);
+                    (le, count - earlier)
+                })
+                .collect(),
+        )
+    }
+
+    fn count(&self) -> f64 {
+        self.0.last().map_or(0.0, |&(_, count)| count)
+    }
+
+    /// The upper bound of the bucket that holds quantile `q`: the histogram tells no more.
+    fn bound(&self, q: f64) -> f64 {
+        let rank = q * self.count();
+        (self.0.iter())
+            .find(|&&(_, count)| count >= rank)
+            .map_or(f64::INFINITY, |&(le, _)| le)
+    }
+}
+
+impl fmt::Display for Buckets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |q: f64| match self.bound(q) {
+            b if b.is_finite() => format!("≤ {} ms", b * 1000.0),
+            _ => "over the largest bucket".to_owned(),
+        };
+        write!(
+            f,
+            "p50 {}, p99 {}, p99.9 {} ({} samples)",
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            self.count()
+        )
+    }
+}
+
 pub async fn ready(addr: SocketAddr, path: &str) -> bool {
     get(addr, path).await.is_ok_and(|(status, _)| status == 200)
 }

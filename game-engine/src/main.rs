@@ -6,6 +6,13 @@ use clap::Parser;
 use game_engine::{Config, Engine};
 use proto::process;
 
+/// jemalloc rather than glibc's malloc: every step clones, serialises and drops a room's
+/// record across worker threads, and glibc's arenas spent a quarter of the engine's CPU on
+/// that under load (their locks, `malloc_consolidate`, `unlink_chunk`; docs/benchmarks.md,
+/// commands over NATS).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Runs Phasecast rooms and the lobby over NATS.
 ///
 /// Settings come from defaults, then the TOML file given with --config, then PHASECAST_*

@@ -9,6 +9,7 @@ pub const PLAYERS: &str = "phasecast_engine_players";
 pub const COMMANDS: &str = "phasecast_engine_commands_total";
 pub const COMMAND_SECONDS: &str = "phasecast_engine_command_seconds";
 pub const SCHEDULER_LATENESS: &str = "phasecast_engine_scheduler_lateness_seconds";
+pub const COMMIT_SECONDS: &str = "phasecast_engine_commit_seconds";
 pub const EVENTS_PUBLISHED: &str = "phasecast_engine_events_published_total";
 pub const NATS_CONNECTED: &str = "phasecast_engine_nats_connected";
 pub const ROOMS_TAKEN_OVER: &str = "phasecast_engine_rooms_taken_over_total";
@@ -43,6 +44,11 @@ fn describe() {
         Unit::Seconds,
         "How long after its deadline a phase change fired"
     );
+    describe_histogram!(
+        COMMIT_SECONDS,
+        Unit::Seconds,
+        "Time JetStream took to answer a room step's commit, taken or not: every step waits for it before its events go out"
+    );
     describe_counter!(EVENTS_PUBLISHED, "Events published to NATS");
     describe_gauge!(NATS_CONNECTED, "1 while the NATS connection is up");
     describe_counter!(
@@ -76,5 +82,6 @@ fn describe() {
     metrics::counter!(COMMANDS, "type" => "join", "result" => "ok").absolute(0);
     // Registering the histograms makes them render (empty) before their first sample.
     let _ = histogram!(SCHEDULER_LATENESS);
+    let _ = histogram!(COMMIT_SECONDS);
     let _ = histogram!(COMMAND_SECONDS, "type" => "join");
 }

@@ -429,7 +429,10 @@ impl Room {
         let connected =
             self.ctx.client.connection_state() == async_nats::connection::State::Connected;
         let committed = if connected {
-            store.commit(&self.code, &self.record, self.revision).await
+            let started = Instant::now();
+            let committed = store.commit(&self.code, &self.record, self.revision).await;
+            histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+            committed
         } else {
             Err(CommitError::Unavailable)
         };

@@ -250,6 +250,7 @@ async fn metrics_and_health_are_served_and_shutdown_is_clean() {
         "phasecast_engine_commands_total{type=\"join\",result=\"ok\"}",
         "phasecast_engine_command_seconds_bucket",
         "phasecast_engine_scheduler_lateness_seconds_bucket",
+        "phasecast_engine_commit_seconds_bucket",
         "phasecast_engine_events_published_total",
         "phasecast_engine_nats_connected 1",
     ] {

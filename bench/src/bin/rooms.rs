@@ -61,7 +61,7 @@ use bench::bot::{audience_ids, Action, Bot, Durations, PlayArgs, Wins};
 use bench::browser::{self, RoomStream, Seat};
 use bench::histogram::{Latencies, Recorder};
 use bench::http::{source_address, HttpPool};
-use bench::rig::{cpu_line, rss_kib, CpuMeter, GameRig, GameRigArgs, Gateway};
+use bench::rig::{cpu_line, rss_kib, Buckets, CpuMeter, GameRig, GameRigArgs, Gateway};
 use bench::sse::{self, Frame, Sequence, Step};
 use clap::Parser;
 use proto::event::{GameOver, Phase, PhaseChanged};
@@ -226,6 +226,13 @@ async fn main() -> anyhow::Result<()> {
     let full = Memory::of(&rig.gateway).await;
     let full_streams = rig.gateway.connections().await;
     // Measure.
+    let engine_times = async || {
+        let admin = rig.engine_admin;
+        let lateness = Buckets::read(admin, "phasecast_engine_scheduler_lateness_seconds");
+        let commits = Buckets::read(admin, "phasecast_engine_commit_seconds");
+        Ok::<_, anyhow::Error>((lateness.await?, commits.await?))
+    };
+    let engine_before = engine_times().await?;
     let cpu = CpuMeter::start(&rig.processes());
     ctx.stats.measuring.store(true, Ordering::Relaxed);
     let mut in_play = Vec::new();
@@ -241,6 +248,7 @@ async fn main() -> anyhow::Result<()> {
     let span = cpu.elapsed();
     let cpu = cpu.percents();
     let memory = Memory::of(&rig.gateway).await;
+    let engine_after = engine_times().await?;
     let open_streams = rig.gateway.connections().await;
     let slow = (rig.gateway)
         .metric("phasecast_gateway_slow_consumer_disconnects_total")
@@ -249,6 +257,15 @@ async fn main() -> anyhow::Result<()> {
     ctx.stopping.store(true, Ordering::Relaxed);
     tables.abort_all();
     report(&ctx.stats, span, &in_play, args.rooms);
+    // Where deadline → client goes: the engine's own histograms over the same span.
+    println!(
+        "engine, same span: deadlines fired late by {}",
+        engine_after.0.since(&engine_before.0)
+    );
+    println!(
+        "engine, same span: JetStream answered commits in {}",
+        engine_after.1.since(&engine_before.1)
+    );
     println!(
         "gateway: {} streams open at the end, {} slow-consumer disconnects",
         open_streams.as_ref().map_or("?".into(), |v| v.to_string()),
