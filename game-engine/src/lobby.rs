@@ -9,7 +9,8 @@
 //! id once. So the lobby needs no leader, ids rise across engines and restarts, and a lobby
 //! stream outlives any engine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -39,8 +40,11 @@ pub const MAX_LISTED: usize = 1000;
 const END_CHECK: Duration = Duration::from_secs(5);
 
 /// How far the lobby has read the bucket: what its rooms' lobby writes are checked against.
-/// A write is stored above everything already in the bucket, which includes every revision
-/// the lobby has read, unless the bucket lost some of them.
+/// A write is stored above everything already in the bucket, so a write acknowledged at a
+/// revision the lobby read as another entry shows that the bucket lost that entry. The
+/// revision alone proves nothing: the watch often delivers a write before the writer has
+/// its acknowledgement (two subscriptions, two tasks), and a check of the revision alone took
+/// the engine's own writes for losses, reading the whole lobby again dozens of times a minute.
 #[derive(Debug, Default)]
 pub struct LobbyMark {
     /// Counts the lobby's fresh starts: a write checked against an earlier one's reading is
@@ -48,14 +52,34 @@ pub struct LobbyMark {
     generation: u64,
     /// The newest revision read in this generation.
     seen: u64,
+    /// The last [`RECENT_READS`] revisions read, oldest first, with what each held.
+    recent: VecDeque<(u64, u64)>,
     /// The generation a write found behind the bucket.
     went_back: Option<u64>,
 }
 
+/// Revisions a [`LobbyMark`] remembers: far more than can come between a write's storing and
+/// its acknowledgement reaching the writer.
+const RECENT_READS: usize = 1024;
+
 impl LobbyMark {
-    /// Notes a lobby write acknowledged at `revision`; true if it shows the bucket went back.
-    fn written(&mut self, revision: u64) -> bool {
-        let behind = revision <= self.seen;
+    /// Notes that the lobby read `revision`, holding the entry of `fingerprint`.
+    fn read(&mut self, revision: u64, fingerprint: u64) {
+        self.seen = revision;
+        if self.recent.len() == RECENT_READS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((revision, fingerprint));
+    }
+
+    /// Notes a lobby write of `fingerprint` acknowledged at `revision`; true if it shows the
+    /// bucket went back: the lobby read something else at that revision. (A revision read
+    /// too long ago to remember proves nothing either way; the lobby's periodic look at where
+    /// the bucket ends covers that case.)
+    fn written(&mut self, revision: u64, fingerprint: u64) -> bool {
+        let behind = revision <= self.seen
+            && (self.recent.binary_search_by_key(&revision, |&(r, _)| r))
+                .is_ok_and(|i| self.recent[i].1 != fingerprint);
         if behind {
             self.went_back = Some(self.generation);
         }
@@ -70,8 +94,16 @@ impl LobbyMark {
     fn start_again(&mut self) {
         self.generation += 1;
         self.seen = 0;
+        self.recent.clear();
         self.went_back = None;
     }
+}
+
+/// What identifies a lobby entry's content: its key and value (empty for a removal).
+fn fingerprint(key: &str, value: &[u8]) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    (key, value).hash(&mut hasher);
+    hasher.finish()
 }
 
 fn lock(mark: &Mutex<LobbyMark>) -> MutexGuard<'_, LobbyMark> {
@@ -120,17 +152,20 @@ impl Listing {
         }
         let lobby = &ctx.store.lobby;
         let key = code.as_str();
+        let mut value = bytes::Bytes::new();
         let written = match (&room, self.revision) {
-            (Some(room), None) => lobby
-                .create(key, listed(RoomOpened::NAME, room))
-                .await
-                .map(Some)
-                .map_err(|e| e.to_string()),
-            (Some(room), Some(revision)) => lobby
-                .update(key, listed(RoomUpdated::NAME, room), revision)
-                .await
-                .map(Some)
-                .map_err(|e| e.to_string()),
+            (Some(room), None) => {
+                value = listed(RoomOpened::NAME, room);
+                (lobby.create(key, value.clone()).await)
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            }
+            (Some(room), Some(revision)) => {
+                value = listed(RoomUpdated::NAME, room);
+                (lobby.update(key, value.clone(), revision).await)
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            }
             (None, Some(revision)) => lobby
                 .delete_expect_revision(key, Some(revision))
                 .await
@@ -141,7 +176,7 @@ impl Listing {
         match written {
             Ok(revision) => {
                 if let Some(revision) = revision {
-                    if lock(&ctx.lobby_mark).written(revision) {
+                    if lock(&ctx.lobby_mark).written(revision, fingerprint(key, &value)) {
                         ctx.lobby_went_back.notify_one();
                     }
                 }
@@ -300,7 +335,8 @@ impl Lobby {
         };
         publish::send(&self.ctx, self.ctx.subjects.lobby_events(), &event).await;
         self.history.record(event);
-        lock(&self.ctx.lobby_mark).seen = entry.revision;
+        let read = fingerprint(&entry.key, &entry.value);
+        lock(&self.ctx.lobby_mark).read(entry.revision, read);
     }
 
     async fn on_snap(&mut self, msg: Message) {
@@ -326,5 +362,46 @@ impl Lobby {
         });
         let body = Reply::<SnapReply>::from(reply).to_bytes();
         self.ctx.reply(reply_to, body, "a lobby snapshot").await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_own_write_read_before_its_ack_is_not_a_loss() {
+        let mut mark = LobbyMark::default();
+        let ours = fingerprint("7QK3M9XRT2VA", b"listing");
+        mark.read(41, fingerprint("AAAABBBBCCCC", b"other"));
+        mark.read(42, ours);
+        mark.read(43, fingerprint("AAAABBBBCCCC", b"later"));
+        assert!(!mark.written(42, ours), "the watch saw our write first");
+        assert!(!mark.written(44, ours), "above everything read");
+        assert!(!mark.went_back());
+    }
+
+    #[test]
+    fn a_write_acked_at_a_revision_read_as_another_entry_is_a_loss() {
+        let mut mark = LobbyMark::default();
+        mark.read(42, fingerprint("AAAABBBBCCCC", b"listing"));
+        assert!(mark.written(42, fingerprint("7QK3M9XRT2VA", b"listing")));
+        assert!(mark.went_back());
+        // Once read again from scratch, the old readings are no evidence.
+        mark.start_again();
+        assert!(!mark.written(42, fingerprint("7QK3M9XRT2VA", b"listing")));
+    }
+
+    #[test]
+    fn a_revision_too_old_to_remember_proves_nothing() {
+        let mut mark = LobbyMark::default();
+        for revision in 1..=(RECENT_READS as u64 + 10) {
+            mark.read(
+                revision,
+                fingerprint("AAAABBBBCCCC", &revision.to_be_bytes()),
+            );
+        }
+        assert!(!mark.written(5, fingerprint("7QK3M9XRT2VA", b"listing")));
+        assert!(mark.written(500, fingerprint("7QK3M9XRT2VA", b"listing")));
     }
 }

@@ -79,6 +79,7 @@ fn describe() {
     metrics::counter!(ROOMS_TAKEN_OVER).absolute(0);
     metrics::counter!(OWNERSHIP_LOST).absolute(0);
     metrics::counter!(STEPS_DEFERRED).absolute(0);
+    metrics::counter!(LOBBY_RESTARTS).absolute(0);
     metrics::counter!(COMMANDS, "type" => "join", "result" => "ok").absolute(0);
     // Registering the histograms makes them render (empty) before their first sample.
     let _ = histogram!(SCHEDULER_LATENESS);
