@@ -694,7 +694,6 @@ pub fn loopback(port: u16) -> SocketAddr {
     (Ipv4Addr::LOCALHOST, port).into()
 }
 
-/// `GET path` answered 200 (`/readyz`, `/healthz`).
 /// A histogram as a process's `/metrics` renders it: cumulative counts by upper bound.
 pub struct Buckets(Vec<(f64, f64)>);
 
@@ -771,6 +770,7 @@ impl fmt::Display for Buckets {
     }
 }
 
+/// `GET path` answered 200 (`/readyz`, `/healthz`).
 pub async fn ready(addr: SocketAddr, path: &str) -> bool {
     get(addr, path).await.is_ok_and(|(status, _)| status == 200)
 }

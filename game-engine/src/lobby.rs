@@ -107,7 +107,8 @@ fn fingerprint(key: &str, value: &[u8]) -> u64 {
 }
 
 fn lock(mark: &Mutex<LobbyMark>) -> MutexGuard<'_, LobbyMark> {
-    // Plain numbers: a panic elsewhere while holding it leaves nothing half-written.
+    // Each change is a few assignments: a panic elsewhere while holding it leaves nothing
+    // half-written.
     mark.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
