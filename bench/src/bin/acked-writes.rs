@@ -165,11 +165,15 @@ async fn run(args: &Args, cluster: &SharedCluster) -> anyhow::Result<usize> {
     for writer in writers {
         keys.extend(writer.await?);
     }
-    let faults = faults?;
+    // A cluster that did not come back whole within the wait is itself a finding: the
+    // faults stop there, and the writes made until the end are still checked.
+    let faults = faults.unwrap_or_else(|e| format!("stopped early: {e:#}"));
 
-    // Every node back and holding what the leader holds before anything is read.
+    // Every node back and holding what the leader holds before anything is read. A node
+    // that never catches up is reported, and the keys are read from the leader anyway (reads
+    // go to the stream's leader: no direct get).
     let settle = cluster.clone();
-    blocking(move || {
+    let settled = blocking(move || {
         let cluster = lock(&settle);
         cluster.wait_formed();
         for i in 0..cluster.len() {
@@ -178,7 +182,10 @@ async fn run(args: &Args, cluster: &SharedCluster) -> anyhow::Result<usize> {
             });
         }
     })
-    .await?;
+    .await;
+    if let Err(e) = &settled {
+        println!("cluster not settled: {e:#}");
+    }
     let kv = js.get_key_value(BUCKET).await?;
     let mut finals = HashMap::new();
     for key in keys.keys() {
@@ -374,19 +381,31 @@ async fn drive_faults(
             fault.name(),
             hold.as_secs_f64()
         );
+        *tally.entry(fault.name()).or_default() += 1;
         fault_node(cluster, target, fault, hold)
             .await
-            .with_context(|| format!("{} {name}", fault.name()))?;
-        *tally.entry(fault.name()).or_default() += 1;
+            .with_context(|| {
+                format!(
+                    "{} {name}, fault {} (so far: {})",
+                    fault.name(),
+                    tally.values().sum::<u32>(),
+                    summary(&tally)
+                )
+            })?;
         next = (next + every).max(Instant::now());
     }
-    let mut tally: Vec<_> = tally.into_iter().collect();
+    Ok(summary(&tally))
+}
+
+/// "12 × SIGSTOP, 9 × kill -9": faults injected, by kind.
+fn summary(tally: &HashMap<&'static str, u32>) -> String {
+    let mut tally: Vec<_> = tally.iter().collect();
     tally.sort();
-    Ok(tally
+    tally
         .iter()
         .map(|(name, n)| format!("{n} × {name}"))
         .collect::<Vec<_>>()
-        .join(", "))
+        .join(", ")
 }
 
 /// What the end state says of the acknowledged writes.
