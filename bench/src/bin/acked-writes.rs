@@ -35,7 +35,8 @@ use rand::Rng;
 use test_support::NatsCluster;
 
 /// Whether a replicated (R3) KV bucket keeps every write it acknowledged while its stream
-/// leader is killed, paused or stopped again and again.
+/// leader is killed, paused or stopped again and again. (On 2.9.10 it does not, when
+/// stopped: docs/benchmarks.md §8.)
 #[derive(Parser)]
 struct Args {
     /// How long writers write while faults are injected.
