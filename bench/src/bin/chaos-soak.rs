@@ -637,10 +637,10 @@ struct Tap {
 
 #[derive(Default)]
 struct TapState {
-    /// (room code or `lobby`, id) → hash of (event, data) and the subject first seen. An
-    /// event for several players (`mafia_pick` to every mafia) goes out on each one's
+    /// (room code or `lobby`, id) → hash of (event, data) and the subjects it went out on.
+    /// An event for several players (`mafia_pick` to every mafia) goes out on each one's
     /// subject with the same id and payload.
-    payloads: HashMap<(String, u64), (u64, String)>,
+    payloads: HashMap<(String, u64), (u64, Vec<String>)>,
     /// Room subject → the greatest id seen on it.
     last_on: HashMap<String, u64>,
     /// Room → the newest event seen: (id, event, data).
@@ -732,14 +732,16 @@ impl TapState {
             h.write(&msg.payload);
             h.finish()
         };
-        match self.payloads.get(&(room.clone(), id)) {
-            Some((before, first)) if *before == hash => {
+        match self.payloads.get_mut(&(room.clone(), id)) {
+            Some((before, subjects)) if *before == hash => {
                 // A committed id published again (a takeover, or every engine for the
                 // lobby), or the same event to another player: allowed, with the same bytes.
                 if room == "lobby" {
                     self.lobby_copies += 1;
-                } else if first == subject {
+                } else if subjects.iter().any(|s| s == subject) {
                     self.republished += 1;
+                } else {
+                    subjects.push(subject.to_owned());
                 }
                 return;
             }
@@ -753,7 +755,7 @@ impl TapState {
             None => {}
         }
         self.payloads
-            .insert((room.clone(), id), (hash, subject.to_owned()));
+            .insert((room.clone(), id), (hash, vec![subject.to_owned()]));
         if room != "lobby" {
             let last = self.last_on.entry(subject.to_owned()).or_insert(0);
             if id < *last {
@@ -832,6 +834,9 @@ struct Stats {
     history_unavailable: AtomicU64,
     /// Ids a stream delivered that the engine's history does not list for that player.
     extra_ids: AtomicU64,
+    /// The same, by stream: (room, player, ids), told apart at the end by the tap's record
+    /// of the subjects each id went out on.
+    extra: Mutex<Vec<(RoomCode, PlayerId, Vec<u64>)>>,
     /// Streams that broke before game over and came back to a closed room (404).
     cut_off: AtomicU64,
     /// Streams that fell silent (no heartbeat either) for `QUIET_LIMIT`.
@@ -1503,10 +1508,14 @@ async fn check_ids(
             missing.push(id);
         }
     }
-    let extra = (got.iter())
+    let extra: Vec<u64> = (got.iter())
         .filter(|id| !expected.contains(id) && !is_covered(**id))
-        .count();
-    s.extra_ids.fetch_add(extra as u64, Ordering::Relaxed);
+        .copied()
+        .collect();
+    s.extra_ids.fetch_add(extra.len() as u64, Ordering::Relaxed);
+    if !extra.is_empty() {
+        (s.extra.lock().expect("lock")).push((code.clone(), me.clone(), extra));
+    }
     s.streams_checked.fetch_add(1, Ordering::Relaxed);
     if !missing.is_empty() {
         ctx.violation(
@@ -1548,6 +1557,44 @@ impl MachineCpu {
     fn busy_since(&self) -> f64 {
         let now = MachineCpu::now();
         (now.busy - self.busy) as f64 / (now.total - self.total).max(1) as f64
+    }
+}
+
+/// Tells apart the ids streams delivered that the engine's history lacked: published for that
+/// player (on the room's public subject or the player's own: the history, read back from a
+/// store that can lose writes, lacks them) or only for others, which would be another
+/// player's data: a violation.
+fn extra_ids_by_subject(ctx: &Ctx, tap: &TapState) {
+    let extra = ctx.stats.extra.lock().expect("lock");
+    if extra.is_empty() {
+        return;
+    }
+    let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+    for (code, me, ids) in extra.iter() {
+        let (public, own) = (
+            ctx.subjects.room_events(code),
+            ctx.subjects.player_events(code, me),
+        );
+        for &id in ids {
+            let kind = match tap.payloads.get(&(code.to_string(), id)) {
+                None => "not seen by the tap",
+                Some((_, subjects)) if subjects.iter().any(|s| *s == public || *s == own) => {
+                    "published for that player"
+                }
+                Some((_, subjects)) => {
+                    ctx.violation(
+                        "another player's event delivered",
+                        format!("room {code} player {me}: id {id}, published only on {subjects:?}"),
+                    );
+                    "published only for other players"
+                }
+            };
+            *kinds.entry(kind).or_default() += 1;
+        }
+    }
+    println!("  ids the history lacks, by where the tap saw them: {kinds:?}");
+    for (code, me, ids) in extra.iter().take(SHOWN) {
+        println!("    room {code} player {me}: {ids:?}");
     }
 }
 
@@ -1646,6 +1693,7 @@ fn report(ctx: &Ctx, tap: &Tap, busy: f64) -> u64 {
         for v in &t.went_back {
             ctx.violation("tap: id went back", v.clone());
         }
+        extra_ids_by_subject(ctx, &t);
     }
     println!("errors (not violations): {}", map(&s.errors));
     println!(
