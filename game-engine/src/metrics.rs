@@ -61,7 +61,7 @@ fn describe() {
     );
     describe_counter!(
         STEPS_DEFERRED,
-        "Room steps undone because JetStream did not take their commit (retried later)"
+        "Room steps undone because JetStream did not take their commit (why=store) or the engine's NATS connection was down (why=disconnected); retried later"
     );
     describe_counter!(
         LOBBY_RESTARTS,
@@ -78,7 +78,9 @@ fn describe() {
     metrics::counter!(EVENTS_PUBLISHED).absolute(0);
     metrics::counter!(ROOMS_TAKEN_OVER).absolute(0);
     metrics::counter!(OWNERSHIP_LOST).absolute(0);
-    metrics::counter!(STEPS_DEFERRED).absolute(0);
+    for why in ["store", "disconnected"] {
+        metrics::counter!(STEPS_DEFERRED, "why" => why).absolute(0);
+    }
     metrics::counter!(LOBBY_RESTARTS).absolute(0);
     metrics::counter!(COMMANDS, "type" => "join", "result" => "ok").absolute(0);
     // Registering the histograms makes them render (empty) before their first sample.

@@ -451,7 +451,9 @@ impl Room {
                 Flow::Gone
             }
             CommitError::Unavailable => {
-                counter!(m::STEPS_DEFERRED).increment(1);
+                // Which of the two: a soak's long stall is explained by one or the other.
+                let why = if connected { "store" } else { "disconnected" };
+                counter!(m::STEPS_DEFERRED, "why" => why).increment(1);
                 if let Some(undo) = step.undo {
                     self.record = *undo;
                 }
