@@ -84,11 +84,18 @@ impl Engine {
         Ok(text)
     }
 
+    /// A metric's value, its labelled series summed (`steps_deferred_total` has a `why`).
     async fn metric(&self, name: &str) -> f64 {
         let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+        let values: Vec<f64> = (text.lines())
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(!values.is_empty(), "{name} not in /metrics");
+        values.iter().sum()
     }
 }
 
