@@ -132,7 +132,9 @@ pub async fn fault_node(
 
 /// Runs a blocking cluster call (they poll with sleeps under their own deadline, and panic
 /// past it) off the runtime; a panic becomes an error.
-pub async fn blocking(f: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))

@@ -50,9 +50,8 @@ pub struct LobbyMark {
     /// Counts the lobby's fresh starts: a write checked against an earlier one's reading is
     /// not evidence against the current one.
     generation: u64,
-    /// The newest revision read in this generation.
-    seen: u64,
-    /// The last [`RECENT_READS`] revisions read, oldest first, with what each held.
+    /// The last [`RECENT_READS`] revisions read in this generation, oldest first, with what
+    /// each held.
     recent: VecDeque<(u64, u64)>,
     /// The generation a write found behind the bucket.
     went_back: Option<u64>,
@@ -65,7 +64,6 @@ const RECENT_READS: usize = 1024;
 impl LobbyMark {
     /// Notes that the lobby read `revision`, holding the entry of `fingerprint`.
     fn read(&mut self, revision: u64, fingerprint: u64) {
-        self.seen = revision;
         if self.recent.len() == RECENT_READS {
             self.recent.pop_front();
         }
@@ -77,9 +75,8 @@ impl LobbyMark {
     /// too long ago to remember proves nothing either way; the lobby's periodic look at where
     /// the bucket ends covers that case.)
     fn written(&mut self, revision: u64, fingerprint: u64) -> bool {
-        let behind = revision <= self.seen
-            && (self.recent.binary_search_by_key(&revision, |&(r, _)| r))
-                .is_ok_and(|i| self.recent[i].1 != fingerprint);
+        let behind = (self.recent.binary_search_by_key(&revision, |&(r, _)| r))
+            .is_ok_and(|i| self.recent[i].1 != fingerprint);
         if behind {
             self.went_back = Some(self.generation);
         }
@@ -93,7 +90,6 @@ impl LobbyMark {
 
     fn start_again(&mut self) {
         self.generation += 1;
-        self.seen = 0;
         self.recent.clear();
         self.went_back = None;
     }
@@ -253,7 +249,7 @@ impl Lobby {
                 },
                 Some(msg) = snaps.next() => self.on_snap(msg).await,
                 () = ctx.lobby_went_back.notified() => if lock(&ctx.lobby_mark).went_back() {
-                    self.start_again("a lobby write was acknowledged at a revision already seen");
+                    self.start_again("a lobby write was acknowledged at a revision read as another entry");
                     changes = None;
                 },
                 _ = end_checks.tick() => if self.bucket_ends_below().await {

@@ -92,7 +92,10 @@ struct Counts {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.pace.check()?;
-    let cluster = blocking_start().await?;
+    let cluster = blocking(NatsCluster::start)
+        .await
+        .context("starting the cluster")?;
+    let cluster: SharedCluster = Arc::new(Mutex::new(cluster));
     let lost = run(&args, &cluster).await;
     let kept = tempfile::tempdir()?;
     if args.keep_logs {
@@ -103,13 +106,6 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
-}
-
-async fn blocking_start() -> anyhow::Result<SharedCluster> {
-    let cluster = tokio::task::spawn_blocking(NatsCluster::start)
-        .await
-        .context("starting the cluster")?;
-    Ok(Arc::new(Mutex::new(cluster)))
 }
 
 /// The whole probe; how many acknowledged writes were lost or reused.
@@ -359,7 +355,7 @@ async fn drive_faults(
         tokio::time::sleep_until(next.into()).await;
         let leader = {
             let probe = cluster.clone();
-            tokio::task::spawn_blocking(move || lock(&probe).stream_leader(STREAM)).await?
+            blocking(move || lock(&probe).stream_leader(STREAM)).await?
         };
         let (target, fault, hold) = {
             let mut rng = rand::rng();

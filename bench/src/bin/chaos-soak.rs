@@ -66,7 +66,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bench::bot::{audience_ids, Action, Bot, Durations, PlayArgs, Wins};
 use bench::browser::{self, RoomStream};
-use bench::faults::{fault_node, keep_node_logs, lock, Fault, Pace, SharedCluster};
+use bench::faults::{blocking, fault_node, keep_node_logs, lock, Fault, Pace, SharedCluster};
 use bench::http::{source_address, HttpPool, Response};
 use bench::rig::{
     engine_command, free_port, loopback, ready, GameRigArgs, Gateway, GatewayConfig, Nginx, Service,
@@ -322,7 +322,7 @@ impl Stack {
     async fn start(args: &Args) -> anyhow::Result<Stack> {
         let engine_binary = args.rig.engine_binary()?;
         let gateway_binary = args.rig.gateway_binary()?;
-        let cluster = tokio::task::spawn_blocking(NatsCluster::start)
+        let cluster = blocking(NatsCluster::start)
             .await
             .context("starting the nats-server cluster")?;
         let dir = tempfile::tempdir()?;
