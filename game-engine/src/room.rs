@@ -24,7 +24,7 @@ use proto::{
     Command, CommandOk, ErrorCode, PlayerId, Rejection, Reply, RoomCode, SnapReply, SnapRequest,
 };
 use serde_json::value::RawValue;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
@@ -168,13 +168,13 @@ impl Room {
             let alarm = match &mut alarm {
                 Some((at, set)) => {
                     if *at != deadline || !set.is_pending() {
-                        set.reset(instant_of(deadline).into_std());
+                        set.reset(instant_of(deadline));
                         *at = deadline;
                     }
                     set
                 }
                 None => {
-                    let set = self.ctx.scheduler.alarm(instant_of(deadline).into_std());
+                    let set = self.ctx.scheduler.alarm(instant_of(deadline));
                     &mut alarm.insert((deadline, set)).1
                 }
             };
@@ -391,9 +391,9 @@ impl Room {
     /// ([`LATE_LIMIT_MS`]).
     fn on_deadline(&mut self) -> Outcome {
         let deadline = self.record.game.deadline_ms();
+        let late = wall_clock_past(deadline, SystemTime::now()).unwrap_or_default();
+        histogram!(m::SCHEDULER_LATENESS).record(late.as_secs_f64());
         let now = unix_ms_now();
-        let late = now.saturating_sub(deadline);
-        histogram!(m::SCHEDULER_LATENESS).record(late as f64 / 1000.0);
         let undo = Box::new(self.record.clone());
         let mut fx = Effects::default();
         (self.record.game).on_deadline(next_phase_from(deadline, now), &mut fx);
@@ -611,9 +611,29 @@ fn next_phase_from(deadline: u64, now: u64) -> Now {
 }
 
 /// The monotonic instant of a unix-ms deadline, by this machine's wall clock.
-fn instant_of(deadline_ms: u64) -> Instant {
-    let now = unix_ms_now();
-    Instant::now() + std::time::Duration::from_millis(deadline_ms.saturating_sub(now))
+fn instant_of(deadline_ms: u64) -> std::time::Instant {
+    monotonic_at(deadline_ms, SystemTime::now(), std::time::Instant::now())
+}
+
+/// When `deadline_ms` falls on the monotonic clock, given the two clocks read together.
+/// Exact to the wall clock's resolution: the wall clock read in whole milliseconds would set
+/// every alarm up to a millisecond after its deadline (half a millisecond on average).
+fn monotonic_at(
+    deadline_ms: u64,
+    wall: SystemTime,
+    monotonic: std::time::Instant,
+) -> std::time::Instant {
+    match wall_clock_past(deadline_ms, wall) {
+        Ok(_) => monotonic,
+        Err(ahead) => monotonic + ahead,
+    }
+}
+
+/// How far `wall` is past a unix-ms deadline (`Ok`), or short of it (`Err`).
+fn wall_clock_past(deadline_ms: u64, wall: SystemTime) -> Result<Duration, Duration> {
+    let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
+    wall.duration_since(deadline)
+        .map_err(|early| early.duration())
 }
 
 /// The token of a player who just took a seat in `game`.
@@ -654,6 +674,27 @@ mod tests {
             after_outage.unix_ms,
             10_000 + LATE_LIMIT_MS + 1,
             "timed from now"
+        );
+    }
+
+    #[test]
+    fn an_alarm_is_set_to_the_deadline_not_to_the_next_millisecond_after_it() {
+        let monotonic = std::time::Instant::now();
+        // 0.9 ms into millisecond 1,000: a deadline at 2,000 is 999.1 ms away.
+        let wall = UNIX_EPOCH + Duration::from_micros(1_000_900);
+        assert_eq!(
+            monotonic_at(2_000, wall, monotonic) - monotonic,
+            Duration::from_micros(999_100)
+        );
+        assert_eq!(
+            monotonic_at(1_000, wall, monotonic),
+            monotonic,
+            "a deadline already past is due now"
+        );
+        assert_eq!(
+            wall_clock_past(1_000, wall),
+            Ok(Duration::from_micros(900)),
+            "lateness to the microsecond"
         );
     }
 }
