@@ -1,5 +1,5 @@
-//! Faults a benchmark injects into processes: `kill -9`, SIGSTOP, SIGTERM, held for a while
-//! and undone; and the same for a node of a NATS cluster, which the cluster itself restarts.
+//! Faults a benchmark injects into processes: `kill -9`, SIGSTOP, SIGTERM, lame-duck mode,
+//! held for a while and undone; and the same for a node of a NATS cluster, which the cluster itself restarts.
 //! Shared by the chaos soak and the acknowledged-writes probe, so both fault nodes alike.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +17,11 @@ pub enum Fault {
     Pause,
     /// SIGTERM (a graceful stop), then a restart.
     Term,
+    /// A NATS node's lame-duck stop (SIGUSR2: it hands its stream leaderships over, closes
+    /// its clients over [`test_support::LAME_DUCK`] and exits), then a restart.
+    /// Engines and gateways have one graceful stop, SIGTERM, which they get instead. Drawn
+    /// only when asked for.
+    LameDuck,
 }
 
 impl Fault {
@@ -27,6 +32,7 @@ impl Fault {
             Fault::Kill => "kill -9",
             Fault::Pause => "SIGSTOP",
             Fault::Term => "SIGTERM",
+            Fault::LameDuck => "lame duck",
         }
     }
 }
@@ -118,6 +124,10 @@ pub async fn fault_node(
         Fault::Term => {
             signal_pid(pid, "TERM")?;
             exited(pid, Duration::from_secs(15)).await?;
+        }
+        Fault::LameDuck => {
+            signal_pid(pid, "USR2")?;
+            exited(pid, test_support::LAME_DUCK + Duration::from_secs(15)).await?;
         }
     }
     sleep(hold).await;

@@ -2,7 +2,7 @@
 # Static checks of everything in deploy/: Prometheus config, alert rules and their unit tests
 # (promtool), the Grafana dashboard (JSON, and its PromQL through promtool), the nginx template
 # rendered for two gateways (nginx -t), the nats-server configs (nats-server -t), the systemd
-# units (systemd-analyze verify, where it exists) and the example configs (TOML, every key commented, agreeing with the units).
+# units and the drop-in for Debian's nats-server unit (systemd-analyze verify, where it exists) and the example configs (TOML, every key commented, agreeing with the units).
 # Needs promtool (Debian package `prometheus`), nginx and python3. Exits non-zero
 # if any check fails. The live check, that running processes export the metrics used here,
 # is check-metric-names.py (run by deploy/test).
@@ -152,6 +152,24 @@ if command -v systemd-analyze >/dev/null; then
     check "systemd-analyze verify deploy/systemd/*.service" systemd_verify
 else
     echo "SKIP  systemd-analyze verify deploy/systemd/*.service: systemd-analyze is not installed here"
+    skipped=$((skipped + 1))
+fi
+
+# Debian's own nats-server unit with our lame-duck drop-in beside it (systemd finds drop-ins
+# along SYSTEMD_UNIT_PATH): any warning about the drop-in's keys fails.
+nats_unit_verify() {
+    local dir=$tmp/nats-unit out
+    mkdir -p "$dir" || return 1
+    cp /lib/systemd/system/nats-server.service "$dir/" || return 1
+    cp -r deploy/systemd/nats-server.service.d "$dir/" || return 1
+    out=$(cd "$dir" && SYSTEMD_UNIT_PATH="$dir:" systemd-analyze verify nats-server.service 2>&1) \
+        || { echo "$out"; return 1; }
+    [ -z "$out" ] || { echo "$out"; return 1; }
+}
+if command -v systemd-analyze >/dev/null && [ -f /lib/systemd/system/nats-server.service ]; then
+    check "systemd-analyze verify nats-server.service with deploy/systemd/nats-server.service.d" nats_unit_verify
+else
+    echo "SKIP  nats-server.service with its lame-duck drop-in: systemd-analyze or Debian's nats-server unit is not here"
     skipped=$((skipped + 1))
 fi
 

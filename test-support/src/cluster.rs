@@ -25,6 +25,9 @@ use crate::{nats_server_binary, JETSTREAM_FILE_BUDGET, JETSTREAM_MEMORY_BUDGET};
 pub const CLUSTER_WAIT: Duration = Duration::from_secs(30);
 /// The cluster's name in every node's config.
 pub const CLUSTER_NAME: &str = "phasecast-test";
+/// How long a node in lame-duck mode (SIGUSR2) takes to close its clients and exit: the
+/// least nats-server 2.9.10 accepts (its default is two minutes).
+pub const LAME_DUCK: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
 
 /// One node: its ports, config and process.
@@ -98,10 +101,13 @@ impl NatsCluster {
                     "server_name: {name}\n\
                      listen: 127.0.0.1:{client_port}\n\
                      http: 127.0.0.1:{http_port}\n\
+                     lame_duck_duration: \"{lame_duck}s\"\n\
+                     lame_duck_grace_period: \"1s\"\n\
                      jetstream {{\n  store_dir: {store:?}\n  max_file_store: {file}\n  max_memory_store: {memory}\n}}\n\
                      cluster {{\n  name: {CLUSTER_NAME}\n  listen: 127.0.0.1:{route_port}\n  routes: [{routes}]\n}}\n",
                     store = store_dir(dir.path(), &name),
                     file = file_budget,
+                    lame_duck = LAME_DUCK.as_secs(),
                     memory = JETSTREAM_MEMORY_BUDGET,
                     routes = others
                         .iter()

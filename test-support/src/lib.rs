@@ -8,7 +8,7 @@
 
 mod cluster;
 mod cut;
-pub use cluster::{NatsCluster, CLUSTER_NAME, CLUSTER_WAIT};
+pub use cluster::{NatsCluster, CLUSTER_NAME, CLUSTER_WAIT, LAME_DUCK};
 pub use cut::CutProxy;
 
 use std::io::{BufRead, BufReader};

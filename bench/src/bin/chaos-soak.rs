@@ -611,7 +611,7 @@ async fn stop_or_pause(service: &mut Service, fault: Fault, hold: Duration) -> a
             service.wait_exit(Duration::from_secs(5)).await?;
             sleep(hold).await;
         }
-        Fault::Term => {
+        Fault::Term | Fault::LameDuck => {
             service.signal("TERM")?;
             // A gateway ends its streams within its grace, an engine hands its rooms over.
             service.wait_exit(Duration::from_secs(20)).await?;
