@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::tap::Tap;
+use common::tap::{three_to_night, Tap};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
@@ -243,12 +243,7 @@ async fn to_night(
     tap_node: usize,
     night_ms: u64,
 ) -> (RoomCode, Tap, Vec<String>, String) {
-    let code = w
-        .create(json!({"title": "cluster", "total": 3, "mafia": 1,
-            "durations_ms": {"day_intro": 50, "notice": 50, "day_per_player": 20000,
-                "vote": 100, "vote_result": 50, "night_intro": 50, "night": night_ms,
-                "ended": 60000}}))
-        .await;
+    let code = w.create(three_to_night("cluster", night_ms)).await;
     let mut tap = w.tap(&code, tap_node).await;
     let mut ids = Vec::new();
     for name in ["Ann", "Bob", "Cat"] {
@@ -257,20 +252,14 @@ async fn to_night(
     }
     w.ok(&code, json!({"type": "start", "player": ids[0]}))
         .await;
-    let mut mafia = None;
-    while mafia.is_none() {
-        let (subject, _, name, data) = tap.next().await;
-        if name == "role" && data["role"] == "mafia" {
-            mafia = subject.rsplit('.').next().map(str::to_owned);
-        }
-    }
+    let mafia = tap.mafia().await;
     tap.until("phase", |d| d["phase"] == "day").await;
     for id in &ids {
         w.ok(&code, json!({"type": "vote", "player": id, "target": null}))
             .await;
     }
     tap.until("phase", |d| d["phase"] == "night").await;
-    (code, tap, ids, mafia.unwrap())
+    (code, tap, ids, mafia)
 }
 
 /// The mafia chat every 20 ms until `stop`, one attempt per line, from a client of their

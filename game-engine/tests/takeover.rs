@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::tap::Tap;
+use common::tap::{three_to_night, Tap};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -228,12 +228,7 @@ impl Drop for World {
 /// Three players (one mafia) in a room whose night lasts `night_ms`; returns the code, the
 /// players' ids and the mafia's id, with the game started.
 async fn seated_game(w: &World, tap_night_ms: u64) -> (RoomCode, Tap, Vec<String>, String) {
-    let code = w
-        .create(json!({"title": "takeover", "total": 3, "mafia": 1,
-            "durations_ms": {"day_intro": 50, "notice": 50, "day_per_player": 20000,
-                "vote": 100, "vote_result": 50, "night_intro": 50, "night": tap_night_ms,
-                "ended": 60000}}))
-        .await;
+    let code = w.create(three_to_night("takeover", tap_night_ms)).await;
     let mut tap = w.tap(&code).await;
     let mut ids = Vec::new();
     for name in ["Ann", "Bob", "Cat"] {
@@ -242,14 +237,8 @@ async fn seated_game(w: &World, tap_night_ms: u64) -> (RoomCode, Tap, Vec<String
     }
     w.ok(&code, json!({"type": "start", "player": ids[0]}))
         .await;
-    let mut mafia = None;
-    while mafia.is_none() {
-        let (subject, _, name, data) = tap.next().await;
-        if name == "role" && data["role"] == "mafia" {
-            mafia = subject.rsplit('.').next().map(str::to_owned);
-        }
-    }
-    (code, tap, ids, mafia.unwrap())
+    let mafia = tap.mafia().await;
+    (code, tap, ids, mafia)
 }
 
 /// Everyone abstains in the day, so the game reaches its first night.
