@@ -1,5 +1,6 @@
 //! Faults a benchmark injects into processes: `kill -9`, SIGSTOP, SIGTERM, lame-duck mode,
-//! held for a while and undone; and the same for a node of a NATS cluster, which the cluster itself restarts.
+//! held for a while and undone; and the same for a node of a NATS cluster, which the
+//! cluster itself restarts.
 //! Shared by the chaos soak and the acknowledged-writes probe, so both fault nodes alike.
 
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -2,7 +2,8 @@
 # Static checks of everything in deploy/: Prometheus config, alert rules and their unit tests
 # (promtool), the Grafana dashboard (JSON, and its PromQL through promtool), the nginx template
 # rendered for two gateways (nginx -t), the nats-server configs (nats-server -t), the systemd
-# units and the drop-in for Debian's nats-server unit (systemd-analyze verify, where it exists) and the example configs (TOML, every key commented, agreeing with the units).
+# units and the drop-in for Debian's nats-server unit (systemd-analyze verify, where it
+# exists) and the example configs (TOML, every key commented, agreeing with the units).
 # Needs promtool (Debian package `prometheus`), nginx and python3. Exits non-zero
 # if any check fails. The live check, that running processes export the metrics used here,
 # is check-metric-names.py (run by deploy/test).
