@@ -146,7 +146,7 @@ async fn the_gateway_s_node_dies_mid_night_and_every_stream_goes_on_without_a_ga
         .subscribe(subjects.room_wildcard(&RoomCode::parse(&code).unwrap()))
         .await
         .unwrap();
-    tap_client.flush().await.unwrap();
+    test_support::server_has_read(&tap_client).await;
 
     let mut players = Vec::new();
     for name in ["Ann", "Bob", "Cat"] {

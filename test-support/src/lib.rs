@@ -4,7 +4,9 @@
 //! One server per test keeps tests independent and parallel-safe; it listens on a random port
 //! (`-p -1`), is killed on drop, and its store directory is deleted with it. Tests that kill
 //! servers use [`NatsCluster`]: three nodes, any of which can die; tests that lose a client's
-//! last writes with its connection put a [`CutProxy`] between it and the server.
+//! last writes with its connection put a [`CutProxy`] between it and the server. Taps that
+//! watch what other connections publish wait with [`server_has_read`] until the server has
+//! their subscription.
 
 mod cluster;
 mod cut;
@@ -164,6 +166,23 @@ impl NatsServer {
     /// The server's process id (for reading its CPU time in benchmarks).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+}
+
+/// Returns once the server has read everything `client` sent before, its subscriptions
+/// included. `Client::flush` only empties async-nats's write buffer (0.51 sends no PING for
+/// it); a request nobody answers comes back, as "no responders", only after the server has
+/// read what came before it on the connection.
+pub async fn server_has_read(client: &async_nats::Client) {
+    let probe = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request("_phasecast_test.nobody", Default::default()),
+    )
+    .await
+    .expect("the server answers a request with no responders in time");
+    match probe {
+        Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {}
+        other => panic!("a request to nobody came back as {other:?}"),
     }
 }
 
