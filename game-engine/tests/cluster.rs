@@ -10,7 +10,8 @@
 
 mod common;
 
-use common::tap::{three_to_night, Tap};
+use common::tap::Tap;
+use common::three_to_night;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::tap::{three_to_night, Tap};
+use common::tap::Tap;
+use common::three_to_night;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

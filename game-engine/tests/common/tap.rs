@@ -12,15 +12,6 @@ use tokio::time::timeout;
 /// How long the next event may take across a fault: a lease and a leader election.
 const ACROSS_FAULTS: Duration = Duration::from_secs(30);
 
-/// A game of three (one mafia) whose every phase before the night is short and whose night
-/// lasts `night_ms`: the setting of the tests that fault something at night.
-pub fn three_to_night(title: &str, night_ms: u64) -> Value {
-    serde_json::json!({"title": title, "total": 3, "mafia": 1,
-        "durations_ms": {"day_intro": 50, "notice": 50, "day_per_player": 20000,
-            "vote": 100, "vote_result": 50, "night_intro": 50, "night": night_ms,
-            "ended": 60000}})
-}
-
 /// Every event of one room, as published, with the invariants checked as they arrive: an id
 /// seen again must carry the same bytes (a repeat), and a new id is above every id before
 /// it on its subject.
