@@ -19,14 +19,22 @@ pub enum Fault {
     /// SIGTERM (a graceful stop), then a restart.
     Term,
     /// A NATS node's lame-duck stop (SIGUSR2: it hands its stream leaderships over, closes
-    /// its clients over [`test_support::LAME_DUCK`] and exits), then a restart.
-    /// Engines and gateways have one graceful stop, SIGTERM, which they get instead. Drawn
-    /// only when asked for.
+    /// its clients within [`test_support::LAME_DUCK`] and exits), then a restart. Drawn only
+    /// when asked for; see [`Fault::for_process`].
     LameDuck,
 }
 
 impl Fault {
     pub const ALL: [Fault; 3] = [Fault::Kill, Fault::Pause, Fault::Term];
+
+    /// The fault as an engine or a gateway gets it: they have one graceful stop, SIGTERM,
+    /// which stands in for lame-duck mode (a NATS server's).
+    pub fn for_process(self) -> Fault {
+        match self {
+            Fault::LameDuck => Fault::Term,
+            other => other,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {

@@ -30,8 +30,12 @@ impl Now {
 
 /// The wall clock in unix milliseconds.
 pub fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    unix_ms(std::time::SystemTime::now())
+}
+
+/// A wall-clock reading in unix milliseconds.
+pub fn unix_ms(wall: std::time::SystemTime) -> u64 {
+    wall.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }

@@ -32,7 +32,7 @@ use crate::context::Context;
 use crate::history::History;
 use crate::lobby::Listing;
 use crate::metrics as m;
-use crate::outgoing::{unix_ms_now, Ack, Effects, Now};
+use crate::outgoing::{unix_ms, Ack, Effects, Now};
 use crate::publish;
 use crate::rules::Game;
 use crate::scheduler::Alarm;
@@ -391,9 +391,11 @@ impl Room {
     /// ([`LATE_LIMIT_MS`]).
     fn on_deadline(&mut self) -> Outcome {
         let deadline = self.record.game.deadline_ms();
-        let late = wall_clock_past(deadline, SystemTime::now()).unwrap_or_default();
+        let wall = SystemTime::now();
+        // Early (the wall clock was stepped back since the alarm was set) counts as on time.
+        let late = wall_clock_past(deadline, wall).unwrap_or_default();
         histogram!(m::SCHEDULER_LATENESS).record(late.as_secs_f64());
-        let now = unix_ms_now();
+        let now = unix_ms(wall);
         let undo = Box::new(self.record.clone());
         let mut fx = Effects::default();
         (self.record.game).on_deadline(next_phase_from(deadline, now), &mut fx);

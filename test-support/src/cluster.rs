@@ -25,7 +25,7 @@ use crate::{nats_server_binary, JETSTREAM_FILE_BUDGET, JETSTREAM_MEMORY_BUDGET};
 pub const CLUSTER_WAIT: Duration = Duration::from_secs(30);
 /// The cluster's name in every node's config.
 pub const CLUSTER_NAME: &str = "phasecast-test";
-/// How long a node in lame-duck mode (SIGUSR2) takes to close its clients and exit: the
+/// The longest a node in lame-duck mode (SIGUSR2) takes to close its clients and exit: the
 /// least nats-server 2.9.10 accepts (its default is two minutes).
 pub const LAME_DUCK: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);

@@ -169,10 +169,11 @@ impl NatsServer {
     }
 }
 
-/// Returns once the server has read everything `client` sent before, its subscriptions
-/// included. `Client::flush` only empties async-nats's write buffer (0.51 sends no PING for
-/// it); a request nobody answers comes back, as "no responders", only after the server has
-/// read what came before it on the connection.
+/// Returns once the server `client` is connected to has read everything it sent before, its
+/// subscriptions included. `Client::flush` only empties async-nats's write buffer (0.51
+/// sends no PING for it); a request nobody answers comes back, as "no responders", only
+/// after the server has read what came before it on the connection. (On a cluster, the
+/// other servers learn of the subscription over their routes a moment later.)
 pub async fn server_has_read(client: &async_nats::Client) {
     let probe = tokio::time::timeout(
         Duration::from_secs(10),

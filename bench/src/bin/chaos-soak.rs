@@ -528,6 +528,10 @@ async fn drive_faults(
                 n => Target::Gateway(n - 6),
             };
             let (fault, hold) = plan.pace.draw(&mut rng);
+            let fault = match target {
+                Target::Nats(_) => fault,
+                Target::Engine(_) | Target::Gateway(_) => fault.for_process(),
+            };
             (target, fault, hold)
         };
         let name = stack.name(target);
@@ -611,6 +615,7 @@ async fn stop_or_pause(service: &mut Service, fault: Fault, hold: Duration) -> a
             service.wait_exit(Duration::from_secs(5)).await?;
             sleep(hold).await;
         }
+        // Lame duck never reaches a process (`Fault::for_process`): SIGTERM is its stop.
         Fault::Term | Fault::LameDuck => {
             service.signal("TERM")?;
             // A gateway ends its streams within its grace, an engine hands its rooms over.

@@ -29,7 +29,7 @@ pub struct Tap {
 
 impl Tap {
     /// Subscribes `subject` (a room's wildcard) on `client`, which it keeps, and returns once
-    /// the server has the subscription: the events come through other connections.
+    /// its server has the subscription: the events come through other connections.
     pub async fn on(client: async_nats::Client, subject: String) -> Tap {
         let sub = client.subscribe(subject).await.unwrap();
         test_support::server_has_read(&client).await;
