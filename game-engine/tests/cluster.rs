@@ -11,11 +11,11 @@
 mod common;
 
 use common::tap::Tap;
-use common::three_to_night;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
+use test_support::three_to_night;
 
 use futures::StreamExt;
 use proto::{RoomCode, Subjects};

@@ -6,11 +6,11 @@
 mod common;
 
 use common::tap::Tap;
-use common::three_to_night;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
+use test_support::three_to_night;
 
 use async_nats::jetstream;
 use futures::StreamExt;

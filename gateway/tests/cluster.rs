@@ -136,9 +136,7 @@ async fn the_gateway_s_node_dies_mid_night_and_every_stream_goes_on_without_a_ga
     )
     .await;
 
-    let settings = json!({"title": "cluster", "total": 3, "mafia": 1,
-        "durations_ms": {"day_intro": 50, "notice": 50, "day_per_player": 20000, "vote": 100,
-            "vote_result": 50, "night_intro": 50, "night": 3000, "ended": 60000}});
+    let settings = test_support::three_to_night("cluster", 3000);
     let (status, created) = post(&gw.url("/v1/rooms"), &settings, None).await;
     assert_eq!(status, 200, "{created}");
     let code = created["code"].as_str().unwrap().to_owned();

@@ -169,6 +169,15 @@ impl NatsServer {
     }
 }
 
+/// A game of three (one mafia) whose every phase before the night is short and whose night
+/// lasts `night_ms`: the setting of the tests that fault something at night.
+pub fn three_to_night(title: &str, night_ms: u64) -> serde_json::Value {
+    serde_json::json!({"title": title, "total": 3, "mafia": 1,
+        "durations_ms": {"day_intro": 50, "notice": 50, "day_per_player": 20000,
+            "vote": 100, "vote_result": 50, "night_intro": 50, "night": night_ms,
+            "ended": 60000}})
+}
+
 /// Returns once the server `client` is connected to has read everything it sent before, its
 /// subscriptions included. `Client::flush` only empties async-nats's write buffer (0.51
 /// sends no PING for it); a request nobody answers comes back, as "no responders", only

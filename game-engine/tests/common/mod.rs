@@ -283,15 +283,6 @@ pub fn fast_room(total: u8, mafia: u8, doctor: u8, police: u8) -> Value {
     })
 }
 
-/// A game of three (one mafia) whose every phase before the night is short and whose night
-/// lasts `night_ms`: the setting of the tests that fault something at night.
-pub fn three_to_night(title: &str, night_ms: u64) -> Value {
-    json!({"title": title, "total": 3, "mafia": 1,
-        "durations_ms": {"day_intro": 50, "notice": 50, "day_per_player": 20000,
-            "vote": 100, "vote_result": 50, "night_intro": 50, "night": night_ms,
-            "ended": 60000}})
-}
-
 /// After a failed test, prints every `*.log` in `dir` (the logs of the processes it ran).
 pub fn show_logs_if_panicking(dir: &std::path::Path) {
     if !std::thread::panicking() {
