@@ -262,8 +262,9 @@ impl Lobby {
     }
 
     /// Whether the bucket's stream now ends below the last revision seen: it lost writes it
-    /// had acknowledged (nats-server 2.9.10 has done so on a cluster whose stream leaders were
-    /// stopped again and again: docs/durability.md), and now gives their revisions to other writes.
+    /// had acknowledged (nats-server 2.9.10 has done so on a cluster whose stream leaders
+    /// were stopped again and again: docs/durability.md), and now gives their revisions to
+    /// other writes.
     async fn bucket_ends_below(&self) -> bool {
         let last = self.history.last_id();
         if last == 0 {

@@ -34,8 +34,8 @@ const LEAVING: &str = "leaving";
 /// Rooms claimed at once: enough to take 10,000 rooms in seconds, few enough not to flood
 /// JetStream. A claim is a few round trips to JetStream, so this, not CPU, bounds the pace:
 /// 10,000 rooms of one engine all fired on a survivor within 3.7–4.6 s of a kill -9 at 512
-/// on a quiet machine (7.3–8.4 s on a slower day; lease 3 s), 8.6 s at 256, 13.6 s at 64 (`bench/src/bin/takeover.rs`,
-/// docs/benchmarks.md, "Takeover after kill -9").
+/// on a quiet machine (7.3–8.4 s on a slower day; lease 3 s), 8.6 s at 256, 13.6 s at 64
+/// (`bench/src/bin/takeover.rs`, docs/benchmarks.md, "Takeover after kill -9").
 const CLAIMS_IN_FLIGHT: usize = 512;
 
 /// What this engine knows of another.

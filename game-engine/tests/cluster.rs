@@ -15,12 +15,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-use test_support::three_to_night;
 
 use futures::StreamExt;
 use proto::{RoomCode, Subjects};
 use serde_json::{json, Value};
-use test_support::NatsCluster;
+use test_support::{three_to_night, NatsCluster};
 use tokio::task::block_in_place;
 use tokio::time::{timeout, Instant};
 
@@ -70,33 +69,10 @@ impl Engine {
         }
     }
 
-    async fn metrics(&self) -> String {
-        timeout(WAIT, self.try_metrics()).await.unwrap().unwrap()
-    }
-
-    /// `GET /metrics`: the whole response.
-    async fn try_metrics(&self) -> std::io::Result<String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(self.admin).await?;
-        let request = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        stream.write_all(request.as_bytes()).await?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await?;
-        Ok(text)
-    }
-
-    /// A metric's value, its labelled series summed (`steps_deferred_total` has a `why`).
+    /// A metric's value, its labelled series summed.
     async fn metric(&self, name: &str) -> f64 {
-        let text = self.metrics().await;
-        let values: Vec<f64> = (text.lines())
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-            .collect();
-        assert!(!values.is_empty(), "{name} not in /metrics");
-        values.iter().sum()
+        let text = common::admin_get(self.admin, "/metrics").await;
+        common::metric_value(&text, name).unwrap_or_else(|| panic!("{name} not in /metrics"))
     }
 }
 
@@ -524,11 +500,9 @@ async fn wait_metric(engine: &Engine, name: &str) -> f64 {
     let served = timeout(WAIT, async {
         loop {
             retries.tick().await;
-            if let Ok(Ok(text)) = timeout(Duration::from_secs(1), engine.try_metrics()).await {
-                if let Some(v) = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-                {
+            let get = common::try_admin_get(engine.admin, "/metrics");
+            if let Ok(Ok(text)) = timeout(Duration::from_secs(1), get).await {
+                if let Some(v) = common::metric_value(&text, name) {
                     return v;
                 }
             }

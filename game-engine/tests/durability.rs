@@ -80,6 +80,10 @@ async fn a_nats_restart_keeps_rooms_and_history_and_bunches_no_phases() {
             .await;
     }
     let vote = public.phase("vote").await;
+    // The outage starts once the room's log has the vote's step: the room then waits for the
+    // deadline. Before that it waits for the log's ack, through the outage, and would take
+    // the deadline's step only after it, trying no commit during it (checked at the end).
+    h.wait_logged(&code, vote.id).await;
     h.nats.stop();
     // The outage itself, not a wait for anything (nothing is observable while NATS is
     // down): until 1 s after the vote's deadline, more than the 500 ms after which a late
@@ -123,13 +127,10 @@ async fn a_nats_restart_keeps_rooms_and_history_and_bunches_no_phases() {
     let metrics = h.admin_get("/metrics").await;
     // Counted as `why="disconnected"` once the engine knows NATS is gone, as "store" if
     // the write was tried before it did.
-    let deferred: f64 = (metrics.lines())
-        .filter(|l| l.starts_with("phasecast_engine_steps_deferred_total{why="))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let deferred = common::metric_value(&metrics, "phasecast_engine_steps_deferred_total");
     assert!(
-        deferred >= 1.0,
-        "no step was deferred: {deferred}\n{metrics}"
+        deferred >= Some(1.0),
+        "no step was deferred: {deferred:?}\n{metrics}"
     );
     // History from before the outage still answers `since`.
     let replay = h.snap(&code, None, Some(vote.id - 1)).await;

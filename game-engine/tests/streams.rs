@@ -171,10 +171,7 @@ async fn a_lobby_bucket_that_went_back_is_read_again() {
 /// binary makes its lobby start again).
 async fn lobby_restarts(h: &Harness) -> Option<u64> {
     let metrics = h.admin_get("/metrics").await;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("phasecast_engine_lobby_restarts_total "))
-        .and_then(|n| n.trim().parse().ok())
+    common::metric_value(&metrics, "phasecast_engine_lobby_restarts_total").map(|n| n as u64)
 }
 
 /// The id of the lobby event that announces room `code`, from a raw subscription (lobby ids

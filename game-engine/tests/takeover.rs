@@ -10,14 +10,13 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use test_support::three_to_night;
 
 use async_nats::jetstream;
 use futures::StreamExt;
 use proto::headers::{SSE_EVENT, SSE_ID};
 use proto::{RoomCode, Subjects};
 use serde_json::{json, Value};
-use test_support::NatsServer;
+use test_support::{three_to_night, NatsServer};
 use tokio::time::{timeout, Instant};
 
 /// How long any single wait in these tests may take.
@@ -73,21 +72,8 @@ impl Engine {
     }
 
     async fn metric(&self, name: &str) -> f64 {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = timeout(WAIT, tokio::net::TcpStream::connect(self.admin))
-            .await
-            .unwrap()
-            .unwrap();
-        let request = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut text = String::new();
-        timeout(WAIT, stream.read_to_string(&mut text))
-            .await
-            .unwrap()
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+        let text = common::admin_get(self.admin, "/metrics").await;
+        common::metric_value(&text, name).unwrap_or_else(|| panic!("{name} not in /metrics"))
     }
 }
 

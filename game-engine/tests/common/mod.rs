@@ -25,6 +25,7 @@ pub struct Harness {
     pub nats: NatsServer,
     pub client: Client,
     pub subjects: Subjects,
+    pub names: StoreNames,
     pub admin: std::net::SocketAddr,
     stop: CancellationToken,
     engine: Option<JoinHandle<anyhow::Result<()>>>,
@@ -47,7 +48,8 @@ impl Harness {
         // The tests play whole games with millisecond phases.
         config.engine.min_phase = Duration::ZERO;
         tweak(&mut config);
-        let engines_bucket = StoreNames::new(&config.subject_prefix).engines_bucket();
+        let names = StoreNames::new(&config.subject_prefix);
+        let engines_bucket = names.engines_bucket();
         let engine = Engine::build(config).await.expect("engine builds");
         let admin = engine.admin_addr();
         // The engine subscribes its subjects as it starts running, then writes its first
@@ -72,6 +74,7 @@ impl Harness {
             nats,
             client,
             subjects: Subjects::default(),
+            names,
             admin,
             stop,
             engine: Some(engine),
@@ -186,22 +189,80 @@ impl Harness {
         }
     }
 
+    /// Returns once room `code`'s log in JetStream holds event `id` (read as it is stored,
+    /// from an ordered consumer), within [`WAIT`].
+    pub async fn wait_logged(&self, code: &RoomCode, id: u64) {
+        use async_nats::jetstream::consumer;
+        let log = (async_nats::jetstream::new(self.client.clone()))
+            .get_stream(self.names.log_stream())
+            .await
+            .expect("the log stream");
+        let reader = log
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.names.room_log(code),
+                ..Default::default()
+            })
+            .await
+            .expect("a reader of the room's log");
+        let mut steps = reader.messages().await.expect("the room's log");
+        timeout(WAIT, async {
+            loop {
+                let step = steps
+                    .next()
+                    .await
+                    .expect("the log goes on")
+                    .expect("a step");
+                let step: Value = serde_json::from_slice(&step.payload).unwrap();
+                let ids = step["events"].as_array().unwrap().iter();
+                if ids
+                    .filter_map(|e| e["id"].as_u64())
+                    .any(|logged| logged >= id)
+                {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("event {id} of room {code} in its log in time"));
+    }
+
     /// `GET path` on the admin listener: the whole HTTP response, status line included.
     pub async fn admin_get(&self, path: &str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = timeout(WAIT, tokio::net::TcpStream::connect(self.admin))
-            .await
-            .unwrap()
-            .unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        timeout(WAIT, stream.read_to_string(&mut response))
-            .await
-            .unwrap()
-            .unwrap();
-        response
+        admin_get(self.admin, path).await
     }
+}
+
+/// `GET path` on an engine's admin listener (in this process or another): the whole HTTP
+/// response, status line included.
+pub async fn try_admin_get(admin: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
+/// [`try_admin_get`] within [`WAIT`], or the test fails.
+pub async fn admin_get(admin: std::net::SocketAddr, path: &str) -> String {
+    timeout(WAIT, try_admin_get(admin, path))
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} from {admin} in time"))
+        .unwrap()
+}
+
+/// A metric's value in a `/metrics` text, its labelled series summed
+/// (`steps_deferred_total` has a `why`); `None` if the text has no series of it.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = (text.lines())
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// One event as a watcher received it.
