@@ -41,6 +41,9 @@ pub struct Context {
     pub lobby_mark: Mutex<LobbyMark>,
     /// Told when a lobby write shows the bucket went back: the lobby starts again from it.
     pub lobby_went_back: Notify,
+    /// Whether this engine publishes the lobby's events (the first live engine by id, as
+    /// `ownership` sees them): each change goes out once, not once per engine.
+    pub lobby_publisher: watch::Sender<bool>,
 }
 
 impl Context {

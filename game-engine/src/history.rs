@@ -50,6 +50,11 @@ impl History {
         self.events.push_back(event);
     }
 
+    /// The events held with an id above `id`, oldest first.
+    pub fn after_id(&self, id: u64) -> impl Iterator<Item = &Logged> {
+        self.events.iter().filter(move |e| e.id > id)
+    }
+
     /// Whether a `since` request needs events older than those held, which `older` could
     /// supply.
     pub fn lacks(&self, since: Option<u64>) -> bool {

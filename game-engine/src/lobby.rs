@@ -2,12 +2,16 @@
 //! whose revisions are the lobby's event ids.
 //!
 //! The room that owns a listing writes it ([`Listing`]); every engine watches the bucket in
-//! revision order, keeps the list, publishes each change as `room_opened` / `room_updated` /
-//! `room_closed` with `Sse-Id` = its revision, and answers `game.lobby.snap` (in a queue
-//! group, so each request costs one engine). Every engine publishes every change: the same id
-//! with the same bytes, since both come from the same bucket entry, and gateways deliver an
-//! id once. So the lobby needs no leader, ids rise across engines and restarts, and a lobby
-//! stream outlives any engine.
+//! revision order, keeps the list and answers `game.lobby.snap` (in a queue group, so each
+//! request costs one engine). One engine publishes each change as `room_opened` /
+//! `room_updated` / `room_closed` with `Sse-Id` = its revision: the first live engine by id
+//! (`ownership` says which, [`Context::lobby_publisher`]), so that an id goes out once. Every
+//! engine follows what is published; one that becomes the publisher (the previous one died or
+//! left) first publishes what it holds after the last id it saw go out (after what the bucket
+//! held when it started, if it saw none). So ids rise across
+//! engines and restarts, and a lobby stream outlives any engine. While engines disagree on
+//! who is alive (for about a lease after one dies or a paused one wakes) two may publish: the
+//! same id with the same bytes, both from the same bucket entry, which gateways deliver once.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -205,6 +209,9 @@ pub struct Lobby {
     /// The last snapshot served and the id it was built at: a storm of new lobby streams
     /// between two changes costs one serialisation.
     snapshot: Option<(u64, String)>,
+    /// The highest id seen published, by whichever engine: where this one takes over when
+    /// it becomes the publisher.
+    published: u64,
 }
 
 impl Lobby {
@@ -215,13 +222,22 @@ impl Lobby {
             rooms: BTreeMap::new(),
             history,
             snapshot: None,
+            published: 0,
         }
     }
 
-    /// Follows the bucket and answers snapshots until the engine shuts down.
-    pub async fn run(mut self, mut snaps: Subscriber) {
+    /// Follows the bucket and answers snapshots until the engine shuts down; `published` is
+    /// a subscription to the lobby's events.
+    pub async fn run(mut self, mut snaps: Subscriber, mut published: Subscriber) {
         let shutdown = self.ctx.shutdown.clone();
         let ctx = self.ctx.clone();
+        let mut publisher = ctx.lobby_publisher.subscribe();
+        // What the bucket held before this engine started went out before (or was lost with
+        // an engine that died first): it is not published again, with ids far below those
+        // already out.
+        if let Ok(info) = ctx.store.lobby.stream.get_info().await {
+            self.published = info.state.last_sequence;
+        }
         let mut changes = None;
         let mut end_checks = tokio::time::interval(END_CHECK);
         end_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -248,6 +264,12 @@ impl Lobby {
                     None => changes = None,
                 },
                 Some(msg) = snaps.next() => self.on_snap(msg).await,
+                Some(msg) = published.next() => if let Some(id) = publish::event_id(&msg) {
+                    self.published = self.published.max(id);
+                },
+                Ok(()) = publisher.changed() => if *publisher.borrow_and_update() {
+                    self.take_over_publishing().await;
+                },
                 () = ctx.lobby_went_back.notified() => if lock(&ctx.lobby_mark).went_back() {
                     self.start_again("a lobby write was acknowledged at a revision read as another entry");
                     changes = None;
@@ -289,6 +311,7 @@ impl Lobby {
         self.rooms.clear();
         self.history = History::after(self.ctx.history, 0);
         self.snapshot = None;
+        self.published = 0;
         lock(&self.ctx.lobby_mark).start_again();
     }
 
@@ -331,10 +354,23 @@ impl Lobby {
             audience: Audience::Public,
             data: RawValue::from_string(data).expect("JSON"),
         };
-        publish::send(&self.ctx, self.ctx.subjects.lobby_events(), &event).await;
+        if *self.ctx.lobby_publisher.borrow() {
+            publish::send(&self.ctx, self.ctx.subjects.lobby_events(), &event).await;
+            self.published = self.published.max(event.id);
+        }
         self.history.record(event);
         let read = fingerprint(&entry.key, &entry.value);
         lock(&self.ctx.lobby_mark).read(entry.revision, read);
+    }
+
+    /// This engine has become the lobby's publisher: it first publishes what it holds that
+    /// it has not seen go out (the previous publisher may have died first).
+    async fn take_over_publishing(&mut self) {
+        let missed: Vec<Logged> = self.history.after_id(self.published).cloned().collect();
+        for event in &missed {
+            publish::send(&self.ctx, self.ctx.subjects.lobby_events(), event).await;
+        }
+        self.published = self.published.max(self.history.last_id());
     }
 
     async fn on_snap(&mut self, msg: Message) {

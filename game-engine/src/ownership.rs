@@ -137,6 +137,7 @@ async fn watch(ctx: &Arc<Context>, peers: &Peers) {
     let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<String>();
     let mut ticks = tokio::time::interval(ctx.lease / 4);
     let mut beats = None;
+    let mut caught_up = false;
     loop {
         let Some(watch) = &mut beats else {
             // The last heartbeat of every engine first (a dead one's too), then each new one.
@@ -154,13 +155,23 @@ async fn watch(ctx: &Arc<Context>, peers: &Peers) {
         };
         tokio::select! {
             beat = watch.next() => match beat {
-                Some(Ok(entry)) => note(ctx, peers, entry),
+                Some(Ok(entry)) => {
+                    // Every heartbeat there was has been read once one comes with none
+                    // pending: only then does this engine know who else is alive.
+                    caught_up |= entry.delta == 0;
+                    note(ctx, peers, entry);
+                }
                 Some(Err(e)) => tracing::warn!(error = %e, "heartbeat watch"),
                 None => beats = None,
             },
             _ = ticks.tick() => {}
             Some(engine) = done.recv() => { adopting.remove(&engine); }
             () = ctx.shutdown.cancelled() => return,
+        }
+        if caught_up {
+            let first = alive(ctx, peers).into_iter().min() == Some(ctx.engine_id.clone());
+            ctx.lobby_publisher
+                .send_if_modified(|publishes| std::mem::replace(publishes, first) != first);
         }
         for (engine, revision) in gone(ctx, peers) {
             if adopting.insert(engine.clone()) {

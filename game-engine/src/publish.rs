@@ -60,3 +60,8 @@ impl Message {
         }
     }
 }
+
+/// The `Sse-Id` of a published event, if it has a valid one.
+pub fn event_id(msg: &async_nats::Message) -> Option<u64> {
+    msg.headers.as_ref()?.get(SSE_ID)?.as_str().parse().ok()
+}

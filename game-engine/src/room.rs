@@ -50,6 +50,9 @@ const PAUSE_MAX: Duration = Duration::from_secs(2);
 /// How long a closed room answers snapshot requests: longer than a gateway's catch-up
 /// retries last (about 40 s), so one that reconnects to NATS after the end still gets it.
 const CLOSED_LINGER: Duration = Duration::from_secs(60);
+/// The most a room that stops spends answering the commands that reached it before it
+/// stopped listening (one round trip to NATS, unless NATS is down).
+const TURN_AWAY_LIMIT: Duration = Duration::from_secs(2);
 
 /// How a room's loop goes on after a step.
 #[derive(Debug, PartialEq, Eq)]
@@ -194,9 +197,9 @@ impl Room {
             let stepped = !outcome.events.is_empty();
             if outcome.flow != Flow::Continue {
                 // Stop listening before `room_closed` goes out, so that no request reaches
-                // a room that no longer answers. A closed room still answers snapshots for a
-                // while (see `linger`).
-                let _ = commands.unsubscribe().await;
+                // a room that no longer answers (those already on their way are answered
+                // below). A closed room still answers snapshots for a while (see `linger`).
+                let _ = commands.drain().await;
                 if outcome.flow != Flow::Closed {
                     let _ = snaps.unsubscribe().await;
                 }
@@ -232,6 +235,7 @@ impl Room {
                 }
             }
         };
+        self.turn_away(commands, &flow).await;
         gauge!(m::ROOMS, "phase" => self.phase.as_str()).decrement(1.0);
         gauge!(m::PLAYERS).decrement(self.players as f64);
         if flow == Flow::Closed {
@@ -241,6 +245,27 @@ impl Room {
             }
             self.linger(snaps).await;
         }
+    }
+
+    /// Answers the commands that reached the room before it stopped listening (a drained
+    /// subscription ends once the server has confirmed the unsubscribe), so that their
+    /// requesters are not left to time out: "no such room" once it closed, else "try again",
+    /// which the room's next owner answers. A stale owner that wakes from a pause (SIGSTOP)
+    /// finds the requests of the whole pause here.
+    async fn turn_away(&self, mut commands: Subscriber, flow: &Flow) {
+        let refusal = match flow {
+            Flow::Closed => no_such_room(),
+            _ => changing_hands(),
+        };
+        let body = Reply::<()>::Err(refusal).to_bytes();
+        let answer_all = async {
+            while let Some(msg) = commands.next().await {
+                if let Some(to) = msg.reply {
+                    self.ctx.reply(to, body.clone(), "a room command").await;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(TURN_AWAY_LIMIT, answer_all).await;
     }
 
     /// After `room_closed`: answers snapshot and catch-up requests for [`CLOSED_LINGER`]
@@ -364,9 +389,11 @@ impl Room {
         }
         let reply = request.and_then(|req| {
             let game = &self.record.game;
-            // Closed: only a catch-up (what a stream missed, up to `room_closed`), never a
-            // new stream's snapshot.
-            if self.record.closed && req.since.is_none() {
+            // Closed: only a catch-up with something in it (what a stream missed, up to
+            // `room_closed`); never a new stream's snapshot, nor an empty catch-up for a
+            // stream that had `room_closed` (a browser's EventSource reconnects after it:
+            // "no such room" ends it, where an empty answer would hold it open for ever).
+            if self.record.closed && req.since.is_none_or(|since| since >= self.record.last_id) {
                 return Err(no_such_room());
             }
             if let Some(viewer) = &req.viewer {

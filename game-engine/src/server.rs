@@ -117,6 +117,7 @@ impl Engine {
             recheck: tokio::sync::watch::Sender::new(0),
             lobby_mark: std::sync::Mutex::default(),
             lobby_went_back: tokio::sync::Notify::new(),
+            lobby_publisher: tokio::sync::watch::Sender::new(false),
         });
         Ok(Engine {
             ctx,
@@ -156,7 +157,9 @@ impl Engine {
         let lobby_snaps = client
             .queue_subscribe(ctx.subjects.lobby_snap(), ENGINE_QUEUE_GROUP.into())
             .await?;
-        tasks.spawn(Lobby::new(ctx.clone()).run(lobby_snaps));
+        // Every engine follows what is published, to know where a new publisher takes over.
+        let lobby_published = client.subscribe(ctx.subjects.lobby_events()).await?;
+        tasks.spawn(Lobby::new(ctx.clone()).run(lobby_snaps, lobby_published));
         tasks.spawn(ownership::run(ctx.clone()));
         tasks.spawn(proto::process::serve_admin(
             admin,

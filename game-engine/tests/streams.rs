@@ -3,6 +3,7 @@
 mod common;
 
 use common::{fast_room, Harness};
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -212,7 +213,34 @@ async fn an_empty_waiting_room_closes_and_the_host_moves_on() {
         json!(bob),
         "the next player becomes host"
     );
-    h.ok(&code, json!({"type": "leave", "player": bob})).await;
+    // The last player leaves, and more commands are already on their way: the room closes
+    // with them queued, and answers them (no such room) rather than leaving them unanswered.
+    let inbox = h.client.new_inbox();
+    let mut replies = h.client.subscribe(format!("{inbox}.*")).await.unwrap();
+    let leave = json!({"type": "leave", "player": bob});
+    let late = json!({"type": "chat", "player": bob, "text": "still here?"});
+    for (i, body) in std::iter::once(leave).chain(vec![late; 5]).enumerate() {
+        (h.client)
+            .publish_with_reply(
+                h.subjects.room_cmd(&code),
+                format!("{inbox}.{i}"),
+                body.to_string().into(),
+            )
+            .await
+            .unwrap();
+    }
+    let mut answers = std::collections::BTreeMap::new();
+    while answers.len() < 6 {
+        let reply = tokio::time::timeout(common::WAIT, replies.next()).await;
+        let reply = reply.expect("every command is answered").unwrap();
+        let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+        answers.insert(reply.subject.to_string(), body);
+    }
+    let answers: Vec<&Value> = answers.values().collect();
+    assert_eq!(answers[0]["ok"], true, "the leave: {}", answers[0]);
+    for late in &answers[1..] {
+        assert_eq!(late["error"], "no_such_room", "{late}");
+    }
     public.until("room_closed", |_| true).await;
     // The watcher's wildcard covers the command subject too; stop it before asking.
     drop(public);
@@ -243,6 +271,21 @@ async fn an_empty_waiting_room_closes_and_the_host_moves_on() {
         .map(|e| e["event"].as_str().unwrap())
         .collect();
     assert_eq!(names.last(), Some(&"room_closed"), "{missed}");
+    // A stream that had `room_closed` and reconnects from its id (a browser's EventSource
+    // does) is told the room is gone, rather than answered with nothing to send.
+    let closed_id = missed["events"].as_array().unwrap().last().unwrap()["id"].clone();
+    let after_end = h
+        .client
+        .request(
+            h.subjects.room_snap(&code),
+            json!({"viewer": null, "since": closed_id})
+                .to_string()
+                .into(),
+        )
+        .await
+        .expect("answered");
+    let after_end: Value = serde_json::from_slice(&after_end.payload).unwrap();
+    assert_eq!(after_end["error"], "no_such_room", "{after_end}");
 }
 
 #[tokio::test]

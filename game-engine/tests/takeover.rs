@@ -371,7 +371,32 @@ async fn a_paused_owner_is_fenced_when_it_wakes() {
         json!({"type": "vote", "player": ids[0], "target": null}),
     )
     .await;
+    // The paused engine is still in the room's queue group (its connection is open), so
+    // NATS hands it some of these; it must answer them once it wakes, not drop them.
+    let inbox = w.client.new_inbox();
+    let mut replies = w.client.subscribe(format!("{inbox}.*")).await.unwrap();
+    for i in 0..8 {
+        let chat = json!({"type": "chat", "player": ids[1], "text": format!("line {i}")});
+        (w.client)
+            .publish_with_reply(
+                w.subjects.room_cmd(&code),
+                format!("{inbox}.{i}"),
+                chat.to_string().into(),
+            )
+            .await
+            .unwrap();
+    }
+    test_support::server_has_read(&w.client).await;
     stale.signal("CONT");
+    for _ in 0..8 {
+        let reply = timeout(WAIT, replies.next()).await;
+        let reply = reply.expect("every request sent during the pause is answered");
+        let reply: Value = serde_json::from_slice(&reply.unwrap().payload).unwrap();
+        assert!(
+            reply["ok"] == true || reply["error"] == "unavailable",
+            "applied by the new owner, or 'try again' from the stale one: {reply}"
+        );
+    }
     // The stale engine finds out, and stops serving the room.
     w.until("the stale owner to notice", || async {
         (stale.metric("phasecast_engine_ownership_lost_total").await >= 1.0).then_some(())
@@ -398,6 +423,8 @@ async fn a_paused_owner_is_fenced_when_it_wakes() {
 async fn engines_racing_give_unique_codes_and_one_lobby() {
     let w = World::start().await;
     let _engines = [w.engine("e1").await, w.engine("e2").await];
+    let mut lobby_events = w.client.subscribe(w.subjects.lobby_events()).await.unwrap();
+    test_support::server_has_read(&w.client).await;
     const ROOMS: usize = 1000;
     let codes: Vec<RoomCode> = futures::stream::iter(0..ROOMS)
         .map(|n| {
@@ -442,4 +469,29 @@ async fn engines_racing_give_unique_codes_and_one_lobby() {
         (full == 10).then_some(())
     })
     .await;
+    // Each change went out once, with ids rising: one engine publishes the lobby.
+    let mut ids = Vec::new();
+    let mut opened = HashSet::new();
+    while opened.len() < ROOMS {
+        let event = timeout(WAIT, lobby_events.next()).await;
+        let event = event.expect("a room_opened for every room").unwrap();
+        let headers = event.headers.as_ref().unwrap();
+        ids.push(
+            headers
+                .get(SSE_ID)
+                .unwrap()
+                .as_str()
+                .parse::<u64>()
+                .unwrap(),
+        );
+        if headers.get(SSE_EVENT).unwrap().as_str() == "room_opened" {
+            let data: Value = serde_json::from_slice(&event.payload).unwrap();
+            opened.insert(data["code"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(opened, all, "every room was announced");
+    assert!(
+        ids.windows(2).all(|pair| pair[0] < pair[1]),
+        "lobby ids rise on NATS, none twice"
+    );
 }

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use metrics::histogram;
 use proto::lobby::Created;
 use proto::{CommandOk, ErrorCode, Rejection, Reply, RoomCode};
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::auth::{cookie_for, token_of};
@@ -36,7 +37,7 @@ pub async fn create(
         .ok()
         .and_then(|reply| Result::<Created, Rejection>::from(reply).ok())
         .and_then(|created| Some((created.code, created.token?)));
-    let mut response = relay(reply)?;
+    let mut response = relay(&state, reply)?;
     if let Some((code, token)) = seated {
         set_token_cookie(&state, &mut response, &code, &token);
     }
@@ -69,10 +70,7 @@ pub async fn join(
         }
         reply => reply?,
     };
-    let parsed: Result<CommandOk, Rejection> = serde_json::from_slice::<Reply<CommandOk>>(&reply)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("bad join reply: {e}")))?
-        .into();
-    let CommandOk::Joined { token, .. } = parsed? else {
+    let CommandOk::Joined { token, .. } = decode::<CommandOk>(&state, &reply)? else {
         return Err(ApiError::new(
             ErrorCode::Internal,
             "join reply without a token",
@@ -113,21 +111,25 @@ pub async fn command(
     body.insert("player".into(), claims.sub.as_str().into());
     // The token's room: the path may name it as a person typed it.
     let room = claims.room;
-    relay(ask(&state, state.subjects.room_cmd(&room), body, Some(&room)).await?)
+    let reply = ask(&state, state.subjects.room_cmd(&room), body, Some(&room)).await?;
+    relay(&state, reply)
 }
 
-/// Refuses (403) a request another site's page could have made with the player's cookie: a
-/// body that is not declared `application/json` (an HTML form cannot declare it, and a
-/// script on another site cannot without a CORS preflight this gateway refuses), or an
-/// `Origin` that is neither this host nor one of `gateway.cors_origins`. No `Origin` at all
-/// is a client that is not a browser page, which holds its own token anyway.
+/// Refuses (403) a request another site's page could have made with the player's cookie. A
+/// request that comes with a cookie or an `Origin` (as a browser's do) must declare its body
+/// `application/json` (an HTML form cannot declare it, and a script on another site cannot
+/// without a CORS preflight this gateway refuses); its `Origin`, if any, must be this host or
+/// one of `gateway.cors_origins`. Other clients (tools and backends, which name their own
+/// token) may declare what they like (`curl -d` says form): the body is read as JSON anyway.
 fn from_this_site(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    if !json {
+    let from_a_browser =
+        headers.contains_key(header::ORIGIN) || headers.contains_key(header::COOKIE);
+    if from_a_browser && !json {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "commands are JSON: send Content-Type: application/json",
@@ -186,12 +188,21 @@ async fn ask(
 }
 
 /// The engine's reply as the HTTP answer: 200 with its body, or its error's status.
-fn relay(reply: Bytes) -> Result<Response, ApiError> {
-    let tagged: Reply<Value> = serde_json::from_slice(&reply)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("bad engine reply: {e}")))?;
-    match tagged {
-        Reply::Ok(_) => Ok(json_response(reply)),
-        Reply::Err(rejection) => Err(rejection.into()),
+fn relay(state: &AppState, reply: Bytes) -> Result<Response, ApiError> {
+    decode::<Value>(state, &reply)?;
+    Ok(json_response(reply))
+}
+
+/// The backend's reply read as `T`, or its refusal as an HTTP error.
+fn decode<T: DeserializeOwned>(state: &AppState, reply: &[u8]) -> Result<T, ApiError> {
+    match serde_json::from_slice::<Reply<T>>(reply) {
+        Ok(Reply::Ok(body)) => Ok(body),
+        Ok(Reply::Err(refusal)) => Err(ApiError::from_backend(refusal, state.config.retry)),
+        Err(e) => Err(
+            ApiError::refusal_in(reply, state.config.retry).unwrap_or_else(|| {
+                ApiError::new(ErrorCode::Internal, format!("bad engine reply: {e}"))
+            }),
+        ),
     }
 }
 

@@ -34,7 +34,7 @@ pub struct GatewayConfig {
     /// Open SSE streams at most; beyond it, 503 with `Retry-After`.
     pub max_connections: usize,
     /// Events a client may fall behind its stream before it catches up by request: the size
-    /// of the lobby's shared ring (a room's is at most 64), and of what a stream holds while
+    /// of the lobby's shared ring (a room's is at most 32), and of what a stream holds while
     /// it waits for a catch-up.
     pub client_queue: usize,
     /// A stream whose client takes no bytes at all for this long is dropped (and counted as

@@ -176,7 +176,9 @@ async fn fetch(
     };
     let body = serde_json::to_vec(&request).expect("requests serialise infallibly");
     let reply = backend::request(state, subject, body.into(), room).await?;
-    let reply = SnapReply::decode(&reply)?;
+    let reply = SnapReply::decode(&reply).map_err(|r| {
+        ApiError::refusal_in(&reply, state.config.retry).unwrap_or_else(|| r.into())
+    })?;
     Ok(reply
         .events
         .into_iter()

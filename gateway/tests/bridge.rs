@@ -3,6 +3,7 @@
 mod common;
 
 use common::{EngineProcess, Setup, Sse, WAIT};
+use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::time::timeout;
@@ -393,6 +394,22 @@ async fn another_site_s_page_cannot_command_with_the_player_s_cookie() {
     }
     let (status, _, reply) = post(&commands, chat, &[("Cookie", &cookie)]).await;
     assert_eq!(status, 200, "no Origin (not a page): {reply}");
+    // A tool with its own token and no cookie, as `curl -d` sends it (a form's type, or none).
+    let token = created["token"].as_str().unwrap();
+    let bearer = format!("bearer {token}");
+    for content_type in [Some("application/x-www-form-urlencoded"), None] {
+        let mut headers = vec![("Authorization", bearer.as_str())];
+        headers.extend(content_type.map(|t| ("Content-Type", t)));
+        let (status, _, reply) = post_raw(&commands, chat, &headers).await;
+        assert_eq!(status, 200, "a tool sending {content_type:?}: {reply}");
+    }
+    let (status, _, reply) = post_raw(
+        &gw.url("/v1/rooms"),
+        r#"{"title":"t","total":3,"mafia":1}"#,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+    )
+    .await;
+    assert_eq!(status, 200, "a tool creating a room: {reply}");
     drop(engine);
 }
 
@@ -430,6 +447,45 @@ async fn without_an_engine_create_is_503_and_a_silent_engine_is_504() {
         (answer.0.as_u16(), answer.1["error"].as_str()),
         (504, Some("timeout"))
     );
+}
+
+#[tokio::test]
+async fn a_backend_s_refusals_are_relayed_whatever_their_code() {
+    let s = Setup::new(|_| {}).await;
+    let mut creates = s.client.subscribe(s.subjects.lobby_create()).await.unwrap();
+    test_support::server_has_read(&s.client).await;
+    // A backend other than ours: it says `unavailable` (busy), then a code of its own
+    // (PROTOCOL.md lets it add codes).
+    let answers = [
+        r#"{"ok":false,"error":"unavailable","message":"busy"}"#,
+        r#"{"ok":false,"error":"brand_new_code","message":"m2"}"#,
+    ];
+    let client = s.client.clone();
+    let backend = tokio::spawn(async move {
+        for answer in answers {
+            let request = creates.next().await.unwrap();
+            let to = request.reply.unwrap();
+            client.publish(to, answer.into()).await.unwrap();
+        }
+    });
+    let url = s.gateway.url("/v1/rooms");
+    let create = || post(&url, r#"{"title":"t","total":3,"mafia":1}"#, &[]);
+    let (status, headers, body) = create().await;
+    assert_eq!(
+        (status.as_u16(), body["error"].as_str()),
+        (503, Some("unavailable"))
+    );
+    assert!(
+        headers.contains_key("retry-after"),
+        "every 503 says when to try again"
+    );
+    let (status, _, body) = create().await;
+    assert_eq!(
+        (status.as_u16(), &body),
+        (400, &json!({"error": "brand_new_code", "message": "m2"})),
+        "relayed as the backend said it"
+    );
+    timeout(WAIT, backend).await.unwrap().unwrap();
 }
 
 #[tokio::test]

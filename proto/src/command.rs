@@ -94,7 +94,11 @@ fn parse_object(body: &[u8]) -> Result<serde_json::Value, Rejection> {
 fn from_object<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Rejection> {
     serde_json::from_value(value).map_err(|e| {
         let message = e.to_string();
-        let code = if message.starts_with("unknown variant") || message.contains("field `type`") {
+        // A `type` that is missing, unknown or not a string (serde wanted a variant's name).
+        let code = if message.starts_with("unknown variant")
+            || message.contains("field `type`")
+            || message.contains("variant identifier")
+        {
             ErrorCode::UnknownCommand
         } else {
             ErrorCode::InvalidField
@@ -120,7 +124,7 @@ impl RequestId {
             return Err(Rejection::new(
                 ErrorCode::InvalidField,
                 format!(
-                    "request_id has 1 to {} printable ASCII characters",
+                    "request_id has 1 to {} visible ASCII characters (no spaces)",
                     Self::MAX_CHARS
                 ),
             ));
@@ -233,6 +237,8 @@ mod tests {
         assert_eq!(err(b"[1]"), ErrorCode::Malformed);
         assert_eq!(err(br#"{"type":"dance"}"#), ErrorCode::UnknownCommand);
         assert_eq!(err(br#"{"name":"x"}"#), ErrorCode::UnknownCommand);
+        assert_eq!(err(br#"{"type":null}"#), ErrorCode::UnknownCommand);
+        assert_eq!(err(br#"{"type":5}"#), ErrorCode::UnknownCommand);
         assert_eq!(err(br#"{"type":"start"}"#), ErrorCode::InvalidField);
         assert_eq!(
             err(br#"{"type":"start","player":"a.b.c"}"#),
