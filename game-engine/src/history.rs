@@ -50,6 +50,11 @@ impl History {
         self.events.push_back(event);
     }
 
+    /// Every event with an id above this is held (up to [`History::last_id`]).
+    pub fn held_after(&self) -> u64 {
+        self.complete_after
+    }
+
     /// The events held with an id above `id`, oldest first.
     pub fn after_id(&self, id: u64) -> impl Iterator<Item = &Logged> {
         self.events.iter().filter(move |e| e.id > id)

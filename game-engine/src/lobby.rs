@@ -39,6 +39,9 @@ use crate::store::Logged;
 /// Most rooms a lobby snapshot lists (about 100 KiB of JSON).
 pub const MAX_LISTED: usize = 1000;
 
+/// The most a new lobby publisher spends re-reading the bucket for what its history lacks.
+const TAKEOVER_READ_LIMIT: Duration = Duration::from_secs(10);
+
 /// How often the lobby asks the bucket's stream where it ends, in case it went back while
 /// this engine wrote nothing to it.
 const END_CHECK: Duration = Duration::from_secs(5);
@@ -192,6 +195,34 @@ impl Listing {
     }
 }
 
+/// A change of the lobby bucket as its lobby event (the revision is the id), with the room's
+/// listing after it (`None`: no longer listed); `None` for an entry that is no room's.
+fn lobby_event(entry: &Entry) -> Option<(RoomCode, Logged, Option<LobbyRoom>)> {
+    let code = RoomCode::parse(&entry.key).ok()?;
+    let (event, data, listed) = match entry.operation {
+        Operation::Put => {
+            let Ok(listed) = serde_json::from_slice::<Listed>(&entry.value) else {
+                tracing::warn!(room = %code, "unreadable lobby entry");
+                return None;
+            };
+            let data = serde_json::to_string(&listed.room).expect("rooms serialise");
+            (listed.event, data, Some(listed.room))
+        }
+        Operation::Delete | Operation::Purge => {
+            let closed = LobbyRoomClosed { code: code.clone() };
+            let data = serde_json::to_string(&closed).expect("events serialise");
+            (LobbyRoomClosed::NAME.to_owned(), data, None)
+        }
+    };
+    let event = Logged {
+        id: entry.revision,
+        event,
+        audience: Audience::Public,
+        data: RawValue::from_string(data).expect("JSON"),
+    };
+    Some((code, event, listed))
+}
+
 fn listed(event: &str, room: &LobbyRoom) -> bytes::Bytes {
     serde_json::to_vec(&Listed {
         event: event.to_owned(),
@@ -212,17 +243,38 @@ pub struct Lobby {
     /// The highest id seen published, by whichever engine: where this one takes over when
     /// it becomes the publisher.
     published: u64,
+    /// Whether this engine publishes the lobby's events now; changes only once a takeover
+    /// has published what was missed (see [`Lobby::take_over_publishing`]).
+    publishing: bool,
 }
 
 impl Lobby {
-    pub fn new(ctx: Arc<Context>) -> Self {
+    /// `published`: where the lobby bucket ended before this engine could be seen alive. What
+    /// it held then went out before (or was lost with an engine that died first), and is not
+    /// published again with ids far below those already out.
+    pub fn new(ctx: Arc<Context>, published: u64) -> Self {
         let history = History::after(ctx.history, 0);
         Lobby {
             ctx,
             rooms: BTreeMap::new(),
             history,
             snapshot: None,
-            published: 0,
+            published,
+            publishing: false,
+        }
+    }
+
+    /// Where the lobby bucket ends now, asked until JetStream answers (or the engine stops).
+    pub async fn bucket_end(ctx: &Context) -> u64 {
+        loop {
+            match ctx.store.lobby.stream.get_info().await {
+                Ok(info) => return info.state.last_sequence,
+                Err(e) => tracing::warn!(error = %e, "cannot read where the lobby bucket ends"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                () = ctx.shutdown.cancelled() => return 0,
+            }
         }
     }
 
@@ -232,12 +284,8 @@ impl Lobby {
         let shutdown = self.ctx.shutdown.clone();
         let ctx = self.ctx.clone();
         let mut publisher = ctx.lobby_publisher.subscribe();
-        // What the bucket held before this engine started went out before (or was lost with
-        // an engine that died first): it is not published again, with ids far below those
-        // already out.
-        if let Ok(info) = ctx.store.lobby.stream.get_info().await {
-            self.published = info.state.last_sequence;
-        }
+        // Ownership may have made this engine the publisher already.
+        publisher.mark_changed();
         let mut changes = None;
         let mut end_checks = tokio::time::interval(END_CHECK);
         end_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -267,8 +315,12 @@ impl Lobby {
                 Some(msg) = published.next() => if let Some(id) = publish::event_id(&msg) {
                     self.published = self.published.max(id);
                 },
-                Ok(()) = publisher.changed() => if *publisher.borrow_and_update() {
-                    self.take_over_publishing().await;
+                Ok(()) = publisher.changed() => {
+                    let first = *publisher.borrow_and_update();
+                    if first && !self.publishing {
+                        self.take_over_publishing().await;
+                    }
+                    self.publishing = first;
                 },
                 () = ctx.lobby_went_back.notified() => if lock(&ctx.lobby_mark).went_back() {
                     self.start_again("a lobby write was acknowledged at a revision read as another entry");
@@ -328,47 +380,56 @@ impl Lobby {
         if entry.revision <= self.history.last_id() {
             return;
         }
-        let Ok(code) = RoomCode::parse(&entry.key) else {
+        let Some((code, event, listed)) = lobby_event(&entry) else {
             return;
         };
-        let (event, data) = match entry.operation {
-            Operation::Put => {
-                let Ok(listed) = serde_json::from_slice::<Listed>(&entry.value) else {
-                    tracing::warn!(room = %code, "unreadable lobby entry");
-                    return;
-                };
-                let data = serde_json::to_string(&listed.room).expect("rooms serialise");
-                self.rooms.insert(code, listed.room);
-                (listed.event, data)
-            }
-            Operation::Delete | Operation::Purge => {
-                self.rooms.remove(&code);
-                let closed = LobbyRoomClosed { code };
-                let data = serde_json::to_string(&closed).expect("events serialise");
-                (LobbyRoomClosed::NAME.to_owned(), data)
-            }
+        match listed {
+            Some(room) => self.rooms.insert(code, room),
+            None => self.rooms.remove(&code),
         };
-        let event = Logged {
-            id: entry.revision,
-            event,
-            audience: Audience::Public,
-            data: RawValue::from_string(data).expect("JSON"),
-        };
-        if *self.ctx.lobby_publisher.borrow() {
+        if self.publishing && event.id > self.published {
             publish::send(&self.ctx, self.ctx.subjects.lobby_events(), &event).await;
-            self.published = self.published.max(event.id);
+            self.published = event.id;
         }
         self.history.record(event);
         let read = fingerprint(&entry.key, &entry.value);
         lock(&self.ctx.lobby_mark).read(entry.revision, read);
     }
 
-    /// This engine has become the lobby's publisher: it first publishes what it holds that
-    /// it has not seen go out (the previous publisher may have died first).
+    /// This engine has become the lobby's publisher: it first publishes what it has not seen
+    /// go out (the previous publisher may have died first), in id order: from the bucket what
+    /// is older than its history holds (the latest listing of each room: enough for a lobby
+    /// to converge), then from its history.
     async fn take_over_publishing(&mut self) {
+        let subject = self.ctx.subjects.lobby_events();
+        let held_after = self.history.held_after();
+        if self.published < held_after {
+            let from_bucket = async {
+                let mut entries = (self.ctx.store.lobby)
+                    .watch_all_from_revision(self.published + 1)
+                    .await?;
+                while let Some(entry) = entries.next().await.transpose()? {
+                    if entry.revision > held_after {
+                        break;
+                    }
+                    if let Some((_, event, _)) = lobby_event(&entry) {
+                        publish::send(&self.ctx, subject.clone(), &event).await;
+                    }
+                    if entry.delta == 0 {
+                        break;
+                    }
+                }
+                anyhow::Ok(())
+            };
+            match tokio::time::timeout(TAKEOVER_READ_LIMIT, from_bucket).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "lobby takeover: reading the bucket"),
+                Err(_) => tracing::warn!("lobby takeover: reading the bucket took too long"),
+            }
+        }
         let missed: Vec<Logged> = self.history.after_id(self.published).cloned().collect();
         for event in &missed {
-            publish::send(&self.ctx, self.ctx.subjects.lobby_events(), event).await;
+            publish::send(&self.ctx, subject.clone(), event).await;
         }
         self.published = self.published.max(self.history.last_id());
     }

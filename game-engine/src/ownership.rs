@@ -156,9 +156,9 @@ async fn watch(ctx: &Arc<Context>, peers: &Peers) {
         tokio::select! {
             beat = watch.next() => match beat {
                 Some(Ok(entry)) => {
-                    // Every heartbeat there was has been read once one comes with none
-                    // pending: only then does this engine know who else is alive.
-                    caught_up |= entry.delta == 0;
+                    // Only once every heartbeat there was has been read does this engine
+                    // know who else is alive.
+                    caught_up |= entry.seen_current;
                     note(ctx, peers, entry);
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "heartbeat watch"),

@@ -50,8 +50,8 @@ const PAUSE_MAX: Duration = Duration::from_secs(2);
 /// How long a closed room answers snapshot requests: longer than a gateway's catch-up
 /// retries last (about 40 s), so one that reconnects to NATS after the end still gets it.
 const CLOSED_LINGER: Duration = Duration::from_secs(60);
-/// The most a room that stops spends answering the commands that reached it before it
-/// stopped listening (one round trip to NATS, unless NATS is down).
+/// The most a room that stops spends answering the commands it had received when it
+/// stopped listening.
 const TURN_AWAY_LIMIT: Duration = Duration::from_secs(2);
 
 /// How a room's loop goes on after a step.
@@ -197,8 +197,8 @@ impl Room {
             let stepped = !outcome.events.is_empty();
             if outcome.flow != Flow::Continue {
                 // Stop listening before `room_closed` goes out, so that no request reaches
-                // a room that no longer answers (those already on their way are answered
-                // below). A closed room still answers snapshots for a while (see `linger`).
+                // a room that no longer answers (those already received are answered below).
+                // A closed room still answers snapshots for a while (see `linger`).
                 let _ = commands.drain().await;
                 if outcome.flow != Flow::Closed {
                     let _ = snaps.unsubscribe().await;
@@ -247,12 +247,14 @@ impl Room {
         }
     }
 
-    /// Answers the commands that reached the room before it stopped listening (a drained
-    /// subscription ends once the server has confirmed the unsubscribe), so that their
-    /// requesters are not left to time out: "no such room" once it closed, else "try again",
-    /// which the room's next owner answers. A stale owner that wakes from a pause (SIGSTOP)
-    /// finds the requests of the whole pause here.
+    /// Stops listening (again: a room that stops between steps has not yet) and answers the
+    /// commands already received, so that their requesters are not left to time out: "no
+    /// such room" once it closed, else "try again", which the room's next owner answers. A
+    /// stale owner that wakes from a pause (SIGSTOP) finds the requests of the whole pause
+    /// here. (In async-nats 0.51 a drained subscription yields what the client holds for it
+    /// and ends; requests the server sends it after that are dropped, and time out.)
     async fn turn_away(&self, mut commands: Subscriber, flow: &Flow) {
+        let _ = commands.drain().await;
         let refusal = match flow {
             Flow::Closed => no_such_room(),
             _ => changing_hands(),

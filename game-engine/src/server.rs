@@ -157,9 +157,12 @@ impl Engine {
         let lobby_snaps = client
             .queue_subscribe(ctx.subjects.lobby_snap(), ENGINE_QUEUE_GROUP.into())
             .await?;
-        // Every engine follows what is published, to know where a new publisher takes over.
+        // Every engine follows what is published, to know where a new publisher takes over,
+        // and reads where the bucket ends before its first heartbeat can make another
+        // engine stop publishing (what comes after is published by one or the other).
         let lobby_published = client.subscribe(ctx.subjects.lobby_events()).await?;
-        tasks.spawn(Lobby::new(ctx.clone()).run(lobby_snaps, lobby_published));
+        let lobby = Lobby::new(ctx.clone(), Lobby::bucket_end(&ctx).await);
+        tasks.spawn(lobby.run(lobby_snaps, lobby_published));
         tasks.spawn(ownership::run(ctx.clone()));
         tasks.spawn(proto::process::serve_admin(
             admin,

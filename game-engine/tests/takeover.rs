@@ -32,10 +32,11 @@ struct Engine {
 }
 
 impl Engine {
-    fn start(nats: &NatsServer, dir: &Path, id: &str) -> Engine {
+    fn start(nats: &NatsServer, dir: &Path, id: &str, env: &[(&str, &str)]) -> Engine {
         let admin = free_port();
         let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_game-engine"))
+            .envs(env.iter().copied())
             .env("PHASECAST_NATS__URL", nats.url())
             .env("PHASECAST_ENGINE__ID", id)
             .env("PHASECAST_ENGINE__LEASE", LEASE)
@@ -110,13 +111,18 @@ impl World {
     /// Starts an engine and waits for its first heartbeat (watched as the KV put's own
     /// message, so that it works before the first engine has made the bucket).
     async fn engine(&self, id: &str) -> Engine {
+        self.engine_with(id, &[]).await
+    }
+
+    /// [`World::engine`] with more `PHASECAST_*` settings.
+    async fn engine_with(&self, id: &str, env: &[(&str, &str)]) -> Engine {
         let mut beats = self
             .client
             .subscribe(format!("$KV.game_engines.{id}"))
             .await
             .unwrap();
         self.client.flush().await.unwrap();
-        let engine = Engine::start(&self.nats, self.dir.path(), id);
+        let engine = Engine::start(&self.nats, self.dir.path(), id, env);
         loop {
             let beat = timeout(WAIT, beats.next())
                 .await
@@ -321,7 +327,9 @@ async fn after_every_engine_died_new_ones_resume_the_games_and_the_lobby() {
         engine.signal("KILL");
         engine.exited().await;
     }
-    let _fresh = w.engine("e3").await;
+    // First by id among the engines it sees (the dead ones' heartbeats are recent): the
+    // lobby's publisher from its start, while it reads the bucket.
+    let _fresh = w.engine("e0").await;
     // The day resumes: its votes end it.
     for id in &ids {
         w.ok(&code, json!({"type": "vote", "player": id, "target": null}))
@@ -342,12 +350,15 @@ async fn after_every_engine_died_new_ones_resume_the_games_and_the_lobby() {
         let headers = msg.headers.unwrap();
         let id: u64 = headers.get(SSE_ID).unwrap().as_str().parse().unwrap();
         let data: Value = serde_json::from_slice(&msg.payload).unwrap();
-        if id > last {
-            last = id;
-            if data["code"] == json!(later) {
-                assert_eq!(headers.get(SSE_EVENT).unwrap().as_str(), "room_opened");
-                break;
-            }
+        // Not even the new engine's start sends the bucket's old listings again.
+        assert!(
+            id > last,
+            "lobby ids rise across the restart: {id} after {last}"
+        );
+        last = id;
+        if data["code"] == json!(later) {
+            assert_eq!(headers.get(SSE_EVENT).unwrap().as_str(), "room_opened");
+            break;
         }
     }
 }
@@ -417,6 +428,48 @@ async fn a_paused_owner_is_fenced_when_it_wakes() {
         log.contains("another engine"),
         "the stale owner says why it let go"
     );
+}
+
+#[tokio::test]
+async fn a_new_lobby_publisher_publishes_what_the_dead_one_could_not() {
+    let w = World::start().await;
+    // Histories of 4 events: the survivor must read older changes from the bucket.
+    let small = [("PHASECAST_ENGINE__HISTORY", "4")];
+    let mut publisher = w.engine_with("e1", &small).await;
+    let _survivor = w.engine_with("e2", &small).await;
+    let mut lobby = w.client.subscribe(w.subjects.lobby_events()).await.unwrap();
+    test_support::server_has_read(&w.client).await;
+    publisher.signal("KILL");
+    publisher.exited().await;
+    // Created while e2 still counts e1 alive: nobody publishes them until e2 takes over.
+    let mut created = HashSet::new();
+    for n in 0..10 {
+        let code = w
+            .create(json!({"title": format!("gap {n}"), "total": 3, "mafia": 1}))
+            .await;
+        created.insert(code.to_string());
+    }
+    let mut announced = HashSet::new();
+    let mut last = 0;
+    while announced != created {
+        let event = timeout(WAIT, lobby.next()).await;
+        let event = event
+            .expect("every room created in the gap announced")
+            .unwrap();
+        let id: u64 = event
+            .headers
+            .as_ref()
+            .unwrap()
+            .get(SSE_ID)
+            .unwrap()
+            .as_str()
+            .parse()
+            .unwrap();
+        assert!(id > last, "lobby ids rise: {id} after {last}");
+        last = id;
+        let data: Value = serde_json::from_slice(&event.payload).unwrap();
+        announced.insert(data["code"].as_str().unwrap().to_owned());
+    }
 }
 
 #[tokio::test]

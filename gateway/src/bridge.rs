@@ -116,7 +116,8 @@ pub async fn command(
 }
 
 /// Refuses (403) a request another site's page could have made with the player's cookie. A
-/// request that comes with a cookie or an `Origin` (as a browser's do) must declare its body
+/// request that comes with a cookie, an `Origin` or `Sec-Fetch-*` headers (as a browser's do)
+/// must declare its body
 /// `application/json` (an HTML form cannot declare it, and a script on another site cannot
 /// without a CORS preflight this gateway refuses); its `Origin`, if any, must be this host or
 /// one of `gateway.cors_origins`. Other clients (tools and backends, which name their own
@@ -127,8 +128,12 @@ fn from_this_site(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError>
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    let from_a_browser =
-        headers.contains_key(header::ORIGIN) || headers.contains_key(header::COOKIE);
+    let from_a_browser = [header::ORIGIN, header::COOKIE]
+        .iter()
+        .any(|name| headers.contains_key(name))
+        || headers
+            .keys()
+            .any(|name| name.as_str().starts_with("sec-fetch-"));
     if from_a_browser && !json {
         return Err(ApiError::new(
             ErrorCode::Forbidden,

@@ -108,7 +108,7 @@ fn from_object<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Rejec
 }
 
 /// A client's name for one attempt at a command, so that retrying it is safe: 1 to 64
-/// printable ASCII characters (a UUID fits).
+/// visible ASCII characters, no spaces (a UUID fits).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct RequestId(String);
