@@ -7,11 +7,11 @@
 //! `room_updated` / `room_closed` with `Sse-Id` = its revision: the first live engine by id
 //! (`ownership` says which, [`Context::lobby_publisher`]), so that an id goes out once. Every
 //! engine follows what is published; one that becomes the publisher (the previous one died or
-//! left) first publishes what it holds after the last id it saw go out (after what the bucket
-//! held when it started, if it saw none). So ids rise across
-//! engines and restarts, and a lobby stream outlives any engine. While engines disagree on
-//! who is alive (for about a lease after one dies or a paused one wakes) two may publish: the
-//! same id with the same bytes, both from the same bucket entry, which gateways deliver once.
+//! left) first publishes what it has not seen go out, from the bucket and its history. An
+//! engine takes what the bucket held when it started as published. So ids rise across engines
+//! and restarts, and a lobby stream outlives any engine. While engines disagree on who is
+//! alive (for about a lease after one dies or a paused one wakes) two may publish: the same id
+//! with the same bytes, both from the same bucket entry, which gateways deliver once.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -272,7 +272,7 @@ impl Lobby {
                 Err(e) => tracing::warn!(error = %e, "cannot read where the lobby bucket ends"),
             }
             tokio::select! {
-                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 () = ctx.shutdown.cancelled() => return 0,
             }
         }

@@ -11,6 +11,9 @@
 //! every engine falls silent at once and none is judged gone. A claim is a compare-and-set of the room's record to the new owner and the next
 //! epoch; whoever loses the race moves on. Correctness never rests on the lease: the commit's
 //! compare-and-set fences a stale owner whatever the clocks say. See `docs/durability.md`.
+//!
+//! The same view of who is alive names the engine that publishes the lobby's events: the
+//! first live one by id ([`Context::lobby_publisher`], used by `lobby`).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use metrics::{counter, gauge, histogram};
 use proto::command::decode_command;
 use proto::event::Phase;
-use proto::subject::OWNER_QUEUE_GROUP;
+use proto::subject::owner_queue_group;
 use proto::{
     Command, CommandOk, ErrorCode, PlayerId, Rejection, Reply, RoomCode, SnapReply, SnapRequest,
 };
@@ -126,11 +126,17 @@ impl Room {
         let code = record.game.code().clone();
         let commands = ctx
             .client
-            .queue_subscribe(ctx.subjects.room_cmd(&code), OWNER_QUEUE_GROUP.into())
+            .queue_subscribe(
+                ctx.subjects.room_cmd(&code),
+                owner_queue_group(record.epoch),
+            )
             .await?;
         let snaps = ctx
             .client
-            .queue_subscribe(ctx.subjects.room_snap(&code), OWNER_QUEUE_GROUP.into())
+            .queue_subscribe(
+                ctx.subjects.room_snap(&code),
+                owner_queue_group(record.epoch),
+            )
             .await?;
         // A new room's history is complete from its first event; a resumed one knows its
         // last step, and reads the rest from the log when a `since` needs it.

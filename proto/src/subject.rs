@@ -8,9 +8,16 @@ use crate::ids::{PlayerId, RoomCode};
 /// The queue group engines share `lobby.create` in, so each create reaches one engine.
 pub const ENGINE_QUEUE_GROUP: &str = "game-engine";
 
-/// The queue group a room's owner listens to its `cmd` and `snap` subjects in: while a room
-/// changes hands two engines may briefly both listen, and each request still reaches one.
-pub const OWNER_QUEUE_GROUP: &str = "room-owner";
+/// The queue group a room's owner listens to its `cmd` and `snap` subjects in, one per
+/// tenure (`epoch`, raised by every takeover). A takeover from an engine that is paused, not
+/// dead, leaves that engine subscribed until its connection dies: in one shared group NATS
+/// would hand it a share of the room's requests, to wait unanswered while it sleeps. In
+/// groups of their own the new owner receives every request. The stale owner receives them
+/// too, and whatever it answers when it wakes comes after the owner's answer, which the
+/// requester has taken (it cannot commit, so it answers "try again" at most).
+pub fn owner_queue_group(epoch: u64) -> String {
+    format!("room-owner-{epoch}")
+}
 
 /// Builds every subject under one configurable prefix (`game` by default).
 #[derive(Clone, Debug, PartialEq, Eq)]
