@@ -107,7 +107,6 @@ pub async fn run(ctx: Arc<Context>) {
 /// lease (the process was paused, or NATS unreachable) means others may have taken rooms:
 /// every room re-checks its record.
 async fn heartbeat(ctx: &Context) {
-    let mut last_beat = Instant::now();
     let mut ticks = tokio::time::interval(ctx.lease / 4);
     loop {
         tokio::select! {
@@ -116,11 +115,11 @@ async fn heartbeat(ctx: &Context) {
         }
         match ctx.store.engines.put(&ctx.engine_id, ALIVE.into()).await {
             Ok(_) => {
-                if last_beat.elapsed() > ctx.lease {
+                if ctx.lease_lapsed() {
                     tracing::warn!("heartbeat lapsed beyond the lease; rooms re-check ownership");
                     ctx.recheck.send_modify(|n| *n += 1);
                 }
-                last_beat = Instant::now();
+                *ctx.last_beat.lock().expect("heartbeat lock") = Instant::now();
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat not written"),
         }

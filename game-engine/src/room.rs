@@ -112,6 +112,9 @@ pub struct Room {
     players: usize,
     /// Set while JetStream refuses commits: how long the room waits before its next step.
     pause: Option<Duration>,
+    /// The engine's lease lapses counted ([`Context::recheck`]) when the room last found its
+    /// record still its own.
+    checked: u64,
 }
 
 impl Room {
@@ -157,6 +160,7 @@ impl Room {
             phase,
             players: 0,
             pause: None,
+            checked: *ctx.recheck.borrow(),
             record,
         };
         ctx.tasks.spawn(room.run(commands, snaps));
@@ -188,11 +192,17 @@ impl Room {
                 }
             };
             let outcome = tokio::select! {
-                Some(msg) = commands.next() => self.on_command(msg),
-                Some(msg) = snaps.next() => {
-                    self.on_snap(msg).await;
-                    Outcome::nothing(Flow::Continue)
-                }
+                Some(msg) = commands.next() => match self.still_ours().await {
+                    Flow::Continue => self.on_command(msg),
+                    flow => self.turned_away(msg, flow),
+                },
+                Some(msg) = snaps.next() => match self.still_ours().await {
+                    Flow::Continue => {
+                        self.on_snap(msg).await;
+                        Outcome::nothing(Flow::Continue)
+                    }
+                    flow => self.turned_away(msg, flow),
+                },
                 () = alarm.fired() => self.on_deadline(),
                 Ok(()) = recheck.changed() => Outcome::nothing(self.recheck().await),
                 // The engine is stopping: the room stays in JetStream for another engine.
@@ -588,9 +598,39 @@ impl Room {
     }
 
     /// This engine's lease may have lapsed: carry on only if the record is still ours.
+    /// Whether the room may answer: at once while the engine's lease holds and has not
+    /// lapsed since the room last checked, else only once its record shows it still owns the
+    /// room. An engine that wakes from a pause (SIGSTOP) holds requests that the room's new
+    /// owner answers too; answering them from the state it had would race the owner's answer
+    /// with a stale one (a snapshot from before the takeover, or a refusal by old rules).
+    /// (The heartbeat counts a lapse before it renews the lease, so one of the two shows.)
+    async fn still_ours(&mut self) -> Flow {
+        if self.ctx.lease_lapsed() || *self.ctx.recheck.borrow() != self.checked {
+            self.recheck().await
+        } else {
+            Flow::Continue
+        }
+    }
+
+    /// A request the room will not answer as its owner: "try again" (the owner has the
+    /// same request, and its answer comes first); the room stops.
+    fn turned_away(&self, msg: Message, flow: Flow) -> Outcome {
+        Outcome {
+            reply: msg
+                .reply
+                .map(|to| (to, Reply::<()>::Err(changing_hands()).to_bytes())),
+            ..Outcome::nothing(flow)
+        }
+    }
+
+    /// Reads the room's record: still ours if nobody has committed over our revision.
     async fn recheck(&mut self) -> Flow {
+        let lapses = *self.ctx.recheck.borrow();
         match self.ctx.store.rooms.entry(self.code.as_str()).await {
-            Ok(Some(entry)) if entry.revision == self.revision => Flow::Continue,
+            Ok(Some(entry)) if entry.revision == self.revision => {
+                self.checked = lapses;
+                Flow::Continue
+            }
             Ok(_) => {
                 counter!(m::OWNERSHIP_LOST).increment(1);
                 tracing::warn!(room = %self.code, "another engine took this room over");

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use proto::headers::{SSE_EVENT, SSE_ID};
 use proto::{RoomCode, Subjects};
 use serde_json::{json, Value};
@@ -408,11 +408,47 @@ async fn a_paused_owner_is_fenced_when_it_wakes() {
         answered.insert(reply.subject.to_string());
     }
     stale.signal("CONT");
+    // Woken, the old owner holds copies of requests the new one answers: it must not answer
+    // them from what it held before the takeover (a snapshot from then would win the race
+    // with the owner's as often as not).
+    let snaps = w.client.new_inbox();
+    let mut snap_replies = w.client.subscribe(format!("{snaps}.*")).await.unwrap();
+    let fresh = json!({"viewer": null, "since": null}).to_string();
+    for i in 0..8 {
+        let to = format!("{snaps}.{i}");
+        (w.client)
+            .publish_with_reply(w.subjects.room_snap(&code), to, fresh.clone().into())
+            .await
+            .unwrap();
+    }
+    let mut snapshot_ids = HashSet::new();
+    let mut note = |reply: async_nats::Message| {
+        let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+        match body["events"][0]["id"].as_u64() {
+            Some(id) => snapshot_ids.insert(id),
+            None => {
+                assert_eq!(body["error"], "unavailable", "{body}");
+                false
+            }
+        };
+    };
+    for _ in 0..8 {
+        let reply = timeout(WAIT, snap_replies.next()).await;
+        note(reply.expect("snapshots answered").unwrap());
+    }
     // The stale engine finds out, and stops serving the room.
     w.until("the stale owner to notice", || async {
         (stale.metric("phasecast_engine_ownership_lost_total").await >= 1.0).then_some(())
     })
     .await;
+    while let Some(Some(reply)) = snap_replies.next().now_or_never() {
+        note(reply);
+    }
+    assert_eq!(
+        snapshot_ids.len(),
+        1,
+        "one snapshot, the owner's: {snapshot_ids:?}"
+    );
     for id in &ids[1..] {
         w.ok(&code, json!({"type": "vote", "player": id, "target": null}))
             .await;
