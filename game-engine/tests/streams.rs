@@ -215,20 +215,10 @@ async fn an_empty_waiting_room_closes_and_the_host_moves_on() {
     );
     // The last player leaves, and more commands are already on their way: the room closes
     // with them queued, and answers them (no such room) rather than leaving them unanswered.
-    let inbox = h.client.new_inbox();
-    let mut replies = h.client.subscribe(format!("{inbox}.*")).await.unwrap();
     let leave = json!({"type": "leave", "player": bob});
     let late = json!({"type": "chat", "player": bob, "text": "still here?"});
-    for (i, body) in std::iter::once(leave).chain(vec![late; 5]).enumerate() {
-        (h.client)
-            .publish_with_reply(
-                h.subjects.room_cmd(&code),
-                format!("{inbox}.{i}"),
-                body.to_string().into(),
-            )
-            .await
-            .unwrap();
-    }
+    let bodies = std::iter::once(leave).chain(vec![late; 5]);
+    let mut replies = common::send_requests(&h.client, h.subjects.room_cmd(&code), bodies).await;
     let mut answers = std::collections::BTreeMap::new();
     while answers.len() < 6 {
         let reply = tokio::time::timeout(common::WAIT, replies.next()).await;

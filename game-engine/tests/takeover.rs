@@ -385,19 +385,9 @@ async fn a_paused_owner_is_fenced_when_it_wakes() {
     // The paused engine is still subscribed (its connection is open), but in the queue group
     // of its own tenure: the new owner receives and answers every request, while the stale
     // one sleeps.
-    let inbox = w.client.new_inbox();
-    let mut replies = w.client.subscribe(format!("{inbox}.*")).await.unwrap();
-    for i in 0..8 {
-        let chat = json!({"type": "chat", "player": ids[1], "text": format!("line {i}")});
-        (w.client)
-            .publish_with_reply(
-                w.subjects.room_cmd(&code),
-                format!("{inbox}.{i}"),
-                chat.to_string().into(),
-            )
-            .await
-            .unwrap();
-    }
+    let chats =
+        (0..8).map(|i| json!({"type": "chat", "player": ids[1], "text": format!("line {i}")}));
+    let mut replies = common::send_requests(&w.client, w.subjects.room_cmd(&code), chats).await;
     let mut answered = HashSet::new();
     while answered.len() < 8 {
         let reply = timeout(WAIT, replies.next()).await;
@@ -411,16 +401,9 @@ async fn a_paused_owner_is_fenced_when_it_wakes() {
     // Woken, the old owner holds copies of requests the new one answers: it must not answer
     // them from what it held before the takeover (a snapshot from then would win the race
     // with the owner's as often as not).
-    let snaps = w.client.new_inbox();
-    let mut snap_replies = w.client.subscribe(format!("{snaps}.*")).await.unwrap();
-    let fresh = json!({"viewer": null, "since": null}).to_string();
-    for i in 0..8 {
-        let to = format!("{snaps}.{i}");
-        (w.client)
-            .publish_with_reply(w.subjects.room_snap(&code), to, fresh.clone().into())
-            .await
-            .unwrap();
-    }
+    let fresh = vec![json!({"viewer": null, "since": null}); 8];
+    let mut snap_replies =
+        common::send_requests(&w.client, w.subjects.room_snap(&code), fresh).await;
     let mut snapshot_ids = HashSet::new();
     let mut note = |reply: async_nats::Message| {
         let body: Value = serde_json::from_slice(&reply.payload).unwrap();

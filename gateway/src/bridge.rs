@@ -117,11 +117,11 @@ pub async fn command(
 
 /// Refuses (403) a request another site's page could have made with the player's cookie. A
 /// request that comes with a cookie, an `Origin` or `Sec-Fetch-*` headers (as a browser's do)
-/// must declare its body
-/// `application/json` (an HTML form cannot declare it, and a script on another site cannot
-/// without a CORS preflight this gateway refuses); its `Origin`, if any, must be this host or
-/// one of `gateway.cors_origins`. Other clients (tools and backends, which name their own
-/// token) may declare what they like (`curl -d` says form): the body is read as JSON anyway.
+/// must declare its body `application/json` (an HTML form cannot declare it, and a script on
+/// another site cannot without a CORS preflight this gateway refuses); its `Origin`, if any,
+/// must be this host or one of `gateway.cors_origins`. Other clients (tools and backends,
+/// which name their own token) may declare what they like (`curl -d` says form): the body
+/// is read as JSON anyway.
 fn from_this_site(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)

@@ -21,6 +21,26 @@ pub mod tap;
 /// How long any single network wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Sends every body as a request to `subject` at once, without waiting for answers; the
+/// answers come on the subscription returned, each to `<inbox>.<n>` for the `n`th body (so
+/// a test can tell them apart, and see a second answer to one request).
+pub async fn send_requests(
+    client: &Client,
+    subject: String,
+    bodies: impl IntoIterator<Item = Value>,
+) -> Subscriber {
+    let inbox = client.new_inbox();
+    let replies = client.subscribe(format!("{inbox}.*")).await.unwrap();
+    for (n, body) in bodies.into_iter().enumerate() {
+        let to = format!("{inbox}.{n}");
+        (client)
+            .publish_with_reply(subject.clone(), to, body.to_string().into())
+            .await
+            .unwrap();
+    }
+    replies
+}
+
 pub struct Harness {
     pub nats: NatsServer,
     pub client: Client,
