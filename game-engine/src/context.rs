@@ -36,9 +36,10 @@ pub struct Context {
     /// Bumped when this engine's lease may have lapsed (it could not renew its heartbeat in
     /// time, say after SIGSTOP): every room then checks that it still owns its record.
     pub recheck: watch::Sender<u64>,
-    /// When this engine's heartbeat was last written: until the next, after a lapse, a room
-    /// checks it still owns its record before it answers anything ([`Context::lease_lapsed`]).
-    pub last_beat: Mutex<tokio::time::Instant>,
+    /// When this engine's last heartbeat was sent (of those written; `None` before the
+    /// first): after a lapse, a room checks it still owns its record before it answers
+    /// anything ([`Context::lease_lapsed`]).
+    pub last_beat: Mutex<Option<tokio::time::Instant>>,
     /// How far this engine's lobby has read the lobby bucket, for its rooms' lobby writes to
     /// tell when the bucket went back.
     pub lobby_mark: Mutex<LobbyMark>,
@@ -52,8 +53,11 @@ pub struct Context {
 impl Context {
     /// Whether this engine's last heartbeat is older than the lease: other engines may have
     /// taken its rooms (it was paused, or cut off from NATS), and what it holds may be stale.
+    /// (Not before the first heartbeat: every room this engine holds then, it has just
+    /// created or claimed.)
     pub fn lease_lapsed(&self) -> bool {
-        self.last_beat.lock().expect("heartbeat lock").elapsed() > self.lease
+        let last_beat = *self.last_beat.lock().expect("heartbeat lock");
+        last_beat.is_some_and(|sent| sent.elapsed() > self.lease)
     }
 
     /// Publishes a reply to a request; one that cannot be sent is logged (`what` says which),

@@ -113,13 +113,15 @@ async fn heartbeat(ctx: &Context) {
             _ = ticks.tick() => {}
             () = ctx.shutdown.cancelled() => return,
         }
+        // The lease runs from when the beat was sent: the others may have seen it since.
+        let sent = Instant::now();
         match ctx.store.engines.put(&ctx.engine_id, ALIVE.into()).await {
             Ok(_) => {
                 if ctx.lease_lapsed() {
                     tracing::warn!("heartbeat lapsed beyond the lease; rooms re-check ownership");
                     ctx.recheck.send_modify(|n| *n += 1);
                 }
-                *ctx.last_beat.lock().expect("heartbeat lock") = Instant::now();
+                *ctx.last_beat.lock().expect("heartbeat lock") = Some(sent);
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat not written"),
         }

@@ -1,8 +1,8 @@
 //! One room: a task that owns its [`crate::rules::Game`] while this engine owns the room's record.
 //!
-//! Each room is its own task with its own NATS subscriptions (in the owners' queue group, so
-//! that while two engines briefly both listen, each request reaches one), so one room's
-//! command never queues behind another room's work. Its next deadline is an [`Alarm`] from the
+//! Each room is its own task with its own NATS subscriptions (in a queue group of its owner's
+//! tenure: see [`proto::subject::owner_queue_group`]), so one room's command never queues
+//! behind another room's work. Its next deadline is an [`Alarm`] from the
 //! engine's [`crate::scheduler`], awaited in the same `select!` as its commands.
 //!
 //! Every step (a command or a deadline) runs in the order that makes a room survive its
@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::kv::Operation;
 use async_nats::{Message, Subject, Subscriber};
 use futures::StreamExt;
 use metrics::{counter, gauge, histogram};
@@ -113,8 +114,9 @@ pub struct Room {
     /// Set while JetStream refuses commits: how long the room waits before its next step.
     pause: Option<Duration>,
     /// The engine's lease lapses counted ([`Context::recheck`]) when the room last found its
-    /// record still its own.
+    /// record still its own, and when it last knew (a read of its record, or a commit).
     checked: u64,
+    checked_at: Instant,
 }
 
 impl Room {
@@ -161,6 +163,7 @@ impl Room {
             players: 0,
             pause: None,
             checked: *ctx.recheck.borrow(),
+            checked_at: Instant::now(),
             record,
         };
         ctx.tasks.spawn(room.run(commands, snaps));
@@ -204,7 +207,7 @@ impl Room {
                     flow => self.turned_away(msg, flow),
                 },
                 () = alarm.fired() => self.on_deadline(),
-                Ok(()) = recheck.changed() => Outcome::nothing(self.recheck().await),
+                Ok(()) = recheck.changed() => Outcome::nothing(self.still_ours().await),
                 // The engine is stopping: the room stays in JetStream for another engine.
                 () = shutdown.cancelled() => Outcome::nothing(Flow::Gone),
                 else => Outcome::nothing(Flow::Gone),
@@ -266,16 +269,13 @@ impl Room {
     /// Stops listening (again: a room that stops between steps has not yet) and answers the
     /// commands already received, so that their requesters are not left to time out: "no
     /// such room" once it closed, else "try again", which the room's next owner answers. A
-    /// stale owner that wakes from a pause (SIGSTOP) finds the requests of the whole pause
-    /// here. (In async-nats 0.51 a drained subscription yields what the client holds for it
-    /// and ends; requests the server sends it after that are dropped, and time out.)
+    /// stale owner that wakes from a pause (SIGSTOP) finds here its copies of the requests
+    /// the new owner answered meanwhile. (In async-nats 0.51 a drained subscription yields
+    /// what the client holds for it and ends; requests the server sends it after that are
+    /// dropped, and time out.)
     async fn turn_away(&self, mut commands: Subscriber, flow: &Flow) {
         let _ = commands.drain().await;
-        let refusal = match flow {
-            Flow::Closed => no_such_room(),
-            _ => changing_hands(),
-        };
-        let body = Reply::<()>::Err(refusal).to_bytes();
+        let body = refusal_as(flow).to_bytes();
         let answer_all = async {
             while let Some(msg) = commands.next().await {
                 if let Some(to) = msg.reply {
@@ -487,6 +487,7 @@ impl Room {
             Ok(revision) => {
                 self.revision = revision;
                 self.pause = None;
+                self.checked_at = Instant::now();
                 return step;
             }
             Err(lost) => lost,
@@ -508,22 +509,7 @@ impl Room {
                 self.pause = Some(wait);
                 Flow::Continue
             }
-            CommitError::Landed(stored, revision) => {
-                // An earlier step did commit: it is the room now, published like a takeover's.
-                self.record = *stored;
-                self.revision = revision;
-                self.resume().await;
-                let last = self.history.last_id();
-                for event in self.record.outbox.iter().filter(|e| e.id > last) {
-                    self.history.record(event.clone());
-                }
-                self.count_players();
-                if self.record.closed {
-                    Flow::Closed
-                } else {
-                    Flow::Continue
-                }
-            }
+            CommitError::Landed(stored, revision) => self.take_landed(*stored, revision).await,
         };
         let retry = Reply::<()>::Err(changing_hands()).to_bytes();
         Outcome {
@@ -597,47 +583,80 @@ impl Room {
         (self.ctx.client.statistics().connects).load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// This engine's lease may have lapsed: carry on only if the record is still ours.
     /// Whether the room may answer: at once while the engine's lease holds and has not
-    /// lapsed since the room last checked, else only once its record shows it still owns the
-    /// room. An engine that wakes from a pause (SIGSTOP) holds requests that the room's new
-    /// owner answers too; answering them from the state it had would race the owner's answer
-    /// with a stale one (a snapshot from before the takeover, or a refusal by old rules).
-    /// (The heartbeat counts a lapse before it renews the lease, so one of the two shows.)
+    /// lapsed since the room last checked, else once its record shows it still owns the room
+    /// (read at most every quarter lease while the lease stays lapsed). An engine that wakes
+    /// from a pause (SIGSTOP) holds requests that the room's new owner answers too; answering
+    /// them from the state it had would race the owner's answer with a stale one (a snapshot
+    /// from before the takeover, or a refusal by old rules). (The heartbeat counts a lapse
+    /// before it renews the lease, so one of the two shows.)
     async fn still_ours(&mut self) -> Flow {
-        if self.ctx.lease_lapsed() || *self.ctx.recheck.borrow() != self.checked {
+        let lapsed_since_checked = *self.ctx.recheck.borrow() != self.checked;
+        let lapsed_now = self.ctx.lease_lapsed() && self.checked_at.elapsed() > self.ctx.lease / 4;
+        if lapsed_since_checked || lapsed_now {
             self.recheck().await
         } else {
             Flow::Continue
         }
     }
 
-    /// A request the room will not answer as its owner: "try again" (the owner has the
-    /// same request, and its answer comes first); the room stops.
+    /// A request the room will not answer as its owner, as it stops ([`refusal_as`]).
     fn turned_away(&self, msg: Message, flow: Flow) -> Outcome {
         Outcome {
-            reply: msg
-                .reply
-                .map(|to| (to, Reply::<()>::Err(changing_hands()).to_bytes())),
+            reply: msg.reply.map(|to| (to, refusal_as(&flow).to_bytes())),
             ..Outcome::nothing(flow)
         }
     }
 
-    /// Reads the room's record: still ours if nobody has committed over our revision.
+    /// Reads the room's record: still ours unless another engine has claimed it (another
+    /// owner, or another epoch). A newer record of our own tenure is a write of ours whose
+    /// ack was lost (or a store that went back): it becomes the room, as in [`Room::commit`].
+    /// A read JetStream does not answer within a quarter lease tells nothing: the room
+    /// carries on, and its next commit will tell.
     async fn recheck(&mut self) -> Flow {
         let lapses = *self.ctx.recheck.borrow();
-        match self.ctx.store.rooms.entry(self.code.as_str()).await {
-            Ok(Some(entry)) if entry.revision == self.revision => {
-                self.checked = lapses;
-                Flow::Continue
-            }
-            Ok(_) => {
-                counter!(m::OWNERSHIP_LOST).increment(1);
-                tracing::warn!(room = %self.code, "another engine took this room over");
-                Flow::Gone
-            }
-            // Cannot tell; the next commit will.
-            Err(_) => Flow::Continue,
+        let read = self.ctx.store.rooms.entry(self.code.as_str());
+        let Ok(Ok(entry)) = tokio::time::timeout(self.ctx.lease / 4, read).await else {
+            return Flow::Continue;
+        };
+        let ours = |stored: &RoomRecord| {
+            stored.owner == self.record.owner && stored.epoch == self.record.epoch
+        };
+        let flow = match entry {
+            Some(entry) if entry.revision == self.revision => Flow::Continue,
+            Some(entry) => match serde_json::from_slice::<RoomRecord>(&entry.value) {
+                Ok(stored) if entry.operation == Operation::Put && ours(&stored) => {
+                    self.take_landed(stored, entry.revision).await
+                }
+                _ => Flow::Gone,
+            },
+            None => Flow::Gone,
+        };
+        if flow == Flow::Gone {
+            counter!(m::OWNERSHIP_LOST).increment(1);
+            tracing::warn!(room = %self.code, "another engine took this room over");
+        } else {
+            self.checked = lapses;
+            self.checked_at = Instant::now();
+        }
+        flow
+    }
+
+    /// A record of this room's own tenure newer than the room's (a commit whose ack was
+    /// lost): it is the room now, its last step published like a takeover's.
+    async fn take_landed(&mut self, stored: RoomRecord, revision: u64) -> Flow {
+        self.record = stored;
+        self.revision = revision;
+        self.resume().await;
+        let last = self.history.last_id();
+        for event in self.record.outbox.iter().filter(|e| e.id > last) {
+            self.history.record(event.clone());
+        }
+        self.count_players();
+        if self.record.closed {
+            Flow::Closed
+        } else {
+            Flow::Continue
         }
     }
 
@@ -721,6 +740,15 @@ pub fn join_token(ctx: &Context, game: &Game, player_id: &PlayerId) -> Result<St
 
 fn no_such_room() -> Rejection {
     Rejection::new(ErrorCode::NoSuchRoom, "this room has closed")
+}
+
+/// What a room that stops answers the requests it will not serve: "no such room" once it
+/// closed, else "try again" (another engine owns it, or will).
+fn refusal_as(flow: &Flow) -> Reply<()> {
+    Reply::Err(match flow {
+        Flow::Closed => no_such_room(),
+        _ => changing_hands(),
+    })
 }
 
 fn changing_hands() -> Rejection {

@@ -115,7 +115,7 @@ impl Engine {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             recheck: tokio::sync::watch::Sender::new(0),
-            last_beat: std::sync::Mutex::new(tokio::time::Instant::now()),
+            last_beat: std::sync::Mutex::new(None),
             lobby_mark: std::sync::Mutex::default(),
             lobby_went_back: tokio::sync::Notify::new(),
             lobby_publisher: tokio::sync::watch::Sender::new(false),

@@ -22,7 +22,7 @@ use tokio::time::{timeout, Instant};
 /// How long any single wait in these tests may take.
 const WAIT: Duration = Duration::from_secs(30);
 /// The lease the engines run with here: short, so a takeover test takes seconds.
-const LEASE: &str = "1s";
+const LEASE: Duration = Duration::from_secs(1);
 
 /// A `game-engine` process, killed when dropped.
 struct Engine {
@@ -39,7 +39,10 @@ impl Engine {
             .envs(env.iter().copied())
             .env("PHASECAST_NATS__URL", nats.url())
             .env("PHASECAST_ENGINE__ID", id)
-            .env("PHASECAST_ENGINE__LEASE", LEASE)
+            .env(
+                "PHASECAST_ENGINE__LEASE",
+                format!("{}ms", LEASE.as_millis()),
+            )
             .env("PHASECAST_ENGINE__MIN_PHASE", "0s")
             .env("PHASECAST_ENGINE__ADMIN_LISTEN", admin.to_string())
             .env("PHASECAST_AUTH__SIGNING_KEY_FILE", dir.join("signing.pem"))
@@ -489,6 +492,38 @@ async fn a_new_lobby_publisher_publishes_what_the_dead_one_could_not() {
         let data: Value = serde_json::from_slice(&event.payload).unwrap();
         announced.insert(data["code"].as_str().unwrap().to_owned());
     }
+}
+
+#[tokio::test]
+async fn a_woken_engine_keeps_a_room_whose_newer_record_is_its_own() {
+    let w = World::start().await;
+    let engine = w.engine("e1").await;
+    let code = w
+        .create(json!({"title": "landed", "total": 3, "mafia": 1}))
+        .await;
+    w.ok(&code, json!({"type": "join", "name": "Ann"})).await;
+    // A newer revision of the room's own record, as when a commit landed but its ack was
+    // lost: same owner, same epoch.
+    let kv = w.js.get_key_value("game_rooms").await.unwrap();
+    let record = kv.get(code.as_str()).await.unwrap().expect("a stored room");
+    kv.put(code.as_str(), record).await.unwrap();
+    // Paused beyond its lease (no other engine to take the room): woken, its rooms check
+    // their records before they answer.
+    let mut beats = w.client.subscribe("$KV.game_engines.e1").await.unwrap();
+    test_support::server_has_read(&w.client).await;
+    engine.signal("STOP");
+    while let Ok(beat) = timeout(LEASE * 2, beats.next()).await {
+        beat.expect("the heartbeat subscription");
+    }
+    engine.signal("CONT");
+    // Its own record is no takeover: the room still answers, and goes on.
+    let bob = w.ok(&code, json!({"type": "join", "name": "Bob"})).await;
+    assert!(bob["player_id"].is_string(), "{bob}");
+    assert_eq!(
+        engine.metric("phasecast_engine_ownership_lost_total").await,
+        0.0,
+        "the room was not given up"
+    );
 }
 
 #[tokio::test]

@@ -13,8 +13,8 @@ pub const ENGINE_QUEUE_GROUP: &str = "game-engine";
 /// dead, leaves that engine subscribed until its connection dies: in one shared group NATS
 /// would hand it a share of the room's requests, to wait unanswered while it sleeps. In
 /// groups of their own the new owner receives every request. The stale owner receives them
-/// too, and whatever it answers when it wakes comes after the owner's answer, which the
-/// requester has taken (it cannot commit, so it answers "try again" at most).
+/// too; it cannot commit, and after its lapse answers nothing before reading its record, so
+/// it answers "try again" at most (docs/protocol.md §2).
 pub fn owner_queue_group(epoch: u64) -> String {
     format!("room-owner-{epoch}")
 }
