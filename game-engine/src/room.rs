@@ -591,9 +591,8 @@ impl Room {
     /// from before the takeover, or a refusal by old rules). (The heartbeat counts a lapse
     /// before it renews the lease, so one of the two shows.)
     async fn still_ours(&mut self) -> Flow {
-        let lapsed_since_checked = *self.ctx.recheck.borrow() != self.checked;
-        let lapsed_now = self.ctx.lease_lapsed() && self.checked_at.elapsed() > self.ctx.lease / 4;
-        if lapsed_since_checked || lapsed_now {
+        let lapsed = *self.ctx.recheck.borrow() != self.checked || self.ctx.lease_lapsed();
+        if lapsed && self.checked_at.elapsed() > self.ctx.lease / 4 {
             self.recheck().await
         } else {
             Flow::Continue
@@ -616,7 +615,11 @@ impl Room {
     async fn recheck(&mut self) -> Flow {
         let lapses = *self.ctx.recheck.borrow();
         let read = self.ctx.store.rooms.entry(self.code.as_str());
-        let Ok(Ok(entry)) = tokio::time::timeout(self.ctx.lease / 4, read).await else {
+        let read = tokio::time::timeout(self.ctx.lease / 4, read).await;
+        // Tried: not again for a quarter lease, whatever came of it, so that requests
+        // queued behind a JetStream that does not answer wait for one read, not one each.
+        self.checked_at = Instant::now();
+        let Ok(Ok(entry)) = read else {
             return Flow::Continue;
         };
         let ours = |stored: &RoomRecord| {
@@ -637,7 +640,6 @@ impl Room {
             tracing::warn!(room = %self.code, "another engine took this room over");
         } else {
             self.checked = lapses;
-            self.checked_at = Instant::now();
         }
         flow
     }
