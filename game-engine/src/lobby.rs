@@ -223,6 +223,13 @@ fn lobby_event(entry: &Entry) -> Option<(RoomCode, Logged, Option<LobbyRoom>)> {
     Some((code, event, listed))
 }
 
+/// Where the lobby bucket's stream ends now (its last sequence: the last revision given);
+/// `None` if JetStream does not say.
+async fn bucket_last(ctx: &Context) -> Option<u64> {
+    let info = ctx.store.lobby.stream.get_info().await.ok()?;
+    Some(info.state.last_sequence)
+}
+
 fn listed(event: &str, room: &LobbyRoom) -> bytes::Bytes {
     serde_json::to_vec(&Listed {
         event: event.to_owned(),
@@ -267,10 +274,10 @@ impl Lobby {
     /// Where the lobby bucket ends now, asked until JetStream answers (or the engine stops).
     pub async fn bucket_end(ctx: &Context) -> u64 {
         loop {
-            match ctx.store.lobby.stream.get_info().await {
-                Ok(info) => return info.state.last_sequence,
-                Err(e) => tracing::warn!(error = %e, "cannot read where the lobby bucket ends"),
+            if let Some(last) = bucket_last(ctx).await {
+                return last;
             }
+            tracing::warn!("cannot read where the lobby bucket ends");
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 () = ctx.shutdown.cancelled() => return 0,
@@ -344,10 +351,7 @@ impl Lobby {
         if last == 0 {
             return false;
         }
-        match self.ctx.store.lobby.stream.get_info().await {
-            Ok(info) => info.state.last_sequence < last,
-            Err(_) => false,
-        }
+        bucket_last(&self.ctx).await.is_some_and(|end| end < last)
     }
 
     /// Forgets the lobby and reads it again from the bucket, publishing every listing with

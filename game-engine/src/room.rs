@@ -14,7 +14,6 @@
 use std::sync::Arc;
 
 use async_nats::jetstream::context::PublishAckFuture;
-use async_nats::jetstream::kv::Operation;
 use async_nats::{Message, Subject, Subscriber};
 use futures::StreamExt;
 use metrics::{counter, gauge, histogram};
@@ -610,30 +609,24 @@ impl Room {
     /// Reads the room's record: still ours unless another engine has claimed it (another
     /// owner, or another epoch). A newer record of our own tenure is a write of ours whose
     /// ack was lost (or a store that went back): it becomes the room, as in [`Room::commit`].
-    /// A read JetStream does not answer within a quarter lease tells nothing: the room
-    /// carries on, and its next commit will tell.
+    /// A read that fails or takes over a quarter lease tells nothing: the room carries on,
+    /// and its next commit will tell.
     async fn recheck(&mut self) -> Flow {
         let lapses = *self.ctx.recheck.borrow();
-        let read = self.ctx.store.rooms.entry(self.code.as_str());
+        let read = self.ctx.store.load(&self.code);
         let read = tokio::time::timeout(self.ctx.lease / 4, read).await;
         // Tried: not again for a quarter lease, whatever came of it, so that requests
         // queued behind a JetStream that does not answer wait for one read, not one each.
         self.checked_at = Instant::now();
-        let Ok(Ok(entry)) = read else {
+        let Ok(Ok(stored)) = read else {
             return Flow::Continue;
         };
-        let ours = |stored: &RoomRecord| {
-            stored.owner == self.record.owner && stored.epoch == self.record.epoch
-        };
-        let flow = match entry {
-            Some(entry) if entry.revision == self.revision => Flow::Continue,
-            Some(entry) => match serde_json::from_slice::<RoomRecord>(&entry.value) {
-                Ok(stored) if entry.operation == Operation::Put && ours(&stored) => {
-                    self.take_landed(stored, entry.revision).await
-                }
-                _ => Flow::Gone,
-            },
-            None => Flow::Gone,
+        let flow = match stored {
+            Some((_, revision)) if revision == self.revision => Flow::Continue,
+            Some((stored, revision)) if stored.same_tenure(&self.record) => {
+                self.take_landed(stored, revision).await
+            }
+            _ => Flow::Gone,
         };
         if flow == Flow::Gone {
             counter!(m::OWNERSHIP_LOST).increment(1);

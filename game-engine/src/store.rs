@@ -108,6 +108,12 @@ impl RoomRecord {
         }
     }
 
+    /// Whether `other` was written in this record's tenure (same owner, same epoch): only
+    /// that owner writes with its epoch, so a newer such record is a write of its own.
+    pub fn same_tenure(&self, other: &RoomRecord) -> bool {
+        self.owner == other.owner && self.epoch == other.epoch
+    }
+
     /// Numbers a step's events from the room's counter, marks the room closed if the step
     /// closed it, and makes the events the outbox the next commit carries.
     pub fn step(&mut self, fx: Effects) -> Vec<Logged> {
@@ -281,9 +287,7 @@ impl Store {
             Ok(revision) => Ok(revision),
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => match self.load(code).await
             {
-                Ok(Some((stored, at)))
-                    if stored.owner == record.owner && stored.epoch == record.epoch =>
-                {
+                Ok(Some((stored, at))) if stored.same_tenure(record) => {
                     Err(CommitError::Landed(Box::new(stored), at))
                 }
                 Ok(_) => Err(CommitError::Fenced),

@@ -221,6 +221,14 @@ impl Drop for World {
     }
 }
 
+/// A lobby event as it went out on NATS: its id, name and data.
+fn lobby_event(msg: &async_nats::Message) -> (u64, String, Value) {
+    let headers = msg.headers.as_ref().expect("events carry headers");
+    let id = headers.get(SSE_ID).unwrap().as_str().parse().unwrap();
+    let name = headers.get(SSE_EVENT).unwrap().as_str().to_owned();
+    (id, name, serde_json::from_slice(&msg.payload).unwrap())
+}
+
 /// Three players (one mafia) in a room whose night lasts `night_ms`; returns the code, the
 /// players' ids and the mafia's id, with the game started.
 async fn seated_game(w: &World, tap_night_ms: u64) -> (RoomCode, Tap, Vec<String>, String) {
@@ -350,9 +358,7 @@ async fn after_every_engine_died_new_ones_resume_the_games_and_the_lobby() {
             .await
             .expect("the new room in the lobby")
             .unwrap();
-        let headers = msg.headers.unwrap();
-        let id: u64 = headers.get(SSE_ID).unwrap().as_str().parse().unwrap();
-        let data: Value = serde_json::from_slice(&msg.payload).unwrap();
+        let (id, name, data) = lobby_event(&msg);
         // Not even the new engine's start sends the bucket's old listings again.
         assert!(
             id > last,
@@ -360,7 +366,7 @@ async fn after_every_engine_died_new_ones_resume_the_games_and_the_lobby() {
         );
         last = id;
         if data["code"] == json!(later) {
-            assert_eq!(headers.get(SSE_EVENT).unwrap().as_str(), "room_opened");
+            assert_eq!(name, "room_opened");
             break;
         }
     }
@@ -478,18 +484,9 @@ async fn a_new_lobby_publisher_publishes_what_the_dead_one_could_not() {
         let event = event
             .expect("every room created in the gap announced")
             .unwrap();
-        let id: u64 = event
-            .headers
-            .as_ref()
-            .unwrap()
-            .get(SSE_ID)
-            .unwrap()
-            .as_str()
-            .parse()
-            .unwrap();
+        let (id, _, data) = lobby_event(&event);
         assert!(id > last, "lobby ids rise: {id} after {last}");
         last = id;
-        let data: Value = serde_json::from_slice(&event.payload).unwrap();
         announced.insert(data["code"].as_str().unwrap().to_owned());
     }
 }
@@ -582,17 +579,9 @@ async fn engines_racing_give_unique_codes_and_one_lobby() {
     while opened.len() < ROOMS {
         let event = timeout(WAIT, lobby_events.next()).await;
         let event = event.expect("a room_opened for every room").unwrap();
-        let headers = event.headers.as_ref().unwrap();
-        ids.push(
-            headers
-                .get(SSE_ID)
-                .unwrap()
-                .as_str()
-                .parse::<u64>()
-                .unwrap(),
-        );
-        if headers.get(SSE_EVENT).unwrap().as_str() == "room_opened" {
-            let data: Value = serde_json::from_slice(&event.payload).unwrap();
+        let (id, name, data) = lobby_event(&event);
+        ids.push(id);
+        if name == "room_opened" {
             opened.insert(data["code"].as_str().unwrap().to_owned());
         }
     }
