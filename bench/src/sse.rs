@@ -127,10 +127,14 @@ impl Stream {
         Ok(stream)
     }
 
-    /// Waits until there is something to read: bytes on the socket, or frames left unread by
-    /// a [`Stream::read_frames`] that was stopped early (cancel-safe).
+    /// Waits until there is something to read: bytes on the socket, frames left unread by a
+    /// [`Stream::read_frames`] that was stopped early, or the end of the body (cancel-safe).
+    /// A body that ended came with the frames before it, maybe with the snapshot a caller
+    /// stopped at, and a proxy keeps the connection open for its next request: waiting on the
+    /// socket then would wait for ever (what the chaos soak took for a silent stream).
     pub async fn readable(&self) -> std::io::Result<()> {
-        if find(&self.text, b"\n\n").is_some() {
+        let ended = self.chunks.as_ref().is_some_and(Dechunker::done);
+        if ended || find(&self.text, b"\n\n").is_some() {
             return Ok(());
         }
         self.socket.readable().await
@@ -456,6 +460,60 @@ mod tests {
             (before..=after).contains(&arrived),
             "{before} <= {arrived} <= {after}"
         );
+    }
+
+    /// A body whose end came in the same read as the event a caller stopped at, on a
+    /// connection the server keeps open (nginx's keep-alive): the next wait must end.
+    #[tokio::test]
+    async fn a_body_that_ended_with_the_event_read_is_seen_to_end() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 1024];
+            let _ = socket.readable().await;
+            let _ = socket.try_read(&mut head);
+            socket
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                      20\r\nid: 3\nevent: snapshot\ndata: {}\n\n\r\n0\r\n\r\n",
+                )
+                .await
+                .unwrap();
+            // Kept open, as a proxy keeps a kept-alive connection.
+            std::future::pending::<()>().await;
+        });
+        let request = Request {
+            target: addr,
+            source: Ipv4Addr::LOCALHOST,
+            path: "/",
+            token: None,
+            last_event_id: None,
+        };
+        let wait = Duration::from_secs(5);
+        let mut stream = tokio::time::timeout(wait, Stream::open(&request))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut snapshot = None;
+        stream
+            .read_frames(|frame| {
+                snapshot = frame.id;
+                ControlFlow::Break(())
+            })
+            .unwrap();
+        assert_eq!(snapshot, Some(3));
+        tokio::time::timeout(wait, stream.readable())
+            .await
+            .expect("the wait after the end of the body ends")
+            .unwrap();
+        assert!(
+            !stream
+                .read_frames(|_| ControlFlow::Continue(()))
+                .unwrap()
+                .open
+        );
+        server.abort();
     }
 
     #[test]
