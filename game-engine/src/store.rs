@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::outgoing::{Audience, Effects};
-use crate::rules::Game;
+use crate::rules::{is_false, Game};
 
 /// How JetStream keeps what the engine stores.
 #[derive(Clone, Debug)]
@@ -80,14 +80,17 @@ pub struct RoomRecord {
     /// Raised by every takeover, so that a record names its owner's tenure exactly.
     pub epoch: u64,
     /// The room has ended (`room_closed` was its last event); kept as a tombstone so that its
-    /// code is not drawn again.
+    /// code is not drawn again. (The gateway reads this field: `proto::store::RoomStatus`.)
+    #[serde(default, skip_serializing_if = "is_false")]
     pub closed: bool,
     /// The last event id given.
     pub last_id: u64,
     /// The last step's events: committed, and re-published by whoever takes the room over,
     /// since the owner may have died before it published them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<Logged>,
     /// The latest replies to commands that carried a `request_id`, oldest first.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     pub replies: VecDeque<StoredReply>,
     pub game: Game,
 }
@@ -485,4 +488,44 @@ async fn open_bucket(
     js.get_key_value(&bucket)
         .await
         .with_context(|| format!("JetStream: cannot open the KV bucket {bucket}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as the engine wrote it before records left out their defaults and spelled
+    /// durations in milliseconds (a room of the commands benchmark in its day).
+    const RECORD_BEFORE: &str = r#"{"owner":"1nbDyXvje5tP","epoch":1,"closed":false,"last_id":24,"outbox":[{"id":24,"event":"vote","audience":"public","data":{"voter":"LYn6d4cqEHnH","target":"CNT4AUCoWkD5","tally":{"CNT4AUCoWkD5":1,"LYn6d4cqEHnH":1},"abstain":0}}],"replies":[],"game":{"code":"3KGPEB8NF3QK","settings":{"title":"bench","total":3,"mafia":1,"doctor":0,"police":0,"private":false,"durations_ms":{"day_intro":1,"notice":1,"day_per_player":3600000,"vote":null,"vote_result":null,"night_intro":null,"night":null,"ended":null}},"durations":{"day_intro":{"secs":0,"nanos":1000000},"notice":{"secs":0,"nanos":1000000},"day_per_player":{"secs":3600,"nanos":0},"vote":{"secs":10,"nanos":0},"vote_result":{"secs":3,"nanos":0},"night_intro":{"secs":3,"nanos":0},"night":{"secs":40,"nanos":0},"ended":{"secs":30,"nanos":0}},"players":[{"id":"CNT4AUCoWkD5","name":"p0","role":"citizen","alive":true,"left":false},{"id":"LYn6d4cqEHnH","name":"p1","role":"citizen","alive":true,"left":false},{"id":"ocSoV3fFPi9Y","name":"p2","role":"mafia","alive":true,"left":false}],"host":"CNT4AUCoWkD5","phase":"day","round":1,"deadline_ms":1796053999325,"ends_at":1796053999325,"votes":{"CNT4AUCoWkD5":"LYn6d4cqEHnH","LYn6d4cqEHnH":"CNT4AUCoWkD5"},"mafia_pick":null,"protect":{},"investigations":[],"deaths":[],"chat":[],"winner":null,"active_round":1}}"#;
+
+    #[test]
+    fn records_written_before_read_and_are_rewritten_smaller() {
+        let record: RoomRecord =
+            serde_json::from_str(RECORD_BEFORE).expect("an older record reads");
+        let compact = serde_json::to_string(&record).unwrap();
+        // Durations in milliseconds, and nothing that is false, empty or absent.
+        assert!(
+            compact.contains(
+                r#""durations":{"day_intro":1,"notice":1,"day_per_player":3600000,"vote":10000,"#
+            ),
+            "{compact}"
+        );
+        for gone in ["null", "[]", "{}", "false", "durations_ms", "secs"] {
+            assert!(!compact.contains(gone), "{gone} in {compact}");
+        }
+        assert!(
+            compact.len() * 3 < RECORD_BEFORE.len() * 2,
+            "{} bytes: {compact}",
+            compact.len()
+        );
+        // The compact record reads back to itself, and keeps the game's state.
+        let again: RoomRecord = serde_json::from_str(&compact).unwrap();
+        assert_eq!(serde_json::to_string(&again).unwrap(), compact);
+        assert_eq!(again.last_id, 24);
+        assert_eq!(again.game.deadline_ms(), 1_796_053_999_325);
+        assert_eq!(again.outbox.len(), 1);
+        // The gateway's reading of a room's status.
+        let status: proto::store::RoomStatus = serde_json::from_str(&compact).unwrap();
+        assert!(!status.closed);
+    }
 }

@@ -41,17 +41,58 @@ const SNAPSHOT_CHAT_LINES: usize = 50;
 /// few enough that the room's record, written on every step, stays small).
 const CHAT_KEPT: usize = 120;
 
-/// Phase durations, resolved from the defaults and the room's overrides.
+/// Phase durations, resolved from the defaults and the room's overrides. Stored as whole
+/// milliseconds, as rooms ask for them (see [`millis`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Durations {
+    #[serde(with = "millis")]
     pub day_intro: Duration,
+    #[serde(with = "millis")]
     pub notice: Duration,
+    #[serde(with = "millis")]
     pub day_per_player: Duration,
+    #[serde(with = "millis")]
     pub vote: Duration,
+    #[serde(with = "millis")]
     pub vote_result: Duration,
+    #[serde(with = "millis")]
     pub night_intro: Duration,
+    #[serde(with = "millis")]
     pub night: Duration,
+    #[serde(with = "millis")]
     pub ended: Duration,
+}
+
+/// A duration in a room's record as whole milliseconds: the record is rewritten on every step,
+/// and nats-server's work for each write grows with its size (`docs/benchmarks.md`), so the
+/// record spells `3000`, not `{"secs":3,"nanos":0}`. Records written before read as well.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Millis(u64),
+            Serde(Duration),
+        }
+        Ok(match Stored::deserialize(d)? {
+            Stored::Millis(ms) => Duration::from_millis(ms),
+            Stored::Serde(d) => d,
+        })
+    }
+}
+
+/// For `skip_serializing_if`: a record leaves out what is false, empty or absent, and reads it
+/// back as the default.
+pub(crate) fn is_false(b: &bool) -> bool {
+    !b
 }
 
 impl Durations {
@@ -88,9 +129,24 @@ impl Durations {
 struct Player {
     id: PlayerId,
     name: PlayerName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     role: Option<Role>,
     alive: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
     left: bool,
+}
+
+/// What a room was created with that matters after its creation (its durations are resolved
+/// into [`Durations`]). Records written before, which held the whole request, read as well.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Settings {
+    title: String,
+    total: u8,
+    mafia: u8,
+    doctor: u8,
+    police: u8,
+    #[serde(default, skip_serializing_if = "is_false")]
+    private: bool,
 }
 
 impl Player {
@@ -103,24 +159,33 @@ impl Player {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Game {
     code: RoomCode,
-    settings: CreateRoom,
+    settings: Settings,
     durations: Durations,
     players: Vec<Player>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     host: Option<PlayerId>,
     phase: Phase,
     round: u32,
     /// When the room next needs [`Game::on_deadline`], in unix ms: wall-clock time, so that
     /// another engine (with another monotonic clock) can re-arm it.
     deadline_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     ends_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     votes: BTreeMap<PlayerId, Option<PlayerId>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     mafia_pick: Option<PlayerId>,
     /// Tonight's protection by each doctor (a room may have several).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     protect: BTreeMap<PlayerId, PlayerId>,
     /// Every result, with the officer it belongs to; each officer sees only their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     investigations: Vec<(PlayerId, Investigation)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     deaths: Vec<Death>,
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     chat: VecDeque<(Audience, Chat)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     winner: Option<Team>,
     /// The round of the last accepted command.
     active_round: u32,
@@ -165,6 +230,14 @@ impl Game {
             return invalid("there are more roles than players");
         }
         let durations = Durations::resolve(&settings.durations_ms, min_phase)?;
+        let settings = Settings {
+            title: settings.title,
+            total,
+            mafia,
+            doctor,
+            police,
+            private: settings.private,
+        };
         Ok(Game {
             code,
             settings,
