@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 
+use proto::event::{Chat, RoomEvent};
 use proto::{PlayerId, SnapEvent, SnapReply};
 use serde_json::value::RawValue;
 
@@ -60,10 +61,25 @@ impl History {
         self.events.iter().filter(move |e| e.id > id)
     }
 
-    /// Whether a `since` request needs events older than those held, which `older` could
-    /// supply.
-    pub fn lacks(&self, since: Option<u64>) -> bool {
-        since.is_some_and(|since| since < self.complete_after && since <= self.last)
+    /// Whether every event after `since` is held, so that a reply needs no snapshot.
+    pub fn covers(&self, since: Option<u64>) -> bool {
+        since.is_some_and(|since| since >= self.complete_after && since <= self.last)
+    }
+
+    /// The latest `lines` chat lines `viewer` may see among the events held, oldest first. A
+    /// room's snapshot takes its chat from here: the game keeps none, so that the record it
+    /// commits on every step does not grow with the chat.
+    pub fn chat(&self, viewer: Option<&PlayerId>, lines: usize) -> Vec<Chat> {
+        let mut chat: Vec<Chat> = self
+            .events
+            .iter()
+            .rev()
+            .filter(|e| e.event == Chat::NAME && e.audience.includes(viewer))
+            .filter_map(|e| serde_json::from_str(e.data.get()).ok())
+            .take(lines)
+            .collect();
+        chat.reverse();
+        chat
     }
 
     /// Puts back older events read from the room's log (which holds a contiguous run of the
@@ -91,7 +107,7 @@ impl History {
         snapshot: impl FnOnce() -> String,
     ) -> SnapReply {
         let events = match since {
-            Some(since) if since <= self.last && since >= self.complete_after => self
+            Some(since) if self.covers(Some(since)) => self
                 .events
                 .iter()
                 .filter(|e| e.id > since && e.audience.includes(viewer))
@@ -112,7 +128,7 @@ impl History {
 }
 
 /// The name of the one event a fresh snapshot reply holds, for rooms and the lobby alike.
-const SNAPSHOT: &str = <proto::event::RoomSnapshot as proto::event::RoomEvent>::NAME;
+const SNAPSHOT: &str = <proto::event::RoomSnapshot as RoomEvent>::NAME;
 
 #[cfg(test)]
 mod tests {
@@ -177,20 +193,58 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_s_chat_is_the_latest_lines_the_viewer_may_see() {
+        let ann = PlayerId::parse("ann1").unwrap();
+        let bob = PlayerId::parse("bob1").unwrap();
+        let line = |id: u64, audience: Audience| Logged {
+            id,
+            event: "chat".into(),
+            audience,
+            data: RawValue::from_string(format!(
+                r#"{{"from":"ann1","name":"Ann","text":"line {id}","channel":"public"}}"#
+            ))
+            .unwrap(),
+        };
+        let mut h = History::after(10, 0);
+        h.record(line(1, Audience::Public));
+        h.record(line(2, Audience::Players(vec![bob.clone()])));
+        h.record(event(Audience::Public, 3)); // not a chat line
+        h.record(line(4, Audience::Public));
+        h.record(line(5, Audience::Public));
+        let texts = |viewer, lines| {
+            h.chat(viewer, lines)
+                .into_iter()
+                .map(|c| c.text)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(texts(Some(&ann), 10), ["line 1", "line 4", "line 5"]);
+        assert_eq!(
+            texts(Some(&bob), 10),
+            ["line 1", "line 2", "line 4", "line 5"]
+        );
+        assert_eq!(
+            texts(Some(&bob), 2),
+            ["line 4", "line 5"],
+            "the latest, oldest first"
+        );
+        assert_eq!(texts(None, 10), ["line 1", "line 4", "line 5"]);
+    }
+
+    #[test]
     fn a_taken_over_history_is_completed_from_the_log() {
         // The new owner knows the last step (ids 7, 8); the log holds 4..=8.
         let mut h = History::after(4, 6);
         h.record(event(Audience::Public, 7));
         h.record(event(Audience::Public, 8));
         let snap = || "{}".to_owned();
-        assert!(h.lacks(Some(5)));
-        assert!(!h.lacks(Some(6)), "the last step alone answers since=6");
+        assert!(!h.covers(Some(5)));
+        assert!(h.covers(Some(6)), "the last step alone answers since=6");
         assert_eq!(
             ids(&h.reply(None, Some(6), snap)),
             [(7, "chat"), (8, "chat")]
         );
         h.backfill((4..=8).map(|id| event(Audience::Public, id)).collect());
-        assert!(!h.lacks(Some(5)));
+        assert!(h.covers(Some(5)));
         assert_eq!(
             ids(&h.reply(None, Some(5), snap)),
             [(6, "chat"), (7, "chat"), (8, "chat")]

@@ -47,6 +47,9 @@ const LATE_LIMIT_MS: u64 = 500;
 /// to the maximum.
 const PAUSE_MIN: Duration = Duration::from_millis(100);
 const PAUSE_MAX: Duration = Duration::from_secs(2);
+/// How many chat lines a snapshot carries: the viewer's latest among the room's history
+/// (`engine.history` events).
+const SNAPSHOT_CHAT_LINES: usize = 50;
 /// How long a closed room answers snapshot requests: longer than a gateway's catch-up
 /// retries last (about 40 s), so one that reconnects to NATS after the end still gets it.
 const CLOSED_LINGER: Duration = Duration::from_secs(60);
@@ -396,7 +399,9 @@ impl Room {
         let Some(reply_to) = msg.reply else { return };
         let request = proto::command::decode_request::<SnapRequest>(&msg.payload);
         if let Ok(req) = &request {
-            if !self.log_read && self.history.lacks(req.since) {
+            // A resumed room holds its last step only: what a catch-up needs, and the chat
+            // a snapshot shows, are in the log.
+            if !self.log_read && !self.history.covers(req.since) {
                 self.log_read = true;
                 match self.ctx.store.read_log(&self.code).await {
                     Ok(events) => self.history.backfill(events),
@@ -421,8 +426,10 @@ impl Room {
                     ));
                 }
             }
-            Ok(self.history.reply(req.viewer.as_ref(), req.since, || {
-                serde_json::to_string(&game.snapshot(req.viewer.as_ref()))
+            let viewer = req.viewer.as_ref();
+            Ok(self.history.reply(viewer, req.since, || {
+                let chat = self.history.chat(viewer, SNAPSHOT_CHAT_LINES);
+                serde_json::to_string(&game.snapshot(viewer, chat))
                     .expect("snapshots serialise infallibly")
             }))
         });

@@ -145,14 +145,14 @@ fn a_game_survives_serialisation_mid_play() {
     assert_eq!(back.phase(), Phase::DayIntro);
     assert_eq!(back.deadline_ms(), game.deadline_ms());
     for viewer in game
-        .snapshot(None)
+        .snapshot(None, Vec::new())
         .players
         .iter()
         .map(|p| p.player_id.clone())
     {
         assert_eq!(
-            back.snapshot(Some(&viewer)),
-            game.snapshot(Some(&viewer)),
+            back.snapshot(Some(&viewer), Vec::new()),
+            game.snapshot(Some(&viewer), Vec::new()),
             "every viewer sees the same game after a round trip"
         );
     }

@@ -267,6 +267,15 @@ async fn a_killed_owner_s_game_goes_on_elsewhere_with_its_deadline_fired_once() 
         json!({"type": "skill", "player": mafia, "target": victim}),
     )
     .await;
+    // Two lines: the last step's events come with the room's record, the ones before only
+    // from its log.
+    for text in ["we pick", "done"] {
+        w.ok(
+            &code,
+            json!({"type": "chat", "player": mafia, "text": text}),
+        )
+        .await;
+    }
 
     let owner = w.owner(&code).await;
     let at = engines.iter().position(|e| e.id == owner).unwrap();
@@ -285,6 +294,27 @@ async fn a_killed_owner_s_game_goes_on_elsewhere_with_its_deadline_fired_once() 
         json!({"type": "chat", "player": mafia, "text": "morning"}),
     )
     .await;
+    // Snapshots from the survivor show the chat from before the takeover too (the game
+    // keeps none: it comes from the room's log), each viewer only the lines they may see.
+    let survivor = ids
+        .iter()
+        .find(|id| **id != mafia && **id != victim)
+        .unwrap();
+    for (viewer, lines) in [
+        (&mafia, vec!["we pick", "done", "morning"]),
+        (survivor, vec!["morning"]),
+    ] {
+        let body = json!({"viewer": viewer, "since": null});
+        let reply = w.ask(w.subjects.room_snap(&code), body).await;
+        let snapshot = &reply["events"][0]["data"];
+        let chat: Vec<&str> = snapshot["chat"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a snapshot: {reply}"))
+            .iter()
+            .map(|line| line["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(chat, lines, "{viewer}'s snapshot");
+    }
     // Two left, one of them mafia: the mafia win when `notice` ends.
     let over = tap.until("game_over", |_| true).await;
     assert_eq!(over["winner"], "mafia");

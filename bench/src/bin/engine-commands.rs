@@ -9,6 +9,7 @@
 //!
 //! `cargo run --release -p bench --bin engine-commands -- --rooms 1000 --seconds 10`
 //! `cargo run --release -p bench --bin engine-commands -- --nats cluster --rooms 1000`
+//! `cargo run --release -p bench --bin engine-commands -- --rooms 100 --chat-every 4`
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,6 +36,10 @@ struct Args {
     /// Requests in flight, in all.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Make every n-th command of each sender a 100-character chat line instead of a vote
+    /// (0: votes only), as in a room whose players talk.
+    #[arg(long, default_value_t = 0)]
+    chat_every: u64,
 }
 
 #[tokio::main]
@@ -76,18 +81,31 @@ async fn main() -> anyhow::Result<()> {
     let cpu = CpuMeter::start(&meters);
     let workers: Vec<_> = (0..args.concurrency)
         .map(|w| {
-            let (client, rooms, running) =
-                (clients[w % clients.len()].clone(), rooms.clone(), running.clone());
+            let (client, rooms, running) = (
+                clients[w % clients.len()].clone(),
+                rooms.clone(),
+                running.clone(),
+            );
             let (subjects, latencies) = (stack.engines.subjects.clone(), latencies.clone());
             tokio::spawn(async move {
                 let mut errors = 0u64;
                 let mut i = w;
+                let mut sent_here = 0u64;
                 while running.load(Ordering::Relaxed) {
                     let (code, players) = &rooms[i % rooms.len()];
                     let (voter, target) = if i % 2 == 0 { (0, 1) } else { (1, 0) };
-                    let body = json!({"type": "vote", "player": players[voter], "target": players[target]});
+                    sent_here += 1;
+                    let body = if args.chat_every > 0 && sent_here.is_multiple_of(args.chat_every) {
+                        let text = format!("{sent_here:<100}");
+                        json!({"type": "chat", "player": players[voter], "text": text})
+                    } else {
+                        json!({"type": "vote", "player": players[voter], "target": players[target]})
+                    };
                     let sent = Instant::now();
-                    match client.request(subjects.room_cmd(code), body.to_string().into()).await {
+                    match client
+                        .request(subjects.room_cmd(code), body.to_string().into())
+                        .await
+                    {
                         Ok(reply) if reply.payload.starts_with(b"{\"ok\":true") => {
                             latencies.record(sent.elapsed().as_nanos() as u64)
                         }

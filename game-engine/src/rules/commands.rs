@@ -9,7 +9,7 @@ use proto::{ChatText, ErrorCode, PlayerId, PlayerName, Rejection};
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use super::{random_token, reject, Ack, Audience, Effects, Game, Now, Player, Role, CHAT_KEPT};
+use super::{random_token, reject, Ack, Audience, Effects, Game, Now, Player, Role};
 
 impl Game {
     pub(super) fn join(
@@ -297,11 +297,9 @@ impl Game {
         if self.phase == Phase::Waiting {
             self.touch_waiting(now);
         }
-        fx.emit(audience.clone(), &line);
-        if self.chat.len() == CHAT_KEPT {
-            self.chat.pop_front();
-        }
-        self.chat.push_back((audience, line));
+        // Not kept in the game: the room's history holds the line for snapshots, so the
+        // record, rewritten on every step, does not grow with the chat.
+        fx.emit(audience, &line);
         Ok(Ack::Done)
     }
 }

@@ -11,11 +11,11 @@
 //! commands are in `commands`, deadlines and what phase changes do in `phases`, what each
 //! viewer and the lobby may see in `view`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use proto::event::Role;
-use proto::event::{Chat, Death, Investigation, Phase, Team};
+use proto::event::{Death, Investigation, Phase, Team};
 use proto::lobby::CreateRoom;
 use proto::{Command, ErrorCode, PlayerId, PlayerName, Rejection, RoomCode};
 use rand::Rng;
@@ -35,11 +35,6 @@ pub const EMPTY_GRACE: Duration = Duration::from_secs(5 * 60);
 /// A game in which nobody has done anything for this many rounds is abandoned: it closes
 /// instead of cycling through its phases for ever.
 pub const IDLE_ROUNDS: u32 = 3;
-/// How many chat lines a snapshot carries.
-const SNAPSHOT_CHAT_LINES: usize = 50;
-/// Chat lines kept for snapshots (more than a snapshot shows, since each viewer sees a subset;
-/// few enough that the room's record, written on every step, stays small).
-const CHAT_KEPT: usize = 120;
 
 /// Phase durations, resolved from the defaults and the room's overrides. Stored as whole
 /// milliseconds, as rooms ask for them (see [`millis`]).
@@ -183,8 +178,6 @@ pub struct Game {
     investigations: Vec<(PlayerId, Investigation)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     deaths: Vec<Death>,
-    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
-    chat: VecDeque<(Audience, Chat)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     winner: Option<Team>,
     /// The round of the last accepted command.
@@ -253,7 +246,6 @@ impl Game {
             protect: BTreeMap::new(),
             investigations: Vec::new(),
             deaths: Vec::new(),
-            chat: VecDeque::new(),
             winner: None,
             active_round: 0,
         })

@@ -7,7 +7,7 @@ use proto::event::{Chat, Phase, PlayerView, RoomSnapshot};
 use proto::lobby::{LobbyPhase, LobbyRoom};
 use proto::PlayerId;
 
-use super::{Game, Role, SNAPSHOT_CHAT_LINES};
+use super::{Game, Role};
 
 impl Game {
     /// The room as the lobby lists it, or `None` for a private room.
@@ -25,8 +25,9 @@ impl Game {
         })
     }
 
-    /// The room as `viewer` may see it: exactly what the events have shown them.
-    pub fn snapshot(&self, viewer: Option<&PlayerId>) -> RoomSnapshot {
+    /// The room as `viewer` may see it: exactly what the events have shown them. The game
+    /// keeps no chat (see `say`): `chat` is the viewer's latest lines, from the room's history.
+    pub fn snapshot(&self, viewer: Option<&PlayerId>, chat: Vec<Chat>) -> RoomSnapshot {
         let me = viewer.and_then(|v| self.players.iter().find(|p| &p.id == v));
         let started = self.phase != Phase::Waiting;
         let sees_all =
@@ -66,18 +67,7 @@ impl Game {
                 BTreeMap::new()
             },
             deaths: self.deaths.clone(),
-            chat: {
-                let mut lines: Vec<Chat> = self
-                    .chat
-                    .iter()
-                    .rev()
-                    .filter(|(audience, _)| audience.includes(viewer))
-                    .take(SNAPSHOT_CHAT_LINES)
-                    .map(|(_, line)| line.clone())
-                    .collect();
-                lines.reverse();
-                lines
-            },
+            chat,
             mafia_pick: self
                 .mafia_pick
                 .clone()
