@@ -47,6 +47,9 @@ const LATE_LIMIT_MS: u64 = 500;
 /// to the maximum.
 const PAUSE_MIN: Duration = Duration::from_millis(100);
 const PAUSE_MAX: Duration = Duration::from_secs(2);
+/// The most a request waits for a resumed room's log to be read (well within a gateway's
+/// request timeout).
+const LOG_READ_LIMIT: Duration = Duration::from_secs(2);
 /// How many chat lines a snapshot carries: the viewer's latest among the room's history
 /// (`engine.history` events).
 const SNAPSHOT_CHAT_LINES: usize = 50;
@@ -401,11 +404,19 @@ impl Room {
         if let Ok(req) = &request {
             // A resumed room holds its last step only: what a catch-up needs, and the chat
             // a snapshot shows, are in the log.
+            // The request waits for the read, so it is bounded; one that fails is tried
+            // again on a later request, and this one is answered from what the room holds.
             if !self.log_read && !self.history.covers(req.since) {
-                self.log_read = true;
-                match self.ctx.store.read_log(&self.code).await {
-                    Ok(events) => self.history.backfill(events),
-                    Err(e) => tracing::warn!(room = %self.code, error = %e, "cannot read the log"),
+                let read = self.ctx.store.read_log(&self.code);
+                match tokio::time::timeout(LOG_READ_LIMIT, read).await {
+                    Ok(Ok(events)) => {
+                        self.history.backfill(events);
+                        self.log_read = true;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(room = %self.code, error = %e, "cannot read the log")
+                    }
+                    Err(_) => tracing::warn!(room = %self.code, "the log was not read in time"),
                 }
             }
         }
