@@ -1,10 +1,11 @@
 //! A stream's recent events, to answer `since` without a snapshot; shared by rooms and the
-//! lobby.
+//! lobby. A room's snapshot takes its chat lines from here too.
 //!
 //! The ids are given elsewhere (a room's committed counter, the lobby bucket's revisions), so
 //! a history only keeps what it is told, and knows from which id on it holds every event. A
 //! room taken over from another engine starts knowing only its last step; the rest is read
-//! from the room's log when a `since` first needs it.
+//! from the room's log when a request first needs it (a `since` older than that step, or a
+//! snapshot).
 
 use std::collections::VecDeque;
 
@@ -208,7 +209,11 @@ mod tests {
         let mut h = History::after(10, 0);
         h.record(line(1, Audience::Public));
         h.record(line(2, Audience::Players(vec![bob.clone()])));
-        h.record(event(Audience::Public, 3)); // not a chat line
+        // Not a chat line, though its data would read as one.
+        h.record(Logged {
+            event: "vote".into(),
+            ..line(3, Audience::Public)
+        });
         h.record(line(4, Audience::Public));
         h.record(line(5, Audience::Public));
         let texts = |viewer, lines| {

@@ -48,8 +48,9 @@ const LATE_LIMIT_MS: u64 = 500;
 const PAUSE_MIN: Duration = Duration::from_millis(100);
 const PAUSE_MAX: Duration = Duration::from_secs(2);
 /// The most a request waits for a resumed room's log to be read (well within a gateway's
-/// request timeout).
+/// request timeout), and how long after a read that failed the next may be tried.
 const LOG_READ_LIMIT: Duration = Duration::from_secs(2);
+const LOG_READ_RETRY: Duration = Duration::from_secs(30);
 /// How many chat lines a snapshot carries: the viewer's latest among the room's history
 /// (`engine.history` events).
 const SNAPSHOT_CHAT_LINES: usize = 50;
@@ -109,9 +110,9 @@ pub struct Room {
     record: RoomRecord,
     revision: u64,
     history: History,
-    /// Whether the room's log has been read into `history` (after a takeover, on the first
-    /// `since` that needs it).
-    log_read: bool,
+    /// When the room's log is to be read into `history`, if it is to be (a resumed room's,
+    /// on the first request that needs it: [`Room::read_log_if_due`]).
+    log_due: Option<Instant>,
     listing: Listing,
     /// The phase and player count last reported to the gauges.
     phase: Phase,
@@ -162,7 +163,7 @@ impl Room {
             code,
             revision,
             history,
-            log_read: !resumed,
+            log_due: resumed.then(Instant::now),
             listing: Listing::default(),
             phase,
             players: 0,
@@ -400,52 +401,65 @@ impl Room {
 
     async fn on_snap(&mut self, msg: Message) {
         let Some(reply_to) = msg.reply else { return };
-        let request = proto::command::decode_request::<SnapRequest>(&msg.payload);
+        let request = proto::command::decode_request::<SnapRequest>(&msg.payload)
+            .and_then(|req| self.admit_snap(req));
         if let Ok(req) = &request {
-            // A resumed room holds its last step only: what a catch-up needs, and the chat
-            // a snapshot shows, are in the log.
-            // The request waits for the read, so it is bounded; one that fails is tried
-            // again on a later request, and this one is answered from what the room holds.
-            if !self.log_read && !self.history.covers(req.since) {
-                let read = self.ctx.store.read_log(&self.code);
-                match tokio::time::timeout(LOG_READ_LIMIT, read).await {
-                    Ok(Ok(events)) => {
-                        self.history.backfill(events);
-                        self.log_read = true;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(room = %self.code, error = %e, "cannot read the log")
-                    }
-                    Err(_) => tracing::warn!(room = %self.code, "the log was not read in time"),
-                }
+            if !self.history.covers(req.since) {
+                self.read_log_if_due().await;
             }
         }
-        let reply = request.and_then(|req| {
-            let game = &self.record.game;
-            // Closed: only a catch-up with something in it (what a stream missed, up to
-            // `room_closed`); never a new stream's snapshot, nor an empty catch-up for a
-            // stream that had `room_closed` (a browser's EventSource reconnects after it:
-            // "no such room" ends it, where an empty answer would hold it open for ever).
-            if self.record.closed && req.since.is_none_or(|since| since >= self.record.last_id) {
-                return Err(no_such_room());
-            }
-            if let Some(viewer) = &req.viewer {
-                if !game.is_player(viewer) {
-                    return Err(Rejection::new(
-                        ErrorCode::NoSuchPlayer,
-                        "no such player in this room",
-                    ));
-                }
-            }
+        let reply = request.map(|req| {
             let viewer = req.viewer.as_ref();
-            Ok(self.history.reply(viewer, req.since, || {
+            self.history.reply(viewer, req.since, || {
                 let chat = self.history.chat(viewer, SNAPSHOT_CHAT_LINES);
-                serde_json::to_string(&game.snapshot(viewer, chat))
+                serde_json::to_string(&self.record.game.snapshot(viewer, chat))
                     .expect("snapshots serialise infallibly")
-            }))
+            })
         });
         let body = Reply::<SnapReply>::from(reply).to_bytes();
         self.ctx.reply(reply_to, body, "a room snapshot").await;
+    }
+
+    /// A snapshot request the room answers, or why not. Closed: only a catch-up with
+    /// something in it (what a stream missed, up to `room_closed`); never a new stream's
+    /// snapshot, nor an empty catch-up for a stream that had `room_closed` (a browser's
+    /// EventSource reconnects after it: "no such room" ends it, where an empty answer would
+    /// hold it open for ever).
+    fn admit_snap(&self, req: SnapRequest) -> Result<SnapRequest, Rejection> {
+        if self.record.closed && req.since.is_none_or(|since| since >= self.record.last_id) {
+            return Err(no_such_room());
+        }
+        if let Some(viewer) = &req.viewer {
+            if !self.record.game.is_player(viewer) {
+                return Err(Rejection::new(
+                    ErrorCode::NoSuchPlayer,
+                    "no such player in this room",
+                ));
+            }
+        }
+        Ok(req)
+    }
+
+    /// A resumed room holds its last step only: what a catch-up needs, and the chat a
+    /// snapshot shows, are in its log, read when a request first needs them. The request
+    /// (and the room) wait for the read, so it is bounded; one that fails leaves the request
+    /// answered from what the room holds, and is tried again a while later, not on every
+    /// request, so that a log JetStream cannot read does not stall the room again and again.
+    async fn read_log_if_due(&mut self) {
+        if self.log_due.is_none_or(|due| Instant::now() < due) {
+            return;
+        }
+        let read = self.ctx.store.read_log(&self.code);
+        match tokio::time::timeout(LOG_READ_LIMIT, read).await {
+            Ok(Ok(events)) => {
+                self.history.backfill(events);
+                self.log_due = None;
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!(room = %self.code, error = %e, "cannot read the log"),
+            Err(_) => tracing::warn!(room = %self.code, "the log was not read in time"),
+        }
+        self.log_due = Some(Instant::now() + LOG_READ_RETRY);
     }
 
     /// The deadline passed: move the game on. The next phase is timed from the deadline

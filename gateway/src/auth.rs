@@ -5,7 +5,6 @@
 //! in the `phasecast_token` cookie (set by `join`) or the `token` query parameter.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -16,6 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use metrics::counter;
 use proto::auth::Claims;
 use proto::{ErrorCode, RoomCode};
+use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::metrics as m;
@@ -32,13 +32,12 @@ pub struct Verifier {
 /// Tokens whose signature was verified already, so that a player's next command or stream
 /// skips the Ed25519 check (a tenth of the gateway's CPU under the rooms benchmark, where
 /// players send a command every few seconds). Their claims are decoded again and their
-/// expiry checked on every use. Kept as keyed 128-bit hashes of the whole token (16 bytes
-/// each): another token matches one only by a collision, which nobody can aim for without
-/// this process's random keys. Two generations of at most [`Verified::GENERATION`] each:
+/// expiry checked on every use. Kept as the first 128 bits of each whole token's SHA-256 (16
+/// bytes each): another token matching one would be a second preimage of SHA-256 truncated
+/// to 128 bits. Two generations of at most [`Verified::GENERATION`] each:
 /// when the newer fills, the older is dropped, so the set stays bounded and a token in use
 /// moves into the newer one.
 struct Verified {
-    keys: (RandomState, RandomState),
     /// (newer, older)
     generations: Mutex<(HashSet<u128>, HashSet<u128>)>,
 }
@@ -48,14 +47,15 @@ impl Verified {
 
     fn new() -> Self {
         Verified {
-            keys: (RandomState::new(), RandomState::new()),
             generations: Mutex::new(Default::default()),
         }
     }
 
-    fn fingerprint(&self, token: &str) -> u128 {
-        let (a, b) = (self.keys.0.hash_one(token), self.keys.1.hash_one(token));
-        (u128::from(a) << 64) | u128::from(b)
+    fn fingerprint(token: &str) -> u128 {
+        let digest = Sha256::digest(token.as_bytes());
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        u128::from_be_bytes(first)
     }
 
     /// Whether the token was verified; if so it counts as used now.
@@ -124,7 +124,7 @@ impl Verifier {
         };
         let expired = || fail("expired", ErrorCode::Unauthorized, "the token has expired");
         let invalid = || fail("invalid", ErrorCode::Unauthorized, "the token is not valid");
-        let fingerprint = self.verified.fingerprint(token);
+        let fingerprint = Verified::fingerprint(token);
         let claims = if self.verified.contains(fingerprint) {
             // The very token whose signature and claims were checked before: only its
             // expiry can have changed (checked as `decode` does, with no leeway).
@@ -233,7 +233,7 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(v.authorize(Some(&good), &room).unwrap().room, room);
         }
-        assert!(v.verified.contains(v.verified.fingerprint(&good)));
+        assert!(v.verified.contains(Verified::fingerprint(&good)));
         assert_eq!(
             v.authorize(Some(&good), &other).unwrap_err().code,
             ErrorCode::Forbidden
@@ -258,7 +258,7 @@ mod tests {
         }
         // A token verified while valid is refused once it has expired.
         let expired = token(&room, jsonwebtoken::get_current_timestamp() - 1);
-        v.verified.insert(v.verified.fingerprint(&expired));
+        v.verified.insert(Verified::fingerprint(&expired));
         let refused = v.authorize(Some(&expired), &room).unwrap_err();
         assert_eq!(refused.message, "the token has expired");
     }

@@ -96,7 +96,8 @@ async fn main() -> anyhow::Result<()> {
                     let (voter, target) = if i % 2 == 0 { (0, 1) } else { (1, 0) };
                     sent_here += 1;
                     let body = if args.chat_every > 0 && sent_here.is_multiple_of(args.chat_every) {
-                        let text = format!("{sent_here:<100}");
+                        // Digits, zero-padded: the engine trims a line's spaces.
+                        let text = format!("{sent_here:0>100}");
                         json!({"type": "chat", "player": players[voter], "text": text})
                     } else {
                         json!({"type": "vote", "player": players[voter], "target": players[target]})
