@@ -34,9 +34,9 @@ pub struct Verifier {
 /// players send a command every few seconds). Their claims are decoded again and their
 /// expiry checked on every use. Kept as the first 128 bits of each whole token's SHA-256 (16
 /// bytes each): another token matching one would be a second preimage of SHA-256 truncated
-/// to 128 bits. Two generations of at most [`Verified::GENERATION`] each:
-/// when the newer fills, the older is dropped, so the set stays bounded and a token in use
-/// moves into the newer one.
+/// to 128 bits. Two generations of at most [`Verified::GENERATION`] each: when the newer
+/// fills, the older is dropped, so the set stays bounded and a token in use moves into the
+/// newer one.
 struct Verified {
     /// (newer, older)
     generations: Mutex<(HashSet<u128>, HashSet<u128>)>,
