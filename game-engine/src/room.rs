@@ -150,7 +150,7 @@ impl Room {
             )
             .await?;
         // A new room's history is complete from its first event; a resumed one knows its
-        // last step, and reads the rest from the log when a `since` needs it.
+        // last step, and reads the rest from the log when a request needs it (`Room::read_log_if_due`).
         let first_known = record.last_id - record.outbox.len() as u64;
         let mut history = History::after(ctx.history, first_known);
         for event in &record.outbox {
