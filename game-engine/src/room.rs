@@ -150,7 +150,8 @@ impl Room {
             )
             .await?;
         // A new room's history is complete from its first event; a resumed one knows its
-        // last step, and reads the rest from the log when a request needs it (`Room::read_log_if_due`).
+        // last step, and reads the rest from the log when a request needs it
+        // ([`Room::read_log_if_due`]).
         let first_known = record.last_id - record.outbox.len() as u64;
         let mut history = History::after(ctx.history, first_known);
         for event in &record.outbox {
