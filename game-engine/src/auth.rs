@@ -27,24 +27,26 @@ impl TokenSigner {
         Ok(TokenSigner { key, ttl })
     }
 
-    pub fn sign(
-        &self,
-        room: &RoomCode,
-        player: &PlayerId,
-        name: &str,
-    ) -> Result<String, Rejection> {
+    /// The claims of a token for `player`, issued now.
+    pub fn claims(&self, room: &RoomCode, player: &PlayerId, name: &str) -> Claims {
         let iat = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let claims = Claims {
+        Claims {
             sub: player.clone(),
             room: room.clone(),
             name: name.to_owned(),
             iat,
             exp: iat + self.ttl.as_secs(),
-        };
-        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.key).map_err(|e| {
+        }
+    }
+
+    /// The token of `claims`. Ed25519 signatures are deterministic, so the same claims give
+    /// the same token, byte for byte: a room keeps a join's claims, not its token, to answer
+    /// a retried join.
+    pub fn sign(&self, claims: &Claims) -> Result<String, Rejection> {
+        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &self.key).map_err(|e| {
             tracing::error!(error = %e, "token signing failed");
             Rejection::new(ErrorCode::Internal, "could not sign a token")
         })

@@ -17,13 +17,13 @@ use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::{Message, Subject, Subscriber};
 use futures::StreamExt;
 use metrics::{counter, gauge, histogram};
+use proto::auth::Claims;
 use proto::command::decode_command;
 use proto::event::Phase;
 use proto::subject::owner_queue_group;
 use proto::{
     Command, CommandOk, ErrorCode, PlayerId, Rejection, Reply, RoomCode, SnapReply, SnapRequest,
 };
-use serde_json::value::RawValue;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
@@ -36,7 +36,7 @@ use crate::outgoing::{unix_ms, Ack, Effects, Now};
 use crate::publish;
 use crate::rules::Game;
 use crate::scheduler::Alarm;
-use crate::store::{CommitError, Logged, RoomRecord};
+use crate::store::{Answer, CommitError, Logged, RoomRecord};
 
 /// A deadline fired later than this (an outage, a takeover, a stalled machine) times the
 /// next phase from now rather than from the deadline: otherwise every phase shorter than the
@@ -344,59 +344,77 @@ impl Room {
             // Nobody waits for an answer, and nothing unanswerable may change a room.
             return Outcome::nothing(Flow::Continue);
         };
-        let answer = |body: Vec<u8>| Outcome {
+        let respond = |body: Vec<u8>| Outcome {
             reply: Some((reply_to.clone(), body)),
             ..Outcome::nothing(Flow::Continue)
         };
         if self.record.closed {
-            return answer(Reply::<()>::Err(no_such_room()).to_bytes());
+            return respond(Reply::<()>::Err(no_such_room()).to_bytes());
         }
         let (cmd, request_id) = match decode_command(&msg.payload) {
             Ok(decoded) => decoded,
             Err(rejection) => {
                 counter!(m::COMMANDS, "type" => "unknown", "result" => rejection.error.as_str())
                     .increment(1);
-                return answer(Reply::<()>::Err(rejection).to_bytes());
+                return respond(Reply::<()>::Err(rejection).to_bytes());
             }
         };
         let kind = cmd.kind();
-        let key = request_id.map(|id| format!("{}/{}", actor(&cmd), id.as_str()));
-        if let Some(reply) = key.as_deref().and_then(|k| self.record.remembered(k)) {
+        let retry = request_id.map(|id| (actor(&cmd), id.as_str().to_owned()));
+        if let Some(answer) = (retry.as_ref()).and_then(|(by, id)| self.record.remembered(by, id)) {
             counter!(m::COMMANDS, "type" => kind, "result" => "replayed").increment(1);
-            return answer(reply.get().as_bytes().to_vec());
+            return respond(Reply::from(self.reply_of(answer)).to_bytes());
         }
         let undo = Box::new(self.record.clone());
         let mut fx = Effects::default();
-        let result = self
-            .record
-            .game
+        let applied = (self.record.game)
             .handle(cmd, Now::system(), &mut rand::rng(), &mut fx)
-            .and_then(|ack| self.ack(ack));
-        let label = result.as_ref().map_or_else(|e| e.error.as_str(), |_| "ok");
+            .map(|ack| self.answer_of(ack));
+        let reply = match &applied {
+            Ok(answer) => self.reply_of(answer),
+            Err(refused) => Err(refused.clone()),
+        };
+        let label = reply.as_ref().map_or_else(|e| e.error.as_str(), |_| "ok");
         counter!(m::COMMANDS, "type" => kind, "result" => label).increment(1);
-        let body = Reply::from(result).to_bytes();
-        // The rules change nothing when they refuse, so only an applied command is kept.
-        if let Some(key) = key.filter(|_| !fx.events.is_empty()) {
-            let reply = String::from_utf8(body.clone()).expect("replies are UTF-8");
-            self.record
-                .remember(key, RawValue::from_string(reply).expect("replies are JSON"));
+        // The rules change nothing when they refuse, so only a command that changed the room
+        // is kept (and committed with it).
+        if let (Some((by, id)), Ok(answer)) = (retry, applied) {
+            if !fx.events.is_empty() {
+                self.record.remember(by, id, answer);
+            }
         }
         Outcome {
-            reply: Some((reply_to, body)),
+            reply: Some((reply_to, Reply::from(reply).to_bytes())),
             command: Some((started, kind)),
             undo: Some(undo),
             ..self.events_of(fx)
         }
     }
 
-    fn ack(&self, ack: Ack) -> Result<CommandOk, Rejection> {
-        Ok(match ack {
-            Ack::Joined(player_id) => {
-                let token = join_token(&self.ctx, &self.record.game, &player_id)?;
-                CommandOk::Joined { player_id, token }
-            }
-            Ack::Investigated { mafia } => CommandOk::Investigated { mafia },
-            Ack::Done => CommandOk::Done {},
+    /// What the record keeps of an applied command's reply.
+    fn answer_of(&self, ack: Ack) -> Answer {
+        match ack {
+            Ack::Joined(player_id) => Answer {
+                seat: Some(seat_claims(&self.ctx, &self.record.game, &player_id)),
+                ..Answer::default()
+            },
+            Ack::Investigated { mafia } => Answer {
+                mafia: Some(mafia),
+                ..Answer::default()
+            },
+            Ack::Done => Answer::default(),
+        }
+    }
+
+    /// The reply to an applied command, the first time and on every retry alike.
+    fn reply_of(&self, answer: &Answer) -> Result<CommandOk, Rejection> {
+        Ok(match (&answer.seat, answer.mafia) {
+            (Some(claims), _) => CommandOk::Joined {
+                player_id: claims.sub.clone(),
+                token: self.ctx.signer.sign(claims)?,
+            },
+            (None, Some(mafia)) => CommandOk::Investigated { mafia },
+            (None, None) => CommandOk::Done {},
         })
     }
 
@@ -760,10 +778,10 @@ fn wall_clock_past(deadline_ms: u64, wall: SystemTime) -> Result<Duration, Durat
         .map_err(|early| early.duration())
 }
 
-/// The token of a player who just took a seat in `game`.
-pub fn join_token(ctx: &Context, game: &Game, player_id: &PlayerId) -> Result<String, Rejection> {
+/// The claims of the token of a player who just took a seat in `game`.
+pub fn seat_claims(ctx: &Context, game: &Game, player_id: &PlayerId) -> Claims {
     let name = game.name_of(player_id).expect("just joined");
-    ctx.signer.sign(game.code(), player_id, name.as_str())
+    ctx.signer.claims(game.code(), player_id, name.as_str())
 }
 
 fn no_such_room() -> Rejection {

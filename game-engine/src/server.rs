@@ -30,7 +30,7 @@ use crate::metrics as m;
 use crate::outgoing::Now;
 use crate::outgoing::{Ack, Effects};
 use crate::ownership;
-use crate::room::{join_token, Room};
+use crate::room::{seat_claims, Room};
 use crate::rules::{draw_room_code, Game};
 use crate::scheduler::{Scheduler, SchedulerThread};
 use crate::store::{choose_replicas, RoomRecord, Store, StoreLimits};
@@ -242,7 +242,8 @@ async fn create_room(ctx: &Arc<Context>, msg: Message) {
                 else {
                     unreachable!("a join acknowledges a seat");
                 };
-                created.token = Some(join_token(ctx, &record.game, &player_id)?);
+                let claims = seat_claims(ctx, &record.game, &player_id);
+                created.token = Some(ctx.signer.sign(&claims)?);
                 created.player_id = Some(player_id);
                 record.step(fx);
             }

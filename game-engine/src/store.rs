@@ -1,7 +1,7 @@
 //! Rooms in NATS JetStream: the record every step commits, and each room's event log.
 //!
 //! A room's record (its whole [`Game`], owner, epoch, id counter, the last step's events and
-//! recent replies) is one KV entry, written with compare-and-set on its revision. That write
+//! what recent commands were answered) is one KV entry, written with compare-and-set on its revision. That write
 //! is the commit of a step and the fence against a stale owner: an engine whose revision is
 //! no longer the latest can commit nothing, and an event is published only once committed.
 //! Each step's events are then appended to the room's own subject of the log stream, which
@@ -17,6 +17,7 @@ use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures::StreamExt;
+use proto::auth::Claims;
 use proto::{RoomCode, StoreNames};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -63,13 +64,27 @@ struct LogEntry {
     events: Vec<Logged>,
 }
 
-/// A reply remembered under the request id of the command that produced it.
+/// What a command that carried a `request_id` was answered, kept so that a retry gets the
+/// same reply. Kept in the fewest bytes the reply can be rebuilt from, byte for byte (every
+/// step rewrites the record, and its size is what a commit costs): nothing for a plain
+/// `{"ok":true}`, a police skill's answer, a join's token claims (signed again on a retry).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seat: Option<Claims>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mafia: Option<bool>,
+}
+
+/// An [`Answer`] under the request that got it: a request id is only ever looked up with its
+/// actor, so it never finds another player's reply.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StoredReply {
-    /// `<player_id or join name>/<request_id>`: a request id alone never finds another
-    /// player's reply.
-    pub key: String,
-    pub reply: Box<RawValue>,
+pub struct Answered {
+    /// The acting player's id, or for a join `join:<the name asked for>`.
+    pub actor: String,
+    pub request_id: String,
+    #[serde(flatten)]
+    pub answer: Answer,
 }
 
 /// A room as committed: everything another engine needs to carry it on.
@@ -89,15 +104,20 @@ pub struct RoomRecord {
     /// since the owner may have died before it published them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<Logged>,
-    /// The latest replies to commands that carried a `request_id`, oldest first.
+    /// The latest answers to commands that carried a `request_id`, oldest first. (Older
+    /// records kept whole replies under `replies`, no longer read: a command retried across
+    /// that upgrade is applied afresh.)
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
-    pub replies: VecDeque<StoredReply>,
+    pub answered: VecDeque<Answered>,
     pub game: Game,
 }
 
 impl RoomRecord {
-    /// Replies remembered per room: enough for every player's last few retries.
-    pub const REPLIES_KEPT: usize = 64;
+    /// Answers kept per actor: enough for a client with that many commands in flight to
+    /// retry each. Every one costs a commit some 75 bytes (with a UUID for request id).
+    pub const ANSWERS_PER_ACTOR: usize = 4;
+    /// Answers kept per room.
+    pub const ANSWERS_KEPT: usize = 64;
 
     pub fn new(owner: String, game: Game) -> Self {
         RoomRecord {
@@ -106,7 +126,7 @@ impl RoomRecord {
             closed: false,
             last_id: 0,
             outbox: Vec::new(),
-            replies: VecDeque::new(),
+            answered: VecDeque::new(),
             game,
         }
     }
@@ -138,18 +158,29 @@ impl RoomRecord {
         events
     }
 
-    pub fn remembered(&self, key: &str) -> Option<&RawValue> {
-        self.replies
-            .iter()
-            .find(|r| r.key == key)
-            .map(|r| &*r.reply)
+    pub fn remembered(&self, actor: &str, request_id: &str) -> Option<&Answer> {
+        (self.answered.iter())
+            .find(|a| a.actor == actor && a.request_id == request_id)
+            .map(|a| &a.answer)
     }
 
-    pub fn remember(&mut self, key: String, reply: Box<RawValue>) {
-        if self.replies.len() == Self::REPLIES_KEPT {
-            self.replies.pop_front();
+    /// Keeps an answer, dropping the actor's oldest beyond [`Self::ANSWERS_PER_ACTOR`] and
+    /// the room's oldest beyond [`Self::ANSWERS_KEPT`].
+    pub fn remember(&mut self, actor: String, request_id: String, answer: Answer) {
+        let mut own = self.answered.iter().filter(|a| a.actor == actor).count();
+        self.answered.retain(|a| {
+            let drop = a.actor == actor && own >= Self::ANSWERS_PER_ACTOR;
+            own -= usize::from(drop);
+            !drop
+        });
+        if self.answered.len() == Self::ANSWERS_KEPT {
+            self.answered.pop_front();
         }
-        self.replies.push_back(StoredReply { key, reply });
+        (self.answered).push_back(Answered {
+            actor,
+            request_id,
+            answer,
+        });
     }
 }
 
@@ -527,5 +558,56 @@ mod tests {
         // The gateway's reading of a room's status.
         let status: proto::store::RoomStatus = serde_json::from_str(&compact).unwrap();
         assert!(!status.closed);
+    }
+
+    #[test]
+    fn answers_are_kept_per_actor_and_per_room() {
+        let record: RoomRecord = serde_json::from_str(RECORD_BEFORE).unwrap();
+        let mut record = RoomRecord::new(record.owner, record.game);
+        let seat = Claims {
+            sub: proto::PlayerId::parse("CNT4AUCoWkD5").unwrap(),
+            room: RoomCode::parse("3KGPEB8NF3QK").unwrap(),
+            name: "Ann".to_owned(),
+            iat: 1_796_000_000,
+            exp: 1_796_086_400,
+        };
+        let joined = Answer {
+            seat: Some(seat),
+            mafia: None,
+        };
+        record.remember("join:ann".into(), "j1".into(), joined.clone());
+        for n in 0..=RoomRecord::ANSWERS_PER_ACTOR {
+            record.remember("CNT4AUCoWkD5".into(), format!("c{n}"), Answer::default());
+        }
+        assert_eq!(record.remembered("join:ann", "j1"), Some(&joined));
+        assert_eq!(
+            record.remembered("CNT4AUCoWkD5", "c0"),
+            None,
+            "the actor's oldest made room for its newest"
+        );
+        for n in 1..=RoomRecord::ANSWERS_PER_ACTOR {
+            let kept = record.remembered("CNT4AUCoWkD5", &format!("c{n}"));
+            assert_eq!(kept, Some(&Answer::default()), "c{n}");
+        }
+        assert_eq!(
+            record.remembered("LYn6d4cqEHnH", "c1"),
+            None,
+            "a request id is found only with its actor"
+        );
+        // A plain answer is its actor and request id alone; the record reads back the same.
+        let stored = serde_json::to_string(&record).unwrap();
+        assert!(
+            stored.contains(r#"{"actor":"CNT4AUCoWkD5","request_id":"c1"},"#),
+            "{stored}"
+        );
+        let again: RoomRecord = serde_json::from_str(&stored).unwrap();
+        assert_eq!(again.remembered("join:ann", "j1"), Some(&joined));
+        // Many actors: the room keeps its latest answers only.
+        for n in 0..RoomRecord::ANSWERS_KEPT {
+            record.remember(format!("player{n}"), "r".into(), Answer::default());
+        }
+        assert_eq!(record.answered.len(), RoomRecord::ANSWERS_KEPT);
+        assert_eq!(record.remembered("join:ann", "j1"), None);
+        assert!(record.remembered("player0", "r").is_some());
     }
 }

@@ -236,7 +236,8 @@ async fn seated_game(w: &World, tap_night_ms: u64) -> (RoomCode, Tap, Vec<String
     let mut tap = w.tap(&code).await;
     let mut ids = Vec::new();
     for name in ["Ann", "Bob", "Cat"] {
-        let reply = w.ok(&code, json!({"type": "join", "name": name})).await;
+        let join = json!({"type": "join", "name": name, "request_id": format!("join-{name}")});
+        let reply = w.ok(&code, join).await;
         ids.push(reply["player_id"].as_str().unwrap().to_owned());
     }
     w.ok(&code, json!({"type": "start", "player": ids[0]}))
@@ -277,6 +278,11 @@ async fn a_killed_owner_s_game_goes_on_elsewhere_with_its_deadline_fired_once() 
         .await;
     }
 
+    // Ann's join, retried: its first reply again, token and all.
+    let join_again = json!({"type": "join", "name": "Ann", "request_id": "join-Ann"});
+    let joined = w.ok(&code, join_again.clone()).await;
+    assert_eq!(joined["player_id"], json!(ids[0]));
+
     let owner = w.owner(&code).await;
     let at = engines.iter().position(|e| e.id == owner).unwrap();
     engines[at].signal("KILL");
@@ -288,6 +294,13 @@ async fn a_killed_owner_s_game_goes_on_elsewhere_with_its_deadline_fired_once() 
     assert_eq!(death["cause"], "mafia");
     tap.until("phase", |d| d["phase"] == "day_intro").await;
     assert_ne!(w.owner(&code).await, owner, "another engine owns the room");
+    // The record keeps the token's claims; the survivor signs them again with the same key,
+    // and Ed25519 gives the same token.
+    assert_eq!(
+        w.ok(&code, join_again).await,
+        joined,
+        "the retried join on the survivor"
+    );
     // Old player ids act (the survivor has the same signing key, so their tokens hold too).
     w.ok(
         &code,

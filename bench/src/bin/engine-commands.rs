@@ -10,6 +10,7 @@
 //! `cargo run --release -p bench --bin engine-commands -- --rooms 1000 --seconds 10`
 //! `cargo run --release -p bench --bin engine-commands -- --nats cluster --rooms 1000`
 //! `cargo run --release -p bench --bin engine-commands -- --rooms 100 --chat-every 4`
+//! `cargo run --release -p bench --bin engine-commands -- --rooms 1000 --request-ids`
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,6 +41,10 @@ struct Args {
     /// (0: votes only), as in a room whose players talk.
     #[arg(long, default_value_t = 0)]
     chat_every: u64,
+    /// Give every command a `request_id` of its own (36 characters, as a UUID), as a
+    /// client that retries safely does.
+    #[arg(long)]
+    request_ids: bool,
 }
 
 #[tokio::main]
@@ -95,13 +100,18 @@ async fn main() -> anyhow::Result<()> {
                     let (code, players) = &rooms[i % rooms.len()];
                     let (voter, target) = if i % 2 == 0 { (0, 1) } else { (1, 0) };
                     sent_here += 1;
-                    let body = if args.chat_every > 0 && sent_here.is_multiple_of(args.chat_every) {
+                    let mut body = if args.chat_every > 0
+                        && sent_here.is_multiple_of(args.chat_every)
+                    {
                         // Digits, zero-padded: the engine trims a line's spaces.
                         let text = format!("{sent_here:0>100}");
                         json!({"type": "chat", "player": players[voter], "text": text})
                     } else {
                         json!({"type": "vote", "player": players[voter], "target": players[target]})
                     };
+                    if args.request_ids {
+                        body["request_id"] = json!(format!("{w:08x}-{sent_here:027x}"));
+                    }
                     let sent = Instant::now();
                     match client
                         .request(subjects.room_cmd(code), body.to_string().into())
