@@ -360,6 +360,8 @@ impl Room {
             }
         };
         let kind = cmd.kind();
+        let now = Now::system();
+        self.record.forget_old_seats(now.unix_ms / 1000);
         let retry = request_id.map(|id| (actor(&cmd), id.as_str().to_owned()));
         if let Some(answer) = (retry.as_ref()).and_then(|(by, id)| self.record.remembered(by, id)) {
             counter!(m::COMMANDS, "type" => kind, "result" => "replayed").increment(1);
@@ -368,7 +370,7 @@ impl Room {
         let undo = Box::new(self.record.clone());
         let mut fx = Effects::default();
         let applied = (self.record.game)
-            .handle(cmd, Now::system(), &mut rand::rng(), &mut fx)
+            .handle(cmd, now, &mut rand::rng(), &mut fx)
             .map(|ack| self.answer_of(ack));
         let reply = match &applied {
             Ok(answer) => self.reply_of(answer),

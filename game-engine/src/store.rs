@@ -1,11 +1,12 @@
 //! Rooms in NATS JetStream: the record every step commits, and each room's event log.
 //!
 //! A room's record (its whole [`Game`], owner, epoch, id counter, the last step's events and
-//! what recent commands were answered) is one KV entry, written with compare-and-set on its revision. That write
-//! is the commit of a step and the fence against a stale owner: an engine whose revision is
-//! no longer the latest can commit nothing, and an event is published only once committed.
-//! Each step's events are then appended to the room's own subject of the log stream, which
-//! answers `since` after a takeover. See `docs/durability.md` for the invariants.
+//! the answers to recent commands) is one KV entry, written with compare-and-set on its
+//! revision. That write is the commit of a step and the fence against a stale owner: an
+//! engine whose revision is no longer the latest can commit nothing, and an event is
+//! published only once committed. Each step's events are then appended to the room's own
+//! subject of the log stream, which answers `since` after a takeover. See
+//! `docs/durability.md` for the invariants.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -64,10 +65,11 @@ struct LogEntry {
     events: Vec<Logged>,
 }
 
-/// What a command that carried a `request_id` was answered, kept so that a retry gets the
-/// same reply. Kept in the fewest bytes the reply can be rebuilt from, byte for byte (every
-/// step rewrites the record, and its size is what a commit costs): nothing for a plain
+/// The answer to a command that carried a `request_id`, kept so that a retry gets the same
+/// reply. Kept in the fewest bytes the reply can be rebuilt from, byte for byte (every step
+/// rewrites the record, and its size is what a commit costs): nothing for a plain
 /// `{"ok":true}`, a police skill's answer, a join's token claims (signed again on a retry).
+/// At most one of the two is set.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,7 +82,8 @@ pub struct Answer {
 /// actor, so it never finds another player's reply.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Answered {
-    /// The acting player's id, or for a join `join:<the name asked for>`.
+    /// The acting player's id, or for a join `join:<the name asked for, trimmed and
+    /// lowercased>`.
     pub actor: String,
     pub request_id: String,
     #[serde(flatten)]
@@ -114,10 +117,15 @@ pub struct RoomRecord {
 
 impl RoomRecord {
     /// Answers kept per actor: enough for a client with that many commands in flight to
-    /// retry each. Every one costs a commit some 75 bytes (with a UUID for request id).
+    /// retry each. Every one costs a commit some 77 bytes with a UUID for request id (a
+    /// join's about 170), so it is the count that keeps the record small.
     pub const ANSWERS_PER_ACTOR: usize = 4;
     /// Answers kept per room.
     pub const ANSWERS_KEPT: usize = 64;
+    /// How long a join's answer is kept: long enough for a client to retry a join whose
+    /// reply it lost, and no longer, since whoever sends the same name and request id gets
+    /// the seat's token.
+    pub const SEAT_KEPT_SECS: u64 = 120;
 
     pub fn new(owner: String, game: Game) -> Self {
         RoomRecord {
@@ -159,7 +167,8 @@ impl RoomRecord {
     }
 
     pub fn remembered(&self, actor: &str, request_id: &str) -> Option<&Answer> {
-        (self.answered.iter())
+        self.answered
+            .iter()
             .find(|a| a.actor == actor && a.request_id == request_id)
             .map(|a| &a.answer)
     }
@@ -167,20 +176,26 @@ impl RoomRecord {
     /// Keeps an answer, dropping the actor's oldest beyond [`Self::ANSWERS_PER_ACTOR`] and
     /// the room's oldest beyond [`Self::ANSWERS_KEPT`].
     pub fn remember(&mut self, actor: String, request_id: String, answer: Answer) {
-        let mut own = self.answered.iter().filter(|a| a.actor == actor).count();
-        self.answered.retain(|a| {
-            let drop = a.actor == actor && own >= Self::ANSWERS_PER_ACTOR;
-            own -= usize::from(drop);
-            !drop
-        });
-        if self.answered.len() == Self::ANSWERS_KEPT {
+        let own = |a: &Answered| a.actor == actor;
+        while self.answered.iter().filter(|a| own(a)).count() >= Self::ANSWERS_PER_ACTOR {
+            let oldest = self.answered.iter().position(own).expect("counted");
+            self.answered.remove(oldest);
+        }
+        while self.answered.len() >= Self::ANSWERS_KEPT {
             self.answered.pop_front();
         }
-        (self.answered).push_back(Answered {
+        self.answered.push_back(Answered {
             actor,
             request_id,
             answer,
         });
+    }
+
+    /// Drops the answers of joins signed [`Self::SEAT_KEPT_SECS`] or more before `now_secs`.
+    pub fn forget_old_seats(&mut self, now_secs: u64) {
+        let fresh = |seat: &Claims| now_secs < seat.iat.saturating_add(Self::SEAT_KEPT_SECS);
+        self.answered
+            .retain(|a| a.answer.seat.as_ref().is_none_or(fresh));
     }
 }
 
@@ -609,5 +624,38 @@ mod tests {
         assert_eq!(record.answered.len(), RoomRecord::ANSWERS_KEPT);
         assert_eq!(record.remembered("join:ann", "j1"), None);
         assert!(record.remembered("player0", "r").is_some());
+    }
+
+    #[test]
+    fn a_join_s_answer_is_kept_for_a_while_only() {
+        let record: RoomRecord = serde_json::from_str(RECORD_BEFORE).unwrap();
+        let mut record = RoomRecord::new(record.owner, record.game);
+        let iat = 1_796_000_000;
+        let seat = Claims {
+            sub: proto::PlayerId::parse("CNT4AUCoWkD5").unwrap(),
+            room: RoomCode::parse("3KGPEB8NF3QK").unwrap(),
+            name: "Ann".to_owned(),
+            iat,
+            exp: iat + 86_400,
+        };
+        let joined = Answer {
+            seat: Some(seat),
+            mafia: None,
+        };
+        let police = Answer {
+            seat: None,
+            mafia: Some(true),
+        };
+        record.remember("join:ann".into(), "j1".into(), joined.clone());
+        record.remember("CNT4AUCoWkD5".into(), "s1".into(), police.clone());
+        record.forget_old_seats(iat + RoomRecord::SEAT_KEPT_SECS - 1);
+        assert_eq!(record.remembered("join:ann", "j1"), Some(&joined));
+        record.forget_old_seats(iat + RoomRecord::SEAT_KEPT_SECS);
+        assert_eq!(record.remembered("join:ann", "j1"), None, "the token goes");
+        assert_eq!(
+            record.remembered("CNT4AUCoWkD5", "s1"),
+            Some(&police),
+            "other answers stay"
+        );
     }
 }
