@@ -107,7 +107,7 @@ impl World {
             .subscribe(format!("$KV.game_engines.{id}"))
             .await
             .unwrap();
-        self.client.flush().await.unwrap();
+        test_support::server_has_read(&self.client).await;
         let engine = Engine::start(&self.cluster.url(node), self.dir.path(), id);
         loop {
             let beat = timeout(WAIT, beats.next())

@@ -125,7 +125,7 @@ async fn the_lobby_follows_rooms_as_they_open_fill_start_and_close() {
 async fn a_lobby_bucket_that_went_back_is_read_again() {
     let h = Harness::start().await;
     let mut events = h.client.subscribe(h.subjects.lobby_events()).await.unwrap();
-    h.client.flush().await.unwrap();
+    test_support::server_has_read(&h.client).await;
     let mut before = 0;
     for _ in 0..8 {
         let code = h.room(fast_room(4, 1, 0, 0)).await;

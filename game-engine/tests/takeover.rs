@@ -124,7 +124,7 @@ impl World {
             .subscribe(format!("$KV.game_engines.{id}"))
             .await
             .unwrap();
-        self.client.flush().await.unwrap();
+        test_support::server_has_read(&self.client).await;
         let engine = Engine::start(&self.nats, self.dir.path(), id, env);
         loop {
             let beat = timeout(WAIT, beats.next())

@@ -193,7 +193,7 @@ async fn every_auth_failure_has_its_status_and_a_json_body() {
         .subscribe(s.subjects.room_snap(&code))
         .await
         .unwrap();
-    s.client.flush().await.unwrap();
+    test_support::server_has_read(&s.client).await;
     let sse = Sse::connect(&url, &[("Authorization", &bearer)]).await;
     assert_eq!(sse.status, 504);
     assert_eq!(sse.error_body().await["error"], "timeout");
@@ -568,7 +568,7 @@ async fn public_and_private_events_reach_a_player_in_publication_order() {
 async fn contract_backend(s: &Setup, subject: String) -> tokio::task::JoinHandle<()> {
     use futures::StreamExt;
     let mut requests = s.client.subscribe(subject.clone()).await.unwrap();
-    s.client.flush().await.unwrap();
+    test_support::server_has_read(&s.client).await;
     let client = s.client.clone();
     let backend = tokio::spawn(async move {
         while let Some(msg) = requests.next().await {

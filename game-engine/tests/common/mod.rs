@@ -184,7 +184,7 @@ impl Harness {
             .subscribe(self.subjects.room_wildcard(code))
             .await
             .unwrap();
-        self.client.flush().await.unwrap();
+        test_support::server_has_read(&self.client).await;
         Watcher {
             sub,
             accept: vec![
@@ -201,7 +201,7 @@ impl Harness {
             .subscribe(self.subjects.lobby_events())
             .await
             .unwrap();
-        self.client.flush().await.unwrap();
+        test_support::server_has_read(&self.client).await;
         Watcher {
             sub,
             accept: vec![self.subjects.lobby_events()],

@@ -340,7 +340,7 @@ impl FakeStream {
         };
         let snap_subject = snap.clone();
         let mut snaps = client.subscribe(snap).await.unwrap();
-        client.flush().await.unwrap();
+        test_support::server_has_read(&client).await;
         let published = Arc::new(Mutex::new(0u64));
         let seq = published.clone();
         let snap_requests = Arc::new(Mutex::new(Vec::new()));
