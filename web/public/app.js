@@ -108,20 +108,35 @@ function clearError() {
 // Waits before each retry of a request that never reached a gateway (about 4 s in all).
 const RETRY_DELAYS = [250, 500, 1000, 2000];
 
-async function post(path, body, token) {
+// A `request_id` (docs/protocol.md, "Retrying safely"): random, so that nobody else can
+// claim a join's reply with it; the same on every retry of one command, so that a retry of
+// a command the engine did apply gets its first reply back instead of applying it again.
+// (`crypto.randomUUID` needs a secure context; the page is also served over plain HTTP.)
+function newRequestId() {
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+// POSTs `body`. Room commands and joins (`idempotent`) carry a request id, so they are retried
+// whatever became of the first attempt: a connection that failed after the gateway had sent
+// the command on, or a 504 (the engine did not answer in time: it may have applied it).
+// Anything else (a create) is retried only when it cannot have reached the engine.
+async function post(path, body, token, { idempotent = false } = {}) {
   const headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
   if (token) headers.Authorization = `Bearer ${token}`;
+  const payload = JSON.stringify(idempotent ? { ...body, request_id: newRequestId() } : body);
   for (let attempt = 0; ; attempt++) {
     let res = null;
     try {
-      res = await fetch(path, { method: 'POST', headers, body: JSON.stringify(body), credentials: 'same-origin' });
+      res = await fetch(path, { method: 'POST', headers, body: payload, credentials: 'same-origin' });
     } catch { /* no answer at all */ }
     let json = null;
     if (res) { try { json = await res.json(); } catch { /* not JSON: an error page from the proxy */ } }
     // nginx answers 502/503 itself (no JSON body) while every gateway is down or briefly marked
-    // down after a restart; the gateway's own 503 (`unavailable`: no NATS) means the command was
-    // not sent either. Those are retried for a few seconds; anything else is the answer.
-    const transient = !res || ((res.status === 502 || res.status === 503) && (!json || json.error === 'unavailable'));
+    // down after a restart; the gateway's own 503 (`unavailable`: no NATS, or the room is
+    // between two engines) means the command was not applied either. Those are retried for a
+    // few seconds; anything else is the answer.
+    const transient = !res || ((res.status === 502 || res.status === 503) && (!json || json.error === 'unavailable'))
+      || (idempotent && res.status === 504 && attempt < 2);
     if (transient && attempt < RETRY_DELAYS.length) {
       await new Promise((r) => setTimeout(r, RETRY_DELAYS[attempt]));
       continue;
@@ -405,7 +420,7 @@ async function joinRoom(code, button) {
     if (!isCode(code)) { $('join-code').focus(); throw new ApiError('missing_code'); }
     const name = readName();
     await busy(button, async () => {
-      const r = await post(`/v1/rooms/${encodeURIComponent(code)}/join`, { name });
+      const r = await post(`/v1/rooms/${encodeURIComponent(code)}/join`, { name }, null, { idempotent: true });
       rememberName(name);
       saveSeat(code, { player_id: r.player_id, token: r.token, name });
       goRoom(code);
@@ -453,7 +468,7 @@ async function createRoom(ev) {
       let seat = await post('/v1/rooms', { ...body, name });
       if (!seat.token) {
         // A gateway that predates create-and-join answers with the code only: join then.
-        seat = { code: seat.code, ...(await post(`/v1/rooms/${encodeURIComponent(seat.code)}/join`, { name })) };
+        seat = { code: seat.code, ...(await post(`/v1/rooms/${encodeURIComponent(seat.code)}/join`, { name }, null, { idempotent: true })) };
       }
       rememberName(name);
       saveSeat(seat.code, { player_id: seat.player_id, token: seat.token, name });
@@ -669,7 +684,7 @@ async function command(body, button) {
   const r = room;
   clearError();
   try {
-    const res = await busy(button, () => post(`/v1/rooms/${encodeURIComponent(r.code)}/commands`, body, r.seat.token));
+    const res = await busy(button, () => post(`/v1/rooms/${encodeURIComponent(r.code)}/commands`, body, r.seat.token, { idempotent: true }));
     countCommand('commandsOk');
     return res;
   } catch (e) {

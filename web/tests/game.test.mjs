@@ -12,8 +12,10 @@
 // violations.
 //
 // Then: two tabs of one browser context are two players of one room, each with its own role
-// and only its own private events; and eight tabs of one context hold eight streams over
-// HTTP/2 through nginx (over HTTP/1.1 a browser opens only six connections per origin).
+// and only its own private events; eight tabs of one context hold eight streams over
+// HTTP/2 through nginx (over HTTP/1.1 a browser opens only six connections per origin); and
+// a join and a chat line whose answers are lost after the engine applied them are retried
+// by the page with their request ids, and applied once.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -711,6 +713,57 @@ async function eightStreamsOverHttp2() {
   await context.close();
   await waitUntil(() => (stack.nginxAccessLog().match(/"GET \/v1\/lobby\/events HTTP\/2\.0"/g) || []).length >= 8,
     { timeoutMs: WAIT, what: 'eight HTTP/2 lobby streams in nginx\'s access log' });
+}
+
+test('a command whose answer is lost on the way back is retried and applied once', { timeout: 120000 }, async () => {
+  try {
+    await lostAnswers();
+  } catch (e) {
+    failed = true;
+    throw e;
+  }
+});
+
+/**
+ * Lets the first request to `pattern` reach the gateway (and the engine apply it), then
+ * breaks the connection before the page reads the answer, as a proxy or gateway dying at that
+ * moment would. Returns the request ids of every attempt, in order.
+ */
+async function loseFirstAnswer(page, pattern) {
+  const ids = [];
+  await page.route(pattern, async (route) => {
+    ids.push(route.request().postDataJSON().request_id);
+    if (ids.length > 1) return route.continue();
+    await route.fetch();
+    return route.abort('connectionreset');
+  });
+  return ids;
+}
+
+async function lostAnswers() {
+  const code = await createByApi({ title: `Lost answers ${Date.now().toString(36)}`, total: 3, mafia: 1,
+    doctor: 0, police: 0, name: 'Host' });
+  const ann = await Player.open('Ann');
+  await ann.setName('Ann');
+  const joins = await loseFirstAnswer(ann.page, '**/v1/rooms/*/join');
+  await ann.page.locator(`[data-testid=lobby-room][data-code="${code}"] [data-testid=lobby-join]`).click();
+  await ann.t('room-view').waitFor({ state: 'visible' });
+  const seated = await ann.until((s) => s.you && s.players.length === 2, 'Ann seated beside the host');
+  assert.equal(seated.error, null, 'no error: the retry got the seat the first attempt took');
+  assert.deepEqual(seated.players.map((p) => p.name).sort(), ['Ann', 'Host'], 'one seat for Ann, no ghost');
+  assert.equal(joins.length, 2, 'the join was sent again');
+  assert.match(joins[0], /^[0-9a-f]{32}$/, 'a random request id');
+  assert.equal(joins[1], joins[0], 'the retry carries the first attempt\'s request id');
+
+  const commands = await loseFirstAnswer(ann.page, '**/v1/rooms/*/commands');
+  await ann.say('said once');
+  await ann.say('and then');
+  const chat = (await ann.until((s) => count(s.chat, 'and then') === 1, 'the second line')).chat;
+  assert.equal(count(chat, 'said once'), 1, `the retried line is in the room once: ${JSON.stringify(chat)}`);
+  assert.equal(commands.length, 3, 'the first line was sent twice, the second once');
+  assert.equal(commands[1], commands[0]);
+  assert.notEqual(commands[2], commands[0], 'each command has an id of its own');
+  assert.deepEqual(ann.pageErrors, []);
 }
 
 async function createByApi(body) {
