@@ -35,14 +35,12 @@ enum Order {
 }
 
 impl Lobby {
-    /// Subscribes to the snapshot subject (confirmed by the server before this returns) and
+    /// Subscribes to the snapshot subject (read by the server before this returns) and
     /// keeps the last `history` events for `since` requests.
     pub async fn start(client: Client, history: usize) -> anyhow::Result<Lobby> {
         let subjects = Subjects::default();
         let snaps = client.subscribe(subjects.lobby_snap()).await?;
-        tokio::time::timeout(Duration::from_secs(10), client.flush())
-            .await
-            .context("nats-server did not confirm the subscription in 10 s")??;
+        test_support::server_has_read(&client).await;
         let (orders, received) = mpsc::unbounded_channel();
         let publisher = Publisher {
             client,

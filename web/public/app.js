@@ -105,7 +105,7 @@ function clearError() {
 
 // ───────────────────────────── HTTP ─────────────────────────────
 
-// Waits before each retry of a request that never reached a gateway (about 4 s in all).
+// Waits before each retry of a request that did not get through (about 4 s in all).
 const RETRY_DELAYS = [250, 500, 1000, 2000];
 
 // A `request_id` (docs/protocol.md, "Retrying safely"): random, so that nobody else can
@@ -116,10 +116,12 @@ function newRequestId() {
   return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-// POSTs `body`. Room commands and joins (`idempotent`) carry a request id, so they are retried
-// whatever became of the first attempt: a connection that failed after the gateway had sent
-// the command on, or a 504 (the engine did not answer in time: it may have applied it).
-// Anything else (a create) is retried only when it cannot have reached the engine.
+// POSTs `body`. Joins and room commands (`idempotent`) carry a request id, so they are
+// retried whatever became of an attempt: no answer at all (the connection broke, perhaps
+// after the gateway had sent the command on), a 502/503, or once a gateway's 504 (the engine
+// did not answer in time: it may have applied the command). A create has no request id: it
+// is retried only after a 502/503, which nginx answers when no gateway takes the request and
+// the gateway when NATS or the engine is unavailable, so it almost never was applied.
 async function post(path, body, token, { idempotent = false } = {}) {
   const headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -131,12 +133,10 @@ async function post(path, body, token, { idempotent = false } = {}) {
     } catch { /* no answer at all */ }
     let json = null;
     if (res) { try { json = await res.json(); } catch { /* not JSON: an error page from the proxy */ } }
-    // nginx answers 502/503 itself (no JSON body) while every gateway is down or briefly marked
-    // down after a restart; the gateway's own 503 (`unavailable`: no NATS, or the room is
-    // between two engines) means the command was not applied either. Those are retried for a
-    // few seconds; anything else is the answer.
-    const transient = !res || ((res.status === 502 || res.status === 503) && (!json || json.error === 'unavailable'))
-      || (idempotent && res.status === 504 && attempt < 2);
+    const transient = res
+      ? ((res.status === 502 || res.status === 503) && (!json || json.error === 'unavailable'))
+        || (idempotent && res.status === 504 && json?.error === 'timeout' && attempt === 0)
+      : idempotent;
     if (transient && attempt < RETRY_DELAYS.length) {
       await new Promise((r) => setTimeout(r, RETRY_DELAYS[attempt]));
       continue;

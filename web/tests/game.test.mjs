@@ -14,8 +14,8 @@
 // Then: two tabs of one browser context are two players of one room, each with its own role
 // and only its own private events; eight tabs of one context hold eight streams over
 // HTTP/2 through nginx (over HTTP/1.1 a browser opens only six connections per origin); and
-// a join and a chat line whose answers are lost after the engine applied them are retried
-// by the page with their request ids, and applied once.
+// a join and a chat line whose answers are lost after the engine applied them (a broken
+// connection, a 504) are retried by the page with their request ids, and applied once.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -725,19 +725,26 @@ test('a command whose answer is lost on the way back is retried and applied once
 });
 
 /**
- * Lets the first request to `pattern` reach the gateway (and the engine apply it), then
- * breaks the connection before the page reads the answer, as a proxy or gateway dying at that
- * moment would. Returns the request ids of every attempt, in order.
+ * Lets the first request to `pattern` reach the gateway (and the engine apply it), then keeps
+ * its answer from the page: `cut` is `reset` (the connection breaks, as when a proxy or a
+ * gateway dies at that moment) or `timeout` (the gateway's 504, as when the engine's answer
+ * comes too late). Returns the request ids of every attempt in order, and the answer the
+ * page never saw.
  */
-async function loseFirstAnswer(page, pattern) {
-  const ids = [];
+async function loseFirstAnswer(page, pattern, cut) {
+  const seen = { ids: [], lost: null };
   await page.route(pattern, async (route) => {
-    ids.push(route.request().postDataJSON().request_id);
-    if (ids.length > 1) return route.continue();
-    await route.fetch();
-    return route.abort('connectionreset');
+    seen.ids.push(route.request().postDataJSON().request_id);
+    if (seen.ids.length > 1) return route.continue();
+    try {
+      const answer = await route.fetch();
+      seen.lost = { status: answer.status(), body: await answer.json() };
+    } finally {
+      await (cut === 'reset' ? route.abort('connectionreset')
+        : route.fulfill({ status: 504, json: { ok: false, error: 'timeout', message: 'the engine did not answer in time' } }));
+    }
   });
-  return ids;
+  return seen;
 }
 
 async function lostAnswers() {
@@ -745,25 +752,31 @@ async function lostAnswers() {
     doctor: 0, police: 0, name: 'Host' });
   const ann = await Player.open('Ann');
   await ann.setName('Ann');
-  const joins = await loseFirstAnswer(ann.page, '**/v1/rooms/*/join');
+  const join = await loseFirstAnswer(ann.page, '**/v1/rooms/*/join', 'reset');
   await ann.page.locator(`[data-testid=lobby-room][data-code="${code}"] [data-testid=lobby-join]`).click();
   await ann.t('room-view').waitFor({ state: 'visible' });
   const seated = await ann.until((s) => s.you && s.players.length === 2, 'Ann seated beside the host');
   assert.equal(seated.error, null, 'no error: the retry got the seat the first attempt took');
   assert.deepEqual(seated.players.map((p) => p.name).sort(), ['Ann', 'Host'], 'one seat for Ann, no ghost');
-  assert.equal(joins.length, 2, 'the join was sent again');
-  assert.match(joins[0], /^[0-9a-f]{32}$/, 'a random request id');
-  assert.equal(joins[1], joins[0], 'the retry carries the first attempt\'s request id');
+  assert.equal(join.lost?.status, 200, `the first attempt took the seat: ${JSON.stringify(join.lost)}`);
+  const seat = await ann.seat(code);
+  assert.deepEqual([seat.player_id, seat.token], [join.lost.body.player_id, join.lost.body.token],
+    'the retry got the first answer back, token and all');
+  assert.equal(join.ids.length, 2, 'the join was sent again');
+  assert.match(join.ids[0], /^[0-9a-f]{32}$/, 'a random request id');
+  assert.equal(join.ids[1], join.ids[0], 'the retry carries the first attempt\'s request id');
 
-  const commands = await loseFirstAnswer(ann.page, '**/v1/rooms/*/commands');
+  const chat = await loseFirstAnswer(ann.page, '**/v1/rooms/*/commands', 'timeout');
   await ann.say('said once');
   await ann.say('and then');
-  const chat = (await ann.until((s) => count(s.chat, 'and then') === 1, 'the second line')).chat;
-  assert.equal(count(chat, 'said once'), 1, `the retried line is in the room once: ${JSON.stringify(chat)}`);
-  assert.equal(commands.length, 3, 'the first line was sent twice, the second once');
-  assert.equal(commands[1], commands[0]);
-  assert.notEqual(commands[2], commands[0], 'each command has an id of its own');
+  const lines = (await ann.until((s) => count(s.chat, 'and then') === 1, 'the second line')).chat;
+  assert.equal(chat.lost?.status, 200, `the first attempt said the line: ${JSON.stringify(chat.lost)}`);
+  assert.equal(count(lines, 'said once'), 1, `the line retried after a 504 is in the room once: ${JSON.stringify(lines)}`);
+  assert.equal(chat.ids.length, 3, 'the first line was sent twice, the second once');
+  assert.equal(chat.ids[1], chat.ids[0]);
+  assert.notEqual(chat.ids[2], chat.ids[0], 'each command has an id of its own');
   assert.deepEqual(ann.pageErrors, []);
+  await ann.page.unrouteAll();
 }
 
 async function createByApi(body) {
