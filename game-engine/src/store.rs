@@ -575,21 +575,26 @@ mod tests {
         assert!(!status.closed);
     }
 
-    #[test]
-    fn answers_are_kept_per_actor_and_per_room() {
-        let record: RoomRecord = serde_json::from_str(RECORD_BEFORE).unwrap();
-        let mut record = RoomRecord::new(record.owner, record.game);
+    /// The answer to Ann's join, her token issued at `iat`.
+    fn ann_joined(iat: u64) -> Answer {
         let seat = Claims {
             sub: proto::PlayerId::parse("CNT4AUCoWkD5").unwrap(),
             room: RoomCode::parse("3KGPEB8NF3QK").unwrap(),
             name: "Ann".to_owned(),
-            iat: 1_796_000_000,
-            exp: 1_796_086_400,
+            iat,
+            exp: iat + 86_400,
         };
-        let joined = Answer {
+        Answer {
             seat: Some(seat),
             mafia: None,
-        };
+        }
+    }
+
+    #[test]
+    fn answers_are_kept_per_actor_and_per_room() {
+        let record: RoomRecord = serde_json::from_str(RECORD_BEFORE).unwrap();
+        let mut record = RoomRecord::new(record.owner, record.game);
+        let joined = ann_joined(1_796_000_000);
         record.remember("join:ann".into(), "j1".into(), joined.clone());
         for n in 0..=RoomRecord::ANSWERS_PER_ACTOR {
             record.remember("CNT4AUCoWkD5".into(), format!("c{n}"), Answer::default());
@@ -631,17 +636,7 @@ mod tests {
         let record: RoomRecord = serde_json::from_str(RECORD_BEFORE).unwrap();
         let mut record = RoomRecord::new(record.owner, record.game);
         let iat = 1_796_000_000;
-        let seat = Claims {
-            sub: proto::PlayerId::parse("CNT4AUCoWkD5").unwrap(),
-            room: RoomCode::parse("3KGPEB8NF3QK").unwrap(),
-            name: "Ann".to_owned(),
-            iat,
-            exp: iat + 86_400,
-        };
-        let joined = Answer {
-            seat: Some(seat),
-            mafia: None,
-        };
+        let joined = ann_joined(iat);
         let police = Answer {
             seat: None,
             mafia: Some(true),
