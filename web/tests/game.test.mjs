@@ -63,6 +63,18 @@ after(async () => {
   if (stack) await stack.stop({ keep: failed });
 }, { timeout: 60000 });
 
+/** A test against the shared stack: one that fails keeps the stack's logs. */
+function stackTest(name, timeout, body) {
+  test(name, { timeout }, async () => {
+    try {
+      await body();
+    } catch (e) {
+      failed = true;
+      throw e;
+    }
+  });
+}
+
 // ───────────────────────────── page helpers ─────────────────────────────
 
 /** Everything a test asserts about a room page, read from its DOM in one go. */
@@ -256,14 +268,7 @@ async function all(players, fn) { return Promise.all(players.map(fn)); }
 
 // ───────────────────────────── the game ─────────────────────────────
 
-test('four players play a whole game in Chromium through nginx and two gateways', { timeout: 300000 }, async () => {
-  try {
-    await playWholeGame();
-  } catch (e) {
-    failed = true;
-    throw e;
-  }
-});
+stackTest('four players play a whole game in Chromium through nginx and two gateways', 300000, playWholeGame);
 
 async function playWholeGame() {
   // ── the lobby watcher ──
@@ -585,14 +590,7 @@ async function playWholeGame() {
 
 // ───────────────────────────── two players in one browser ─────────────────────────────
 
-test('two tabs of one browser are two players: each sees its own role and only its own private events', { timeout: 180000 }, async () => {
-  try {
-    await twoTabsOneBrowser();
-  } catch (e) {
-    failed = true;
-    throw e;
-  }
-});
+stackTest('two tabs of one browser are two players: each sees its own role and only its own private events', 180000, twoTabsOneBrowser);
 
 async function twoTabsOneBrowser() {
   // Ann and Bob share one context (one cookie jar, one localStorage); Cy has her own.
@@ -674,14 +672,7 @@ async function twoTabsOneBrowser() {
 
 // ───────────────────────────── HTTP/2 ─────────────────────────────
 
-test('eight tabs of one browser hold eight streams over HTTP/2 through nginx', { timeout: 120000 }, async () => {
-  try {
-    await eightStreamsOverHttp2();
-  } catch (e) {
-    failed = true;
-    throw e;
-  }
-});
+stackTest('eight tabs of one browser hold eight streams over HTTP/2 through nginx', 120000, eightStreamsOverHttp2);
 
 async function eightStreamsOverHttp2() {
   // The certificate is self-signed for the run: this context accepts it.
@@ -715,14 +706,7 @@ async function eightStreamsOverHttp2() {
     { timeoutMs: WAIT, what: 'eight HTTP/2 lobby streams in nginx\'s access log' });
 }
 
-test('a command whose answer is lost on the way back is retried and applied once', { timeout: 120000 }, async () => {
-  try {
-    await lostAnswers();
-  } catch (e) {
-    failed = true;
-    throw e;
-  }
-});
+stackTest('a command whose answer is lost on the way back is retried and applied once', 120000, lostAnswers);
 
 /**
  * Lets the first request to `pattern` reach the gateway (and the engine apply it), then keeps
