@@ -1,16 +1,25 @@
-//! Signing player tokens: EdDSA (Ed25519) JWTs with the claims of PROTOCOL.md.
+//! The engines' shared secret: signing player tokens (EdDSA (Ed25519) JWTs with the claims
+//! of PROTOCOL.md), and the room code a create's `request_id` stands for.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use proto::auth::Claims;
-use proto::{ErrorCode, PlayerId, Rejection, RoomCode};
+use proto::{ErrorCode, PlayerId, Rejection, RequestId, RoomCode};
+use rand::SeedableRng;
+use sha2::{Digest, Sha256};
+
+use crate::rules::draw_room_code;
 
 pub struct TokenSigner {
     key: EncodingKey,
     ttl: Duration,
+    /// A key for room codes derived from request ids, from the signing key: every engine of
+    /// a deployment holds the same, and nobody without it can tell a request's code.
+    codes: [u8; 32],
 }
 
 impl TokenSigner {
@@ -24,7 +33,21 @@ impl TokenSigner {
                 path.display()
             )
         })?;
-        Ok(TokenSigner { key, ttl })
+        Ok(TokenSigner {
+            key,
+            ttl,
+            codes: codes_key(&pem),
+        })
+    }
+
+    /// The code a create with `request_id` tries first, the same on every engine: so a
+    /// retried create finds the room the first attempt made (whose record remembers the
+    /// request), whichever engine takes either.
+    pub fn room_code_for(&self, request_id: &RequestId) -> RoomCode {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.codes).expect("any key length");
+        mac.update(request_id.as_str().as_bytes());
+        let seed: [u8; 32] = mac.finalize().into_bytes().into();
+        draw_room_code(&mut rand::rngs::StdRng::from_seed(seed))
     }
 
     /// The claims of a token for `player`, issued now.
@@ -51,4 +74,18 @@ impl TokenSigner {
             Rejection::new(ErrorCode::Internal, "could not sign a token")
         })
     }
+}
+
+/// The key for request-derived room codes: a hash of the signing key's PEM body (its base64
+/// lines alone, so that two files of one key wrapped differently agree).
+fn codes_key(pem: &[u8]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(b"phasecast room codes\0");
+    for line in pem.split(|&b| b == b'\n') {
+        let line = line.trim_ascii();
+        if !line.starts_with(b"-----") {
+            hash.update(line);
+        }
+    }
+    hash.finalize().into()
 }

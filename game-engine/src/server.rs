@@ -17,7 +17,7 @@ use metrics::gauge;
 use proto::command::decode_request;
 use proto::lobby::{CreateRoom, Created};
 use proto::subject::ENGINE_QUEUE_GROUP;
-use proto::{Command, ErrorCode, Rejection, Reply, StoreNames, Subjects};
+use proto::{Command, ErrorCode, Rejection, Reply, RequestId, RoomCode, StoreNames, Subjects};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,7 +33,7 @@ use crate::ownership;
 use crate::room::{seat_claims, Room};
 use crate::rules::{draw_room_code, Game};
 use crate::scheduler::{Scheduler, SchedulerThread};
-use crate::store::{choose_replicas, RoomRecord, Store, StoreLimits};
+use crate::store::{choose_replicas, Answer, RoomRecord, Store, StoreLimits};
 
 /// A configured engine, connected and bound, not yet serving.
 pub struct Engine {
@@ -205,6 +205,39 @@ impl Engine {
     }
 }
 
+/// The actor a create's answer is remembered under in its room's record (a player's is their
+/// id, alphanumeric; a join's `join:<name>`: neither can be this).
+const CREATOR: &str = "create:room";
+
+/// What a create with `request_id` answered, if the room under `code` is the one it made
+/// (its record remembers the request): the same code, seat and token. `None`: another room
+/// (or one whose answer has been forgotten) holds the code, and the create goes on afresh.
+async fn created_before(
+    ctx: &Context,
+    code: &RoomCode,
+    request_id: &RequestId,
+) -> Result<Option<Created>, Rejection> {
+    let stored = ctx.store.load(code).await.map_err(|e| {
+        tracing::warn!(error = %e, "cannot read a room a create may have made");
+        Rejection::new(ErrorCode::Unavailable, "the engine cannot open rooms now")
+    })?;
+    let Some((record, _)) = stored else {
+        return Ok(None);
+    };
+    let Some(answer) = record.remembered(CREATOR, request_id.as_str()) else {
+        return Ok(None);
+    };
+    let (player_id, token) = match &answer.seat {
+        Some(claims) => (Some(claims.sub.clone()), Some(ctx.signer.sign(claims)?)),
+        None => (None, None),
+    };
+    Ok(Some(Created {
+        code: code.clone(),
+        player_id,
+        token,
+    }))
+}
+
 /// Attempts at drawing a free room code before giving up (a collision is already one in
 /// 10^18; this bounds the loop, not the odds).
 const CODE_ATTEMPTS: usize = 8;
@@ -213,6 +246,8 @@ const CODE_ATTEMPTS: usize = 8;
 /// in the rooms bucket, so two engines can never hand out one code), start it, reply. With a
 /// `name`, the creator is seated in the room's first step, committed with the room itself:
 /// a public room is never listed, nor joinable by someone quicker, before its host is in.
+/// With a `request_id`, the first code tried is the one that id stands for, and the record
+/// remembers the answer (as a command's): a retry finds that room taken, and answers with it.
 async fn create_room(ctx: &Arc<Context>, msg: Message) {
     let Some(reply_to) = msg.reply.clone() else {
         return;
@@ -220,12 +255,16 @@ async fn create_room(ctx: &Arc<Context>, msg: Message) {
     let result = async {
         let mut settings: CreateRoom = decode_request(&msg.payload)?;
         let creator = settings.name.take();
+        let request_id = settings.request_id.take();
         let cannot = |e: &dyn std::fmt::Display| {
             tracing::error!(error = %e, "cannot store a new room");
             Rejection::new(ErrorCode::Unavailable, "the engine cannot open rooms now")
         };
-        for _ in 0..CODE_ATTEMPTS {
-            let code = draw_room_code(&mut rand::rng());
+        for attempt in 0..CODE_ATTEMPTS {
+            let code = match &request_id {
+                Some(id) if attempt == 0 => ctx.signer.room_code_for(id),
+                _ => draw_room_code(&mut rand::rng()),
+            };
             let now = Now::system();
             let game = Game::new(code.clone(), settings.clone(), ctx.min_phase, now)?;
             let mut record = RoomRecord::new(ctx.engine_id.clone(), game);
@@ -234,6 +273,7 @@ async fn create_room(ctx: &Arc<Context>, msg: Message) {
                 player_id: None,
                 token: None,
             };
+            let mut answer = Answer::default();
             if let Some(name) = &creator {
                 let mut fx = Effects::default();
                 let join = Command::Join { name: name.clone() };
@@ -245,7 +285,11 @@ async fn create_room(ctx: &Arc<Context>, msg: Message) {
                 let claims = seat_claims(ctx, &record.game, &player_id);
                 created.token = Some(ctx.signer.sign(&claims)?);
                 created.player_id = Some(player_id);
+                answer.seat = Some(claims);
                 record.step(fx);
+            }
+            if let Some(id) = &request_id {
+                record.remember(CREATOR.into(), id.as_str().into(), answer);
             }
             // The index first: a room is never stored without a way for others to find it.
             let index = format!("{}.{code}", ctx.engine_id);
@@ -259,6 +303,11 @@ async fn create_room(ctx: &Arc<Context>, msg: Message) {
                 }
                 Ok(None) => {
                     let _ = ctx.store.owners.delete(&index).await;
+                    if let Some(id) = request_id.as_ref().filter(|_| attempt == 0) {
+                        if let Some(first) = created_before(ctx, &code, id).await? {
+                            return Ok(first);
+                        }
+                    }
                 }
                 Err(e) => return Err(cannot(&e)),
             }

@@ -118,6 +118,10 @@ async fn impossible_rooms_are_refused() {
             json!({"title": "t", "total": 300, "mafia": 1}),
             "invalid_field",
         ),
+        (
+            json!({"title": "t", "total": 3, "mafia": 1, "request_id": "has spaces"}),
+            "invalid_field",
+        ),
     ] {
         assert_eq!(h.create(settings).await["error"], code);
     }

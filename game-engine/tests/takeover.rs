@@ -634,3 +634,52 @@ async fn engines_racing_give_unique_codes_and_one_lobby() {
         "lobby ids rise on NATS, none twice"
     );
 }
+
+#[tokio::test]
+async fn a_create_sent_again_with_its_request_id_answers_with_the_room_it_made() {
+    let w = World::start().await;
+    let _engines = [w.engine("e1").await, w.engine("e2").await];
+    let title = "created once";
+    let create = json!({"title": title, "total": 3, "mafia": 1, "name": "Host",
+        "request_id": "4f9c2d7e-0b1a-4c3e-9f6d-2a8b7c5e1d03"});
+    // Copies at once and after, spread over both engines by their queue group: whichever
+    // stores the room first, every copy gets its code, seat and token.
+    let replies: Vec<Value> =
+        futures::future::join_all((0..8).map(|_| w.ask(w.subjects.lobby_create(), create.clone())))
+            .await;
+    let later = w.ask(w.subjects.lobby_create(), create.clone()).await;
+    let first = &replies[0];
+    assert_eq!(first["ok"], true, "{first}");
+    assert!(first["token"].is_string(), "{first}");
+    for reply in replies.iter().chain([&later]) {
+        assert_eq!(reply, first, "the same room, seat and token");
+    }
+    let code = RoomCode::parse(first["code"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        w.record(&code).await["game"]["players"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Another request id is another room. Once the lobby lists it, it lists every room
+    // created before it: one for the first request id, however many copies.
+    let other = json!({"title": title, "total": 3, "mafia": 1, "name": "Host",
+        "request_id": "another"});
+    let other = w.create(other).await;
+    assert_ne!(other, code);
+    let titled = w
+        .until("the lobby to list the other room", || async {
+            let reply = w
+                .ask(
+                    w.subjects.lobby_snap(),
+                    json!({"viewer": null, "since": null}),
+                )
+                .await;
+            let rooms = reply["events"][0]["data"]["rooms"].as_array()?.clone();
+            let listed = rooms.iter().any(|r| r["code"] == other.as_str());
+            listed.then(|| rooms.into_iter().filter(|r| r["title"] == title).count())
+        })
+        .await;
+    assert_eq!(titled, 2, "one room per request id");
+}

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::command::RequestId;
 use crate::event::RoomEvent;
 use crate::ids::{PlayerId, RoomCode};
 
@@ -25,6 +26,10 @@ pub struct CreateRoom {
     /// is never listed before its host is in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Makes a retry safe (an extension of the contract, as on room commands): a create sent
+    /// again with the same `request_id` answers with the room the first one made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
 }
 
 impl CreateRoom {

@@ -116,12 +116,12 @@ function newRequestId() {
   return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-// POSTs `body`. Joins and room commands (`idempotent`) carry a request id, so they are
-// retried whatever became of an attempt: no answer at all (the connection broke, perhaps
-// after the gateway had sent the command on), a 502/503, or once a gateway's 504 (the engine
-// did not answer in time: it may have applied the command). A create has no request id: it
-// is retried only after a 502/503, which nginx answers when no gateway takes the request and
-// the gateway when NATS or the engine is unavailable, so it almost never was applied.
+// POSTs `body`. Creates, joins and room commands (`idempotent`) carry a request id, so they
+// are retried whatever became of an attempt: no answer at all (the connection broke, perhaps
+// after the gateway had sent it on), a 502/503, or once a gateway's 504 (the engine did not
+// answer in time: it may have applied it). Anything else would be retried only after a
+// 502/503, which nginx answers when no gateway takes the request and the gateway when NATS
+// or the engine is unavailable, so it almost never was applied.
 async function post(path, body, token, { idempotent = false } = {}) {
   const headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -465,7 +465,7 @@ async function createRoom(ev) {
     await busy(btn, async () => {
       // One call creates the room and seats its creator as the host, so the lobby never lists
       // the room without its host and nobody else can take the host's seat.
-      let seat = await post('/v1/rooms', { ...body, name });
+      let seat = await post('/v1/rooms', { ...body, name }, null, { idempotent: true });
       if (!seat.token) {
         // A gateway that predates create-and-join answers with the code only: join then.
         seat = { code: seat.code, ...(await post(`/v1/rooms/${encodeURIComponent(seat.code)}/join`, { name }, null, { idempotent: true })) };

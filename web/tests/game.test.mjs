@@ -14,8 +14,8 @@
 // Then: two tabs of one browser context are two players of one room, each with its own role
 // and only its own private events; eight tabs of one context hold eight streams over
 // HTTP/2 through nginx (over HTTP/1.1 a browser opens only six connections per origin); and
-// a join and a chat line whose answers are lost after the engine applied them (a broken
-// connection, a 504) are retried by the page with their request ids, and applied once.
+// a create, a join and a chat line whose answers are lost after the engine applied them (a
+// broken connection, a 504) are retried by the page with their request ids, and applied once.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -732,9 +732,28 @@ async function loseFirstAnswer(page, pattern, cut) {
 }
 
 async function lostAnswers() {
-  const code = await createByApi({ title: `Lost answers ${Date.now().toString(36)}`, total: 3, mafia: 1,
-    doctor: 0, police: 0, name: 'Host' });
+  // The host's create: its answer is lost, the page creates again with the same request id
+  // and is seated in the room the first attempt made; the lobby lists one such room.
+  const host = await Player.open('Host');
+  const title = `Lost answers ${Date.now().toString(36)}`;
+  await host.setName('Host');
+  await host.t('create-title').fill(title);
+  await host.t('create-total').fill('3');
+  await host.t('create-mafia').fill('1');
+  await host.t('create-doctor').fill('0');
+  await host.t('create-police').fill('0');
+  const create = await loseFirstAnswer(host.page, '**/v1/rooms', 'reset');
+  await host.t('create-submit').click();
+  await host.t('room-view').waitFor({ state: 'visible' });
+  const code = await host.t('room-code').getAttribute('data-code');
+  assert.equal(create.lost?.status, 200, `the first attempt made the room: ${JSON.stringify(create.lost)}`);
+  assert.equal(code, create.lost.body.code, 'the page is in the room the first attempt made');
+  assert.equal((await host.seat(code))?.token, create.lost.body.token, 'with the first attempt\'s seat');
+  assert.deepEqual([create.ids.length, create.ids[1]], [2, create.ids[0]], 'sent again with its request id');
+
   const ann = await Player.open('Ann');
+  await ann.page.locator(`[data-testid=lobby-room][data-code="${code}"]`).waitFor({ state: 'visible' });
+  assert.equal(await ann.page.locator('[data-testid=lobby-room]', { hasText: title }).count(), 1, 'one room made');
   await ann.setName('Ann');
   const join = await loseFirstAnswer(ann.page, '**/v1/rooms/*/join', 'reset');
   await ann.page.locator(`[data-testid=lobby-room][data-code="${code}"] [data-testid=lobby-join]`).click();
@@ -759,7 +778,8 @@ async function lostAnswers() {
   assert.equal(chat.ids.length, 3, 'the first line was sent twice, the second once');
   assert.equal(chat.ids[1], chat.ids[0]);
   assert.notEqual(chat.ids[2], chat.ids[0], 'each command has an id of its own');
-  assert.deepEqual(ann.pageErrors, []);
+  assert.deepEqual([...host.pageErrors, ...ann.pageErrors], []);
+  await host.page.unrouteAll();
   await ann.page.unrouteAll();
 }
 
