@@ -9,16 +9,13 @@ use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use proto::auth::Claims;
 use proto::{ErrorCode, PlayerId, Rejection, RequestId, RoomCode};
-use rand::SeedableRng;
 use sha2::{Digest, Sha256};
-
-use crate::rules::draw_room_code;
 
 pub struct TokenSigner {
     key: EncodingKey,
     ttl: Duration,
-    /// A key for room codes derived from request ids, from the signing key: every engine of
-    /// a deployment holds the same, and nobody without it can tell a request's code.
+    /// A key for room codes derived from requests, from the signing key: every engine of a
+    /// deployment holds the same, and nobody without it can tell a request's code.
     codes: [u8; 32],
 }
 
@@ -33,21 +30,27 @@ impl TokenSigner {
                 path.display()
             )
         })?;
-        Ok(TokenSigner {
-            key,
-            ttl,
-            codes: codes_key(&pem),
-        })
+        let codes = codes_key(key.as_bytes());
+        Ok(TokenSigner { key, ttl, codes })
     }
 
-    /// The code a create with `request_id` tries first, the same on every engine: so a
-    /// retried create finds the room the first attempt made (whose record remembers the
-    /// request), whichever engine takes either.
-    pub fn room_code_for(&self, request_id: &RequestId) -> RoomCode {
+    /// The code a create tries first when it carries a `request_id`: the same on every
+    /// engine for the same request (its id and everything else it asks for), so that a
+    /// retried create finds the room the first attempt made, whichever engine takes either.
+    /// Its characters are the MAC's first 60 bits, 5 to a character of the 32-symbol
+    /// alphabet, and not a random generator's draw, whose output may change between
+    /// versions of the crate.
+    pub fn room_code_for(&self, request_id: &RequestId, request: &[u8]) -> RoomCode {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.codes).expect("any key length");
         mac.update(request_id.as_str().as_bytes());
-        let seed: [u8; 32] = mac.finalize().into_bytes().into();
-        draw_room_code(&mut rand::rngs::StdRng::from_seed(seed))
+        mac.update(b"\0");
+        mac.update(request);
+        let digest = mac.finalize().into_bytes();
+        let bits = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+        let code: String = (0..RoomCode::DRAWN_LEN)
+            .map(|i| char::from(RoomCode::ALPHABET[((bits >> (59 - 5 * i)) & 31) as usize]))
+            .collect();
+        RoomCode::parse(&code).expect("alphabet codes are valid codes")
     }
 
     /// The claims of a token for `player`, issued now.
@@ -76,16 +79,47 @@ impl TokenSigner {
     }
 }
 
-/// The key for request-derived room codes: a hash of the signing key's PEM body (its base64
-/// lines alone, so that two files of one key wrapped differently agree).
-fn codes_key(pem: &[u8]) -> [u8; 32] {
-    let mut hash = Sha256::new();
-    hash.update(b"phasecast room codes\0");
-    for line in pem.split(|&b| b == b'\n') {
-        let line = line.trim_ascii();
-        if !line.starts_with(b"-----") {
-            hash.update(line);
-        }
+/// The key for request-derived room codes: a hash of the signing key itself (its PKCS#8
+/// bytes, so that two files of one key, however wrapped, agree).
+fn codes_key(signing_key: &[u8]) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(b"phasecast room codes\0")
+        .chain_update(signing_key)
+        .finalize()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer_from(pem: &str) -> TokenSigner {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.pem");
+        std::fs::write(&path, pem).unwrap();
+        TokenSigner::from_pem_file(&path, Duration::from_secs(3600)).unwrap()
     }
-    hash.finalize().into()
+
+    #[test]
+    fn a_request_stands_for_one_code_on_every_engine() {
+        let pem = test_support::TEST_SIGNING_KEY_PEM;
+        // The same key in files written otherwise: CRLF line ends, the body wrapped shorter.
+        let crlf = pem.replace('\n', "\r\n");
+        let body = pem.lines().find(|l| !l.starts_with("-----")).unwrap();
+        let rewrapped = pem.replace(body, &format!("{}\n{}", &body[..20], &body[20..]));
+        let id = RequestId::parse("4f9c2d7e-0b1a-4c3e-9f6d-2a8b7c5e1d03").unwrap();
+        let asked = br#"[{"title":"t","total":3,"mafia":1},"Host"]"#;
+        let codes: Vec<RoomCode> = [pem, &crlf, &rewrapped]
+            .map(|file| signer_from(file).room_code_for(&id, asked))
+            .into();
+        assert_eq!(codes[0], codes[1]);
+        assert_eq!(codes[0], codes[2]);
+        // Pinned: engines of another build must derive the same code from the same request.
+        assert_eq!(codes[0].as_str(), "NF8HPMX9KW62");
+        let signer = signer_from(pem);
+        let other_id = RequestId::parse("4f9c2d7e-0b1a-4c3e-9f6d-2a8b7c5e1d04").unwrap();
+        assert_ne!(signer.room_code_for(&other_id, asked), codes[0]);
+        let other_room = br#"[{"title":"u","total":3,"mafia":1},"Host"]"#;
+        assert_ne!(signer.room_code_for(&id, other_room), codes[0]);
+    }
 }

@@ -207,24 +207,21 @@ impl Engine {
 
 /// The actor a create's answer is remembered under in its room's record (a player's is their
 /// id, alphanumeric; a join's `join:<name>`: neither can be this).
-const CREATOR: &str = "create:room";
+const CREATE_ACTOR: &str = "create:room";
 
-/// What a create with `request_id` answered, if the room under `code` is the one it made
-/// (its record remembers the request): the same code, seat and token. `None`: another room
-/// (or one whose answer has been forgotten) holds the code, and the create goes on afresh.
-async fn created_before(
+/// What a create with `request_id` answered, if the record under `code` is of the room it
+/// made (and still open, and remembering the answer): the same code, seat and token. `None`:
+/// no such room, or another room holds the code, or the answer is forgotten.
+fn created_before(
     ctx: &Context,
-    code: &RoomCode,
+    stored: Option<RoomRecord>,
     request_id: &RequestId,
 ) -> Result<Option<Created>, Rejection> {
-    let stored = ctx.store.load(code).await.map_err(|e| {
-        tracing::warn!(error = %e, "cannot read a room a create may have made");
-        Rejection::new(ErrorCode::Unavailable, "the engine cannot open rooms now")
-    })?;
-    let Some((record, _)) = stored else {
+    let Some(mut record) = stored.filter(|r| !r.closed) else {
         return Ok(None);
     };
-    let Some(answer) = record.remembered(CREATOR, request_id.as_str()) else {
+    record.forget_old_seats(Now::system().unix_ms / 1000);
+    let Some(answer) = record.remembered(CREATE_ACTOR, request_id.as_str()) else {
         return Ok(None);
     };
     let (player_id, token) = match &answer.seat {
@@ -232,7 +229,7 @@ async fn created_before(
         None => (None, None),
     };
     Ok(Some(Created {
-        code: code.clone(),
+        code: record.game.code().clone(),
         player_id,
         token,
     }))
@@ -246,8 +243,10 @@ const CODE_ATTEMPTS: usize = 8;
 /// in the rooms bucket, so two engines can never hand out one code), start it, reply. With a
 /// `name`, the creator is seated in the room's first step, committed with the room itself:
 /// a public room is never listed, nor joinable by someone quicker, before its host is in.
-/// With a `request_id`, the first code tried is the one that id stands for, and the record
-/// remembers the answer (as a command's): a retry finds that room taken, and answers with it.
+/// With a `request_id`, the first code tried is the one the request stands for, and the
+/// record remembers the answer (as a command's): a retry finds that room there, and answers
+/// with it. (If another room holds that code, the create goes on under a random one, and a
+/// retry of it would not find it.)
 async fn create_room(ctx: &Arc<Context>, msg: Message) {
     let Some(reply_to) = msg.reply.clone() else {
         return;
@@ -260,10 +259,26 @@ async fn create_room(ctx: &Arc<Context>, msg: Message) {
             tracing::error!(error = %e, "cannot store a new room");
             Rejection::new(ErrorCode::Unavailable, "the engine cannot open rooms now")
         };
+        let load = |code: RoomCode| async move {
+            let stored = ctx.store.load(&code).await.map_err(|e| cannot(&e))?;
+            Ok::<_, Rejection>(stored.map(|(record, _)| record))
+        };
+        // The request as the code derives from it: the same id asking for another room
+        // (another title, another name) stands for another code.
+        let derived = request_id.as_ref().map(|id| {
+            let asked = serde_json::to_vec(&(&settings, &creator)).expect("requests serialise");
+            (id, ctx.signer.room_code_for(id, &asked))
+        });
+        if let Some((id, code)) = &derived {
+            if let Some(first) = created_before(ctx, load(code.clone()).await?, id)? {
+                return Ok(first);
+            }
+        }
         for attempt in 0..CODE_ATTEMPTS {
-            let code = match &request_id {
-                Some(id) if attempt == 0 => ctx.signer.room_code_for(id),
-                _ => draw_room_code(&mut rand::rng()),
+            let derived = derived.as_ref().filter(|_| attempt == 0);
+            let code = match derived {
+                Some((_, code)) => code.clone(),
+                None => draw_room_code(&mut rand::rng()),
             };
             let now = Now::system();
             let game = Game::new(code.clone(), settings.clone(), ctx.min_phase, now)?;
@@ -288,23 +303,32 @@ async fn create_room(ctx: &Arc<Context>, msg: Message) {
                 answer.seat = Some(claims);
                 record.step(fx);
             }
-            if let Some(id) = &request_id {
-                record.remember(CREATOR.into(), id.as_str().into(), answer);
+            if let Some((id, _)) = derived {
+                record.remember(CREATE_ACTOR.into(), id.as_str().into(), answer);
             }
             // The index first: a room is never stored without a way for others to find it.
             let index = format!("{}.{code}", ctx.engine_id);
             (ctx.store.owners.put(&index, bytes::Bytes::new()).await).map_err(|e| cannot(&e))?;
             match ctx.store.create(&code, &record).await {
                 Ok(Some(revision)) => {
-                    Room::start(ctx, record, revision, false)
-                        .await
-                        .map_err(|e| cannot(&e))?;
+                    if let Err(e) = Room::start(ctx, record, revision, false).await {
+                        // Not left stored with nobody running it (a retry would find it).
+                        let _ = ctx.store.rooms.delete(code.as_str()).await;
+                        let _ = ctx.store.owners.delete(&index).await;
+                        return Err(cannot(&e));
+                    }
                     return Ok(created);
                 }
                 Ok(None) => {
-                    let _ = ctx.store.owners.delete(&index).await;
-                    if let Some(id) = request_id.as_ref().filter(|_| attempt == 0) {
-                        if let Some(first) = created_before(ctx, &code, id).await? {
+                    // Taken: by another room, or (a copy of this request racing this one)
+                    // by the room this request made, perhaps on this engine, whose index key
+                    // this is then. Only a key of no room of ours goes.
+                    let stored = load(code.clone()).await?;
+                    if stored.as_ref().is_some_and(|r| r.owner != ctx.engine_id) {
+                        let _ = ctx.store.owners.delete(&index).await;
+                    }
+                    if let Some((id, _)) = derived {
+                        if let Some(first) = created_before(ctx, stored, id)? {
                             return Ok(first);
                         }
                     }

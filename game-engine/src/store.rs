@@ -68,8 +68,8 @@ struct LogEntry {
 /// The answer to a command that carried a `request_id`, kept so that a retry gets the same
 /// reply. Kept in the fewest bytes the reply can be rebuilt from, byte for byte (every step
 /// rewrites the record, and its size is what a commit costs): nothing for a plain
-/// `{"ok":true}`, a police skill's answer, a join's token claims (signed again on a retry).
-/// At most one of the two is set.
+/// `{"ok":true}`, a police skill's answer, the claims of a seat's token (a join's, or a
+/// create's that seated its creator; signed again on a retry). At most one of the two is set.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,8 +82,8 @@ pub struct Answer {
 /// actor, so it never finds another player's reply.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Answered {
-    /// The acting player's id, or for a join `join:<the name asked for, trimmed and
-    /// lowercased>`.
+    /// The acting player's id; for a join `join:<the name asked for, trimmed and
+    /// lowercased>`; for the create that made the room `create:room`.
     pub actor: String,
     pub request_id: String,
     #[serde(flatten)]
@@ -191,7 +191,8 @@ impl RoomRecord {
         });
     }
 
-    /// Drops the answers of joins signed [`Self::SEAT_KEPT_SECS`] or more before `now_secs`.
+    /// Drops the answers holding a seat's token (a join's, a create's) signed
+    /// [`Self::SEAT_KEPT_SECS`] or more before `now_secs`.
     pub fn forget_old_seats(&mut self, now_secs: u64) {
         let fresh = |seat: &Claims| now_secs < seat.iat.saturating_add(Self::SEAT_KEPT_SECS);
         self.answered

@@ -638,7 +638,7 @@ async fn engines_racing_give_unique_codes_and_one_lobby() {
 #[tokio::test]
 async fn a_create_sent_again_with_its_request_id_answers_with_the_room_it_made() {
     let w = World::start().await;
-    let _engines = [w.engine("e1").await, w.engine("e2").await];
+    let mut engines = [w.engine("e1").await, w.engine("e2").await];
     let title = "created once";
     let create = json!({"title": title, "total": 3, "mafia": 1, "name": "Host",
         "request_id": "4f9c2d7e-0b1a-4c3e-9f6d-2a8b7c5e1d03"});
@@ -662,6 +662,17 @@ async fn a_create_sent_again_with_its_request_id_answers_with_the_room_it_made()
             .len(),
         1
     );
+    // The copies that found the room left its owner's index key alone: killed, the owner's
+    // room is found and taken over.
+    let owner = w.owner(&code).await;
+    let owners = w.js.get_key_value("game_owners").await.unwrap();
+    let index = owners.get(format!("{owner}.{code}")).await.unwrap();
+    assert!(index.is_some(), "the room is still indexed under {owner}");
+    let at = engines.iter().position(|e| e.id == owner).unwrap();
+    engines[at].signal("KILL");
+    engines[at].exited().await;
+    w.ok(&code, json!({"type": "join", "name": "Guest"})).await;
+    assert_ne!(w.owner(&code).await, owner, "taken over");
     // Another request id is another room. Once the lobby lists it, it lists every room
     // created before it: one for the first request id, however many copies.
     let other = json!({"title": title, "total": 3, "mafia": 1, "name": "Host",
