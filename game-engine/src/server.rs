@@ -209,9 +209,10 @@ impl Engine {
 /// id, alphanumeric; a join's `join:<name>`: neither can be this).
 const CREATE_ACTOR: &str = "create:room";
 
-/// What a create with `request_id` answered, if the record under `code` is of the room it
-/// made (and still open, and remembering the answer): the same code, seat and token. `None`:
-/// no such room, or another room holds the code, or the answer is forgotten.
+/// What a create with `request_id` answered, if `stored` (the record under the code the
+/// request stands for) is of the room it made, still open and remembering the answer: the
+/// same code, seat and token. `None`: no such room, another room holds the code, or the
+/// answer is forgotten.
 fn created_before(
     ctx: &Context,
     stored: Option<RoomRecord>,
@@ -322,9 +323,12 @@ async fn create_room(ctx: &Arc<Context>, msg: Message) {
                 Ok(None) => {
                     // Taken: by another room, or (a copy of this request racing this one)
                     // by the room this request made, perhaps on this engine, whose index key
-                    // this is then. Only a key of no room of ours goes.
+                    // this is then: it stays while that room is open here.
                     let stored = load(code.clone()).await?;
-                    if stored.as_ref().is_some_and(|r| r.owner != ctx.engine_id) {
+                    if !stored
+                        .as_ref()
+                        .is_some_and(|r| r.owner == ctx.engine_id && !r.closed)
+                    {
                         let _ = ctx.store.owners.delete(&index).await;
                     }
                     if let Some((id, _)) = derived {
