@@ -109,23 +109,23 @@ function clearError() {
 const RETRY_DELAYS = [250, 500, 1000, 2000];
 
 // A `request_id` (docs/protocol.md, "Retrying safely"): random, so that nobody else can
-// claim a join's reply with it; the same on every retry of one command, so that a retry of
-// a command the engine did apply gets its first reply back instead of applying it again.
+// claim a join's or a create's reply with it; the same on every retry of one request, so
+// that a retry of one the engine did apply gets its first reply back instead of applying it
+// again.
 // (`crypto.randomUUID` needs a secure context; the page is also served over plain HTTP.)
 function newRequestId() {
   return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-// POSTs `body`. Creates, joins and room commands (`idempotent`) carry a request id, so they
-// are retried whatever became of an attempt: no answer at all (the connection broke, perhaps
-// after the gateway had sent it on), a 502/503, or once a gateway's 504 (the engine did not
-// answer in time: it may have applied it). Anything else would be retried only after a
-// 502/503, which nginx answers when no gateway takes the request and the gateway when NATS
-// or the engine is unavailable, so it almost never was applied.
-async function post(path, body, token, { idempotent = false } = {}) {
+// POSTs `body` (a create, a join or a room command) with a request id, so that it can be
+// retried whatever became of an attempt: no answer at all (the connection broke, perhaps
+// after the gateway had sent it on), nginx's own 502/503 (no gateway took it), the gateway's
+// `unavailable`, or once the gateway's 504 (the engine did not answer in time: it may have
+// applied it).
+async function post(path, body, token) {
   const headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
   if (token) headers.Authorization = `Bearer ${token}`;
-  const payload = JSON.stringify(idempotent ? { ...body, request_id: newRequestId() } : body);
+  const payload = JSON.stringify({ ...body, request_id: newRequestId() });
   for (let attempt = 0; ; attempt++) {
     let res = null;
     try {
@@ -133,10 +133,9 @@ async function post(path, body, token, { idempotent = false } = {}) {
     } catch { /* no answer at all */ }
     let json = null;
     if (res) { try { json = await res.json(); } catch { /* not JSON: an error page from the proxy */ } }
-    const transient = res
-      ? ((res.status === 502 || res.status === 503) && (!json || json.error === 'unavailable'))
-        || (idempotent && res.status === 504 && json?.error === 'timeout' && attempt === 0)
-      : idempotent;
+    const transient = !res
+      || ((res.status === 502 || res.status === 503) && (!json || json.error === 'unavailable'))
+      || (res.status === 504 && json?.error === 'timeout' && attempt === 0);
     if (transient && attempt < RETRY_DELAYS.length) {
       await new Promise((r) => setTimeout(r, RETRY_DELAYS[attempt]));
       continue;
@@ -420,7 +419,7 @@ async function joinRoom(code, button) {
     if (!isCode(code)) { $('join-code').focus(); throw new ApiError('missing_code'); }
     const name = readName();
     await busy(button, async () => {
-      const r = await post(`/v1/rooms/${encodeURIComponent(code)}/join`, { name }, null, { idempotent: true });
+      const r = await post(`/v1/rooms/${encodeURIComponent(code)}/join`, { name });
       rememberName(name);
       saveSeat(code, { player_id: r.player_id, token: r.token, name });
       goRoom(code);
@@ -465,10 +464,10 @@ async function createRoom(ev) {
     await busy(btn, async () => {
       // One call creates the room and seats its creator as the host, so the lobby never lists
       // the room without its host and nobody else can take the host's seat.
-      let seat = await post('/v1/rooms', { ...body, name }, null, { idempotent: true });
+      let seat = await post('/v1/rooms', { ...body, name });
       if (!seat.token) {
         // A gateway that predates create-and-join answers with the code only: join then.
-        seat = { code: seat.code, ...(await post(`/v1/rooms/${encodeURIComponent(seat.code)}/join`, { name }, null, { idempotent: true })) };
+        seat = { code: seat.code, ...(await post(`/v1/rooms/${encodeURIComponent(seat.code)}/join`, { name })) };
       }
       rememberName(name);
       saveSeat(seat.code, { player_id: seat.player_id, token: seat.token, name });
@@ -684,7 +683,7 @@ async function command(body, button) {
   const r = room;
   clearError();
   try {
-    const res = await busy(button, () => post(`/v1/rooms/${encodeURIComponent(r.code)}/commands`, body, r.seat.token, { idempotent: true }));
+    const res = await busy(button, () => post(`/v1/rooms/${encodeURIComponent(r.code)}/commands`, body, r.seat.token));
     countCommand('commandsOk');
     return res;
   } catch (e) {
