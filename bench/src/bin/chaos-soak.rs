@@ -642,10 +642,11 @@ struct Tap {
 
 #[derive(Default)]
 struct TapState {
-    /// (room code or `lobby`, id) → hash of (event, data) and the subjects it went out on.
-    /// An event for several players (`mafia_pick` to every mafia) goes out on each one's
-    /// subject with the same id and payload.
-    payloads: HashMap<(String, u64), (u64, Vec<String>)>,
+    /// (room code or `lobby`, id) → hash of (event, data), the subjects it went out on, and
+    /// how it was first seen (for a report of two payloads). An event for several players
+    /// (`mafia_pick` to every mafia) goes out on each one's subject with the same id and
+    /// payload.
+    payloads: HashMap<(String, u64), (u64, Vec<String>, String)>,
     /// Room subject → the greatest id seen on it.
     last_on: HashMap<String, u64>,
     /// Room → the newest event seen: (id, event, data).
@@ -737,8 +738,16 @@ impl TapState {
             h.write(&msg.payload);
             h.finish()
         };
+        // Unix milliseconds when the tap read it, to line a report up with the processes' logs.
+        let seen = format!(
+            "{subject}: {event} {} (read at unix ms {})",
+            clip(&data),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+        );
         match self.payloads.get_mut(&(room.clone(), id)) {
-            Some((before, subjects)) if *before == hash => {
+            Some((before, subjects, _)) if *before == hash => {
                 // A committed id published again (a takeover, or every engine for the
                 // lobby), or the same event to another player: allowed, with the same bytes.
                 if room == "lobby" {
@@ -750,17 +759,15 @@ impl TapState {
                 }
                 return;
             }
-            Some(_) => {
-                self.two_payloads.push(format!(
-                    "{room} id {id}: a second payload on {subject}: {event} {}",
-                    clip(&data)
-                ));
+            Some((_, _, first)) => {
+                self.two_payloads
+                    .push(format!("{room} id {id}: first {first}; then {seen}"));
                 return;
             }
             None => {}
         }
         self.payloads
-            .insert((room.clone(), id), (hash, vec![subject.to_owned()]));
+            .insert((room.clone(), id), (hash, vec![subject.to_owned()], seen));
         if room != "lobby" {
             let last = self.last_on.entry(subject.to_owned()).or_insert(0);
             if id < *last {
@@ -1583,10 +1590,10 @@ fn extra_ids_by_subject(ctx: &Ctx, tap: &TapState) {
         for &id in ids {
             let kind = match tap.payloads.get(&(code.to_string(), id)) {
                 None => "not seen by the tap",
-                Some((_, subjects)) if subjects.iter().any(|s| *s == public || *s == own) => {
+                Some((_, subjects, _)) if subjects.iter().any(|s| *s == public || *s == own) => {
                     "published for that player"
                 }
-                Some((_, subjects)) => {
+                Some((_, subjects, _)) => {
                     ctx.violation(
                         "another player's event delivered",
                         format!("room {code} player {me}: id {id}, published only on {subjects:?}"),
