@@ -68,6 +68,12 @@ impl TokenSigner {
         }
     }
 
+    /// The player and token of a seat whose token has `claims`: a reply's, the first time and
+    /// on every retry alike.
+    pub fn seat(&self, claims: &Claims) -> Result<(PlayerId, String), Rejection> {
+        Ok((claims.sub.clone(), self.sign(claims)?))
+    }
+
     /// The token of `claims`. Ed25519 signatures are deterministic, so the same claims give
     /// the same token, byte for byte: a room keeps a join's claims, not its token, to answer
     /// a retried join.

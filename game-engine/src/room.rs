@@ -411,10 +411,10 @@ impl Room {
     /// The reply to an applied command, the first time and on every retry alike.
     fn reply_of(&self, answer: &Answer) -> Result<CommandOk, Rejection> {
         Ok(match (&answer.seat, answer.mafia) {
-            (Some(claims), _) => CommandOk::Joined {
-                player_id: claims.sub.clone(),
-                token: self.ctx.signer.sign(claims)?,
-            },
+            (Some(claims), _) => {
+                let (player_id, token) = self.ctx.signer.seat(claims)?;
+                CommandOk::Joined { player_id, token }
+            }
             (None, Some(mafia)) => CommandOk::Investigated { mafia },
             (None, None) => CommandOk::Done {},
         })

@@ -225,15 +225,21 @@ fn created_before(
     let Some(answer) = record.remembered(CREATE_ACTOR, request_id.as_str()) else {
         return Ok(None);
     };
-    let (player_id, token) = match &answer.seat {
-        Some(claims) => (Some(claims.sub.clone()), Some(ctx.signer.sign(claims)?)),
-        None => (None, None),
-    };
-    Ok(Some(Created {
-        code: record.game.code().clone(),
+    created(ctx, record.game.code(), answer).map(Some)
+}
+
+/// The reply to a create that made room `code`, the first time and on every retry alike:
+/// with its creator's seat, if it seated one.
+fn created(ctx: &Context, code: &RoomCode, answer: &Answer) -> Result<Created, Rejection> {
+    let (player_id, token) = (answer.seat.as_ref())
+        .map(|claims| ctx.signer.seat(claims))
+        .transpose()?
+        .unzip();
+    Ok(Created {
+        code: code.clone(),
         player_id,
         token,
-    }))
+    })
 }
 
 /// Attempts at drawing a free room code before giving up (a collision is already one in
@@ -284,11 +290,6 @@ async fn create_room(ctx: &Arc<Context>, msg: Message) {
             let now = Now::system();
             let game = Game::new(code.clone(), settings.clone(), ctx.min_phase, now)?;
             let mut record = RoomRecord::new(ctx.engine_id.clone(), game);
-            let mut created = Created {
-                code: code.clone(),
-                player_id: None,
-                token: None,
-            };
             let mut answer = Answer::default();
             if let Some(name) = &creator {
                 let mut fx = Effects::default();
@@ -298,12 +299,10 @@ async fn create_room(ctx: &Arc<Context>, msg: Message) {
                 else {
                     unreachable!("a join acknowledges a seat");
                 };
-                let claims = seat_claims(ctx, &record.game, &player_id);
-                created.token = Some(ctx.signer.sign(&claims)?);
-                created.player_id = Some(player_id);
-                answer.seat = Some(claims);
+                answer.seat = Some(seat_claims(ctx, &record.game, &player_id));
                 record.step(fx);
             }
+            let reply = created(ctx, &code, &answer)?;
             if let Some((id, _)) = derived {
                 record.remember(CREATE_ACTOR.into(), id.as_str().into(), answer);
             }
@@ -318,7 +317,7 @@ async fn create_room(ctx: &Arc<Context>, msg: Message) {
                         let _ = ctx.store.owners.delete(&index).await;
                         return Err(cannot(&e));
                     }
-                    return Ok(created);
+                    return Ok(reply);
                 }
                 Ok(None) => {
                     // Taken: by another room, or (a copy of this request racing this one)
