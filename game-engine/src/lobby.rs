@@ -30,6 +30,7 @@ use proto::{Reply, RoomCode, SnapReply, SnapRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::cas;
 use crate::context::Context;
 use crate::history::History;
 use crate::outgoing::Audience;
@@ -154,27 +155,19 @@ impl Listing {
         if room == self.room {
             return;
         }
-        let lobby = &ctx.store.lobby;
+        let (js, lobby) = (&ctx.store.js, &ctx.store.lobby);
         let key = code.as_str();
         let mut value = bytes::Bytes::new();
         let written = match (&room, self.revision) {
             (Some(room), None) => {
                 value = listed(RoomOpened::NAME, room);
-                (lobby.create(key, value.clone()).await)
-                    .map(Some)
-                    .map_err(|e| e.to_string())
+                cas::create(js, lobby, key, value.clone()).await.map(Some)
             }
             (Some(room), Some(revision)) => {
                 value = listed(RoomUpdated::NAME, room);
-                (lobby.update(key, value.clone(), revision).await)
-                    .map(Some)
-                    .map_err(|e| e.to_string())
+                (cas::update(js, lobby, key, value.clone(), revision).await).map(Some)
             }
-            (None, Some(revision)) => lobby
-                .delete_expect_revision(key, Some(revision))
-                .await
-                .map(|()| None)
-                .map_err(|e| e.to_string()),
+            (None, Some(revision)) => cas::delete(js, lobby, key, revision).await.map(|_| None),
             (None, None) => Ok(None),
         };
         match written {

@@ -20,12 +20,13 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{Entry, Operation, UpdateErrorKind};
+use async_nats::jetstream::kv::{Entry, Operation};
 use futures::{StreamExt, TryStreamExt};
 use metrics::counter;
 use proto::RoomCode;
 use tokio::time::Instant;
 
+use crate::cas::{self, CasError};
 use crate::context::Context;
 use crate::metrics as m;
 use crate::room::Room;
@@ -284,11 +285,7 @@ async fn adopt(ctx: &Arc<Context>, peers: &Peers, from: String, revision: Option
         };
         if codes.is_empty() && round > 0 {
             if let Some(revision) = revision {
-                let _ = ctx
-                    .store
-                    .engines
-                    .delete_expect_revision(&from, Some(revision))
-                    .await;
+                let _ = cas::delete(&ctx.store.js, &ctx.store.engines, &from, revision).await;
             }
             return;
         }
@@ -348,25 +345,28 @@ async fn claim(ctx: &Arc<Context>, from: &str, code: RoomCode) {
     record.owner = ctx.engine_id.clone();
     record.epoch += 1;
     let value = serde_json::to_vec(&record).expect("records serialise");
-    let claimed = match store
-        .rooms
-        .update(code.as_str(), value.into(), revision)
-        .await
+    let claimed = match cas::update(
+        &store.js,
+        &store.rooms,
+        code.as_str(),
+        value.into(),
+        revision,
+    )
+    .await
     {
-        Ok(revision) => Ok(revision),
-        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Err(e),
         // No answer (a timeout under load, a leader election): the write may have landed
         // all the same, and then nobody else will ever claim the room, because it names us.
         // The record says which.
-        Err(e) => match landed(ctx, &code, &record).await {
+        Err(CasError::Failed(e)) => match landed(ctx, &code, &record).await {
             Some(Some(revision)) => Ok(revision),
-            Some(None) => Err(e),
+            Some(None) => Err(CasError::Failed(e)),
             None => {
                 // Keeps both index entries: see `landed`.
                 tracing::error!(room = %code, error = %e, "claim unanswered and unreadable");
                 return;
             }
         },
+        written => written,
     };
     match claimed {
         Ok(revision) => {

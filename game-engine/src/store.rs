@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::kv::{self, UpdateErrorKind};
+use async_nats::jetstream::kv;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
 use async_nats::jetstream::{self, consumer};
@@ -23,6 +23,7 @@ use proto::{RoomCode, StoreNames};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::cas::{self, CasError};
 use crate::outgoing::{Audience, Effects};
 use crate::rules::{is_false, Game};
 
@@ -315,10 +316,10 @@ impl Store {
         record: &RoomRecord,
     ) -> anyhow::Result<Option<u64>> {
         let value = serde_json::to_vec(record)?;
-        match self.rooms.create(code.as_str(), value.into()).await {
+        match cas::create(&self.js, &self.rooms, code.as_str(), value.into()).await {
             Ok(revision) => Ok(Some(revision)),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(CasError::Conflict) => Ok(None),
+            Err(CasError::Failed(e)) => Err(e),
         }
     }
 
@@ -333,10 +334,9 @@ impl Store {
         revision: u64,
     ) -> Result<u64, CommitError> {
         let value = Bytes::from(serde_json::to_vec(record).expect("records serialise"));
-        match self.rooms.update(code.as_str(), value, revision).await {
+        match cas::update(&self.js, &self.rooms, code.as_str(), value, revision).await {
             Ok(revision) => Ok(revision),
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => match self.load(code).await
-            {
+            Err(CasError::Conflict) => match self.load(code).await {
                 Ok(Some((stored, at))) if stored.same_tenure(record) => {
                     Err(CommitError::Landed(Box::new(stored), at))
                 }
@@ -346,7 +346,7 @@ impl Store {
                     Err(CommitError::Unavailable)
                 }
             },
-            Err(e) => {
+            Err(CasError::Failed(e)) => {
                 tracing::warn!(room = %code, error = %e, "commit failed");
                 Err(CommitError::Unavailable)
             }
