@@ -526,6 +526,9 @@ async fn open_bucket(
         // claim, a fenced commit, a lapsed lease's re-check), so with several copies they go
         // to the stream's leader.
         allow_direct: replicas == 1,
+        // How long the ids of writes over a revision are kept (`cas`): nats-server's default,
+        // written out because the fence depends on it.
+        duplicate_window: Duration::from_secs(120),
         num_replicas: replicas,
         discard: stream::DiscardPolicy::New,
         ..Default::default()

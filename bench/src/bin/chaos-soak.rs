@@ -108,6 +108,10 @@ struct Args {
     /// No faults at all: the same load, for comparison.
     #[arg(long)]
     no_faults: bool,
+    /// Which processes faults may hit (`--targets nats --faults pause` pauses only NATS
+    /// nodes: the engine on a paused node races the claims of the others as it wakes).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Kind::ALL)]
+    targets: Vec<Kind>,
     #[command(flatten)]
     play: PlayArgs,
     /// Wait before reopening a broken stream: the gateway's default `retry:` (2 s), which
@@ -212,6 +216,7 @@ async fn run(args: Args) -> anyhow::Result<u64> {
         end,
         pace: args.pace.clone(),
         none: args.no_faults,
+        targets: stack.targets(&args.targets),
     };
     // The driver runs on this task (its futures are not `Send`), beside the progress lines.
     // It stops after the fault in progress once the time is up; if it hangs, dropping it
@@ -483,6 +488,20 @@ struct FaultPlan {
     end: Instant,
     pace: Pace,
     none: bool,
+    /// Every process faults may hit, one drawn at a time.
+    targets: Vec<Target>,
+}
+
+/// A kind of process faults may hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Kind {
+    Engines,
+    Nats,
+    Gateways,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Engines, Kind::Nats, Kind::Gateways];
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -522,11 +541,7 @@ async fn drive_faults(
         let began = Instant::now();
         let (target, fault, hold) = {
             let mut rng = rand::rng();
-            let target = match rng.random_range(0..8) {
-                n @ 0..3 => Target::Engine(n),
-                n @ 3..6 => Target::Nats(n - 3),
-                n => Target::Gateway(n - 6),
-            };
+            let target = plan.targets[rng.random_range(0..plan.targets.len())];
             let (fault, hold) = plan.pace.draw(&mut rng);
             let fault = match target {
                 Target::Nats(_) => fault,
@@ -567,6 +582,21 @@ async fn drive_faults(
 }
 
 impl Stack {
+    /// Every process of the given kinds.
+    fn targets(&self, kinds: &[Kind]) -> Vec<Target> {
+        let mut targets = Vec::new();
+        for kind in kinds {
+            match kind {
+                Kind::Engines => targets.extend((0..self.engines.len()).map(Target::Engine)),
+                Kind::Nats => targets.extend((0..lock(&self.cluster).len()).map(Target::Nats)),
+                Kind::Gateways => targets.extend((0..self.gateways.len()).map(Target::Gateway)),
+            }
+        }
+        targets.sort();
+        targets.dedup();
+        targets
+    }
+
     fn name(&self, target: Target) -> String {
         match target {
             Target::Engine(i) => format!("engine {}", self.engines[i].id),
