@@ -4,18 +4,21 @@
 //! written only over the revision its writer read. On a replicated stream nats-server 2.9
 //! checks `Nats-Expected-Last-Subject-Sequence` on the stream's leader *before* it proposes
 //! the write, against the writes it has applied, so writes over one revision that are in
-//! flight together all pass and all land (nats-server#4320, fixed in 2.9.21 and later; on
-//! 2.9.10, Debian 12's, three writers over one revision from three nodes landed two or three
-//! times in 234 rounds of 300: `game-engine/tests/cluster.rs`). A paused owner's commit and
-//! a takeover's claim landing together gave one event id two payloads in the chaos soak.
+//! flight together all pass and all land (nats-server#4320, fixed in 2.9.21; on 2.9.10,
+//! Debian 12's, three writers over one revision from three nodes landed two or three times
+//! for 264 revisions of 300: `bench/src/bin/cas-race.rs`). A paused owner's commit and a
+//! takeover's claim landing together gave one event id two payloads in the chaos soak.
 //!
 //! Every write here also carries the message id `<key>:<revision>`: "the write over
 //! `revision`". Duplicate message ids are detected as each copy of the stream applies its
 //! log, in the log's order, so of the writes over one revision the first stored is the only
 //! one stored; the others are answered as duplicates, and taken here as conflicts. (On one
 //! server the check is atomic already; the id costs it a duplicate-window entry a write.)
-//! The ids outlive the race only by the bucket's duplicate window (2 minutes): a later write
-//! over a revision long superseded fails the ordinary check.
+//! Each copy remembers the ids in memory for the bucket's duplicate window (2 minutes), far
+//! longer than writes stay in flight; a later write over a revision long superseded fails
+//! the ordinary check. What this does not cover: a copy that loses its memory of the ids
+//! mid-race (restarted, it rebuilds them from the messages it still stores, and a KV key
+//! keeps only its last) could store a write the others refused.
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::{self, Operation};

@@ -3,8 +3,9 @@
 //!
 //! [`server::Engine`] is the whole process; the binary only reads the config and waits for a
 //! signal. The rules are [`rules`] (pure, serialisable), the per-room task [`room`], what a
-//! room commits and logs [`store`] (every compare-and-set through [`cas`]), who runs which room [`ownership`], phase deadlines
-//! [`scheduler`], the lobby [`lobby`], resumable history [`history`].
+//! room commits and logs [`store`] (every compare-and-set through [`cas`]), who runs which
+//! room [`ownership`], phase deadlines [`scheduler`], the lobby [`lobby`], resumable history
+//! [`history`].
 
 pub mod auth;
 pub mod cas;

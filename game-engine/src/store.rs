@@ -315,11 +315,19 @@ impl Store {
         code: &RoomCode,
         record: &RoomRecord,
     ) -> anyhow::Result<Option<u64>> {
-        let value = serde_json::to_vec(record)?;
-        match cas::create(&self.js, &self.rooms, code.as_str(), value.into()).await {
+        let value = Bytes::from(serde_json::to_vec(record)?);
+        match cas::create(&self.js, &self.rooms, code.as_str(), value.clone()).await {
             Ok(revision) => Ok(Some(revision)),
             Err(CasError::Conflict) => Ok(None),
-            Err(CasError::Failed(e)) => Err(e),
+            // No answer: the write may have landed. If the entry holds exactly what was
+            // written, it did (another create's record differs: its creation time, its
+            // players' random ids), and the room is ours to run.
+            Err(CasError::Failed(e)) => match self.rooms.entry(code.as_str()).await {
+                Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                    Ok((entry.value == value).then_some(entry.revision))
+                }
+                _ => Err(e),
+            },
         }
     }
 

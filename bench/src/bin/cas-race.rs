@@ -14,8 +14,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use async_nats::jetstream::kv;
 use clap::Parser;
-use game_engine::cas;
+use game_engine::cas::{self, CasError};
 use game_engine::store::{Store, StoreLimits};
 use test_support::NatsCluster;
 
@@ -62,26 +63,39 @@ async fn main() -> anyhow::Result<()> {
     for way in [Way::KvUpdate, Way::Cas] {
         let key = format!("{way:?}");
         let mut revision = stores[0].rooms.create(&key, "0".into()).await?;
-        let (mut doubled, mut landed, mut errors) = (0, 0, 0);
+        let (mut doubled, mut landed, mut empty, mut unanswered) = (0, 0, 0, 0);
         let started = Instant::now();
         for round in 0..args.rounds {
             let writes = stores.iter().enumerate().map(|(i, s)| {
                 let value = format!("{round}/{i}").into();
                 let key = key.as_str();
+                // Landed, refused (a conflict), or no answer (which may have landed: not
+                // counted as landing, so the counts are lower bounds).
                 async move {
                     match way {
-                        Way::KvUpdate => s.rooms.update(key, value, revision).await.ok(),
-                        Way::Cas => cas::update(&s.js, &s.rooms, key, value, revision)
-                            .await
-                            .ok(),
+                        Way::KvUpdate => match s.rooms.update(key, value, revision).await {
+                            Ok(_) => Some(true),
+                            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                                Some(false)
+                            }
+                            Err(_) => None,
+                        },
+                        Way::Cas => {
+                            match cas::update(&s.js, &s.rooms, key, value, revision).await {
+                                Ok(_) => Some(true),
+                                Err(CasError::Conflict) => Some(false),
+                                Err(CasError::Failed(_)) => None,
+                            }
+                        }
                     }
                 }
             });
             let results = futures::future::join_all(writes).await;
-            let ok = results.iter().flatten().count();
+            let ok = results.iter().filter(|r| **r == Some(true)).count();
             landed += ok;
             doubled += usize::from(ok > 1);
-            errors += usize::from(ok == 0);
+            empty += usize::from(ok == 0);
+            unanswered += results.iter().filter(|r| r.is_none()).count();
             revision = stores[0]
                 .rooms
                 .entry(&key)
@@ -92,7 +106,8 @@ async fn main() -> anyhow::Result<()> {
         let per_round = started.elapsed() / args.rounds as u32;
         println!(
             "{way:?}: {doubled} of {} revisions had two or more writes land \
-             ({landed} writes landed; {errors} rounds with none); {per_round:?} a round",
+             ({landed} writes landed; {empty} rounds with none; {unanswered} writes \
+             unanswered); {per_round:?} a round",
             args.rounds
         );
         if way == Way::Cas {

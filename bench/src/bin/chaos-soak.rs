@@ -20,7 +20,7 @@
 //! games still in play then finish, with the faults stopped.
 //!
 //! Faults: every `--fault-every` seconds the driver picks one of the eight processes (3
-//! engines, 3 NATS nodes, 2 gateways) and one fault: `kill -9` then a restart, SIGSTOP then
+//! engines, 3 NATS nodes, 2 gateways; `--targets` narrows them) and one fault: `kill -9` then a restart, SIGSTOP then
 //! SIGCONT, or SIGTERM (graceful) then a restart, holding it down or paused for a random
 //! `--hold-min-ms`..`--hold-max-ms`. It brings the process back and waits until it serves
 //! (an engine's `/healthz`, a gateway's `/readyz`, a node routed to the others and healthy

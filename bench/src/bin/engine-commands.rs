@@ -148,5 +148,11 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("latency: {}", latencies.summary());
     println!("CPU (% of a core): {}", cpu_line(&cpu));
+    // nats-server keeps the message id of every write for its stream's duplicate window
+    // (2 minutes), so this grows with the run's length up to that.
+    println!(
+        "nats-server resident memory at the end: {} MiB",
+        stack.nats.rss_kib() / 1024
+    );
     Ok(())
 }
