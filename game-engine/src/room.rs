@@ -600,8 +600,8 @@ impl Room {
     /// dies takes what was written to it last, so an append with no ack may have lost the
     /// events with it, and an append acked on the next connection proves nothing of them.
     /// Either way the events are published again (gateways deliver an id once) with the
-    /// append (a no-op in the log if it has it, by its message id): otherwise a gateway whose
-    /// own connection lived would never get them, since nothing else tells it.
+    /// append (a second copy in the log if it had it, which its readers skip): otherwise a
+    /// gateway whose own connection lived would never get them, since nothing else tells it.
     async fn logged(&self, events: &[Logged], mut sent: Sent) {
         let mut wait = PAUSE_MIN;
         while !events.is_empty() {

@@ -265,7 +265,6 @@ impl Store {
                 max_bytes,
                 max_message_size: 1024 * 1024,
                 discard: stream::DiscardPolicy::Old,
-                duplicate_window: Duration::from_secs(120),
                 num_replicas: limits.replicas,
                 storage: stream::StorageType::File,
                 ..Default::default()
@@ -361,23 +360,23 @@ impl Store {
         }
     }
 
-    /// Sends one step's events to the room's log and returns the pending ack. The message id
-    /// makes a repeated append (by a successor, or after a lost ack) a no-op.
+    /// Sends one step's events to the room's log and returns the pending ack. A repeated
+    /// append (by a successor, or after a lost ack) stores the step again, and readers skip
+    /// the ids they have read ([`Self::read_log`]): a message id would make it a no-op, but
+    /// nats-server keeps every id of the duplicate window in memory, some 270 bytes each
+    /// (docs/benchmarks.md, *Commands over NATS*), to spare a rare copy.
     pub async fn send_append(
         &self,
         code: &RoomCode,
         events: &[Logged],
     ) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
-        let first = events.first().map_or(0, |e| e.id);
         let body = Bytes::from(
             serde_json::to_vec(&LogEntry {
                 events: events.to_vec(),
             })
             .expect("log entries serialise"),
         );
-        let publish = PublishMessage::build()
-            .payload(body)
-            .message_id(format!("{code}:{first}"));
+        let publish = PublishMessage::build().payload(body);
         self.js
             .send_publish(self.names.room_log(code), publish)
             .await
