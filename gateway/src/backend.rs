@@ -3,6 +3,11 @@
 //! outcomes as HTTP errors, and room codes as paths name them.
 
 use async_nats::client::RequestErrorKind;
+use async_nats::jetstream::context::{
+    GetStreamError, GetStreamErrorKind, KeyValueError, RequestError as JsRequestError,
+    RequestErrorKind as JsRequestErrorKind,
+};
+use async_nats::jetstream::ErrorCode as JsErrorCode;
 use bytes::Bytes;
 use proto::store::RoomStatus;
 use proto::{ErrorCode, RoomCode};
@@ -11,8 +16,9 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// A request to the backend under `gateway.request_timeout`, for `room` or (`None`) the
-/// lobby: a timeout is 504, no responders 404 for a room that does not exist, else 503 with
-/// `Retry-After` (no engine, or the room is moving to another engine).
+/// lobby: a timeout is 504, no responders 404 for a room the store says does not exist, else
+/// 503 with `Retry-After` (no engine, the room is moving to another engine, or the store
+/// cannot say).
 pub async fn request(
     state: &AppState,
     subject: String,
@@ -29,12 +35,16 @@ pub async fn request(
     match tokio::time::timeout(state.config.request_timeout, request).await {
         Ok(Ok(msg)) => Ok(msg.payload),
         Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => Err(match room {
-            Some(code) if !room_is_stored(state, code).await => {
-                ApiError::new(ErrorCode::NoSuchRoom, "no such room")
-            }
-            Some(_) => {
-                ApiError::unavailable("the room is moving to another engine", state.config.retry)
-            }
+            Some(code) => match stored(state, code).await {
+                Stored::Gone => ApiError::new(ErrorCode::NoSuchRoom, "no such room"),
+                Stored::Open => ApiError::unavailable(
+                    "the room is moving to another engine",
+                    state.config.retry,
+                ),
+                Stored::Unknown => {
+                    ApiError::unavailable("the room store did not answer", state.config.retry)
+                }
+            },
             None => ApiError::unavailable("no engine is answering", state.config.retry),
         }),
         Ok(Err(e)) if e.kind() != RequestErrorKind::TimedOut => {
@@ -52,18 +62,51 @@ pub async fn request(
     }
 }
 
-/// Whether a room nobody answers for is still in the store and open: then an engine is taking
-/// it over (or about to be started), and the client should try again. A backend that keeps
-/// no store (the bucket does not exist) has no such rooms.
-async fn room_is_stored(state: &AppState, code: &RoomCode) -> bool {
-    let js = async_nats::jetstream::new(state.client.clone());
-    let Ok(rooms) = js.get_key_value(state.store.rooms_bucket()).await else {
+/// What the store says of a room nobody answers for.
+enum Stored {
+    /// Stored and open: an engine is taking it over (or about to start it); try again.
+    Open,
+    /// Closed, never stored, or no store at all (a backend that keeps none: no bucket, or a
+    /// NATS without JetStream): no such room.
+    Gone,
+    /// The store did not answer (a JetStream leader election, a cluster without quorum): the
+    /// room may well exist, so not 404, which EventSource and pages take as final.
+    Unknown,
+}
+
+/// Reads the room's record, within `gateway.request_timeout`.
+async fn stored(state: &AppState, code: &RoomCode) -> Stored {
+    let read = async {
+        let js = async_nats::jetstream::new(state.client.clone());
+        let rooms = match js.get_key_value(state.store.rooms_bucket()).await {
+            Ok(rooms) => rooms,
+            Err(e) if no_store(&e) => return Stored::Gone,
+            Err(_) => return Stored::Unknown,
+        };
+        match rooms.get(code.as_str()).await {
+            Ok(Some(record)) => match serde_json::from_slice::<RoomStatus>(&record) {
+                Ok(status) if !status.closed => Stored::Open,
+                _ => Stored::Gone,
+            },
+            Ok(None) => Stored::Gone,
+            Err(_) => Stored::Unknown,
+        }
+    };
+    (tokio::time::timeout(state.config.request_timeout, read).await).unwrap_or(Stored::Unknown)
+}
+
+/// Whether opening the rooms bucket failed because there is none: JetStream says the stream
+/// does not exist, or nothing answers its API (NATS without JetStream).
+fn no_store(e: &KeyValueError) -> bool {
+    let Some(e) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<GetStreamError>())
+    else {
         return false;
     };
-    match rooms.get(code.as_str()).await {
-        Ok(Some(record)) => serde_json::from_slice::<RoomStatus>(&record)
-            .map(|status| !status.closed)
-            .unwrap_or(false),
+    match e.kind() {
+        GetStreamErrorKind::JetStream(e) => e.error_code() == JsErrorCode::STREAM_NOT_FOUND,
+        GetStreamErrorKind::Request => std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<JsRequestError>())
+            .is_some_and(|e| e.kind() == JsRequestErrorKind::NoResponders),
         _ => false,
     }
 }

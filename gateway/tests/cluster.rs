@@ -3,14 +3,15 @@
 //! watching their room over SSE, and the gateway's node killed (-9) mid-night. The gateway
 //! reconnects to another node and resyncs its streams; each player's stream must carry
 //! exactly the events a tap on a surviving node saw for that player (the room's public
-//! events and their own), in order, none missing and none twice.
+//! events and their own), in order, none missing and none twice. And a room nobody answers
+//! for while the cluster has lost its quorum: 503 (try again), not 404.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{EngineProcess, GatewayProcess, Keys, Sse, SseEvent, WAIT};
+use common::{EngineProcess, GatewayProcess, Keys, Sse, SseEvent, TestGateway, WAIT};
 use futures::StreamExt;
 use proto::headers::{SSE_EVENT, SSE_ID};
 use proto::{RoomCode, Subjects};
@@ -300,4 +301,92 @@ async fn the_gateway_s_node_dies_mid_night_and_every_stream_goes_on_without_a_ga
         );
     }
     drop(engine);
+}
+
+/// A join through the gateway, once: its status, `Retry-After` and error code.
+async fn join_once(gateway: &TestGateway, code: &str) -> (u16, bool, Value) {
+    let resp = timeout(
+        WAIT,
+        reqwest::Client::new()
+            .post(gateway.url(&format!("/v1/rooms/{code}/join")))
+            .header("Content-Type", "application/json")
+            .body(r#"{"name":"Ann"}"#)
+            .send(),
+    )
+    .await
+    .expect("an answer in time")
+    .expect("an HTTP answer");
+    let status = resp.status().as_u16();
+    let retry_after = resp.headers().contains_key("retry-after");
+    let body: Value = timeout(WAIT, resp.json())
+        .await
+        .expect("a body in time")
+        .unwrap_or(Value::Null);
+    (status, retry_after, body["error"].clone())
+}
+
+/// No engine answers for a stored, open room, and the store cannot be read either: two of
+/// the three nodes are down, so JetStream has neither a meta leader nor the bucket's leader.
+/// The gateway cannot tell whether the room exists, so it must say "try again" (503 with
+/// `Retry-After`), never "no such room" (404), which a page and EventSource take as final.
+/// Once a node is back, a room that never existed is 404 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_whose_store_does_not_answer_is_503_not_404() {
+    use async_nats::jetstream;
+    let mut cluster = block_in_place(NatsCluster::start);
+    let client = async_nats::connect(cluster.url(0)).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let bucket = proto::StoreNames::new("game").rooms_bucket();
+    // As the engine makes it on a cluster: three copies, reads from the leader.
+    let created = js.create_stream(jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        num_replicas: 3,
+        allow_direct: false,
+        ..Default::default()
+    });
+    timeout(WAIT, created).await.unwrap().unwrap();
+    let rooms = js.get_key_value(&bucket).await.unwrap();
+    let put = rooms.put("Moving12", r#"{"owner":"e1","closed":false}"#.into());
+    timeout(WAIT, put).await.unwrap().unwrap();
+    let keys = Keys::new();
+    let gateway = TestGateway::start(&cluster.url(0), &keys, |c| {
+        c.gateway.request_timeout = Duration::from_secs(1);
+    })
+    .await;
+
+    let unavailable = (503, true, json!("unavailable"));
+    assert_eq!(join_once(&gateway, "Moving12").await, unavailable);
+    assert_eq!(
+        join_once(&gateway, "Never123").await,
+        (404, false, json!("no_such_room"))
+    );
+
+    cluster.kill(1);
+    cluster.kill(2);
+    block_in_place(|| {
+        cluster.wait("node 0 to see no JetStream meta leader", || {
+            let jsz = cluster.monitoring(0, "jsz")?;
+            let leader = jsz["meta_cluster"]["leader"].as_str().unwrap_or_default();
+            leader.is_empty().then_some(())
+        })
+    });
+    assert_eq!(join_once(&gateway, "Moving12").await, unavailable);
+    assert_eq!(join_once(&gateway, "Never123").await, unavailable);
+
+    cluster.restart(1);
+    block_in_place(|| cluster.wait_stream_leader(&format!("KV_{bucket}")));
+    let deadline = Instant::now() + WAIT;
+    // Asked again until the bucket answers on node 0 (its leader elected, the API current
+    // there), each try a request of its own.
+    let mut tries = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tries.tick().await;
+        if join_once(&gateway, "Never123").await == (404, false, json!("no_such_room")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Never123 never 404 again");
+    }
+    assert_eq!(join_once(&gateway, "Moving12").await, unavailable);
 }

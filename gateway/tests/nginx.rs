@@ -14,6 +14,13 @@ use futures::StreamExt;
 use proto::{PlayerId, RoomCode};
 use tokio::time::timeout;
 
+/// Whether `url` answers 200 from nginx itself (its `Server` header).
+async fn served_by_nginx(url: &str) -> bool {
+    let asked = timeout(WAIT, reqwest::get(url)).await;
+    matches!(asked, Ok(Ok(r)) if r.status() == 200
+        && r.headers().get("server").is_some_and(|v| v.as_bytes().starts_with(b"nginx")))
+}
+
 struct Nginx {
     child: Child,
     port: u16,
@@ -28,7 +35,36 @@ impl Nginx {
     }
 
     /// The same for upstream addresses (live or not), with render's environment (`env`).
+    /// The port is picked free, then nginx binds it: another process may take it in between,
+    /// and then nginx exits at once; it is started again on another port. (Readiness is an
+    /// answer that says `Server: nginx`, so that a stranger on the port is never taken for it.)
     async fn start_with(upstreams: &[String], read_timeout: &str, env: &[(&str, &str)]) -> Nginx {
+        for _ in 0..5 {
+            let mut nginx = Self::spawn(upstreams, read_timeout, env);
+            let healthz = nginx.url("/healthz");
+            let served = timeout(WAIT, async {
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                loop {
+                    tick.tick().await;
+                    if nginx.child.try_wait().unwrap().is_some() {
+                        return false;
+                    }
+                    if served_by_nginx(&healthz).await {
+                        return true;
+                    }
+                }
+            })
+            .await
+            .expect("nginx proxies in time");
+            if served {
+                return nginx;
+            }
+        }
+        panic!("nginx did not start on any of five free ports");
+    }
+
+    /// Renders the config for a free port and starts nginx on it.
+    fn spawn(upstreams: &[String], read_timeout: &str, env: &[(&str, &str)]) -> Nginx {
         let prefix = tempfile::tempdir().unwrap();
         let port = free_port();
         let render = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/render");
@@ -61,14 +97,11 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx is installed (apt-get install nginx)");
-        let nginx = Nginx {
+        Nginx {
             child,
             port,
             _prefix: prefix,
-        };
-        let healthz = nginx.url("/healthz");
-        common::poll_until("nginx proxies", || common::ready(&healthz)).await;
-        nginx
+        }
     }
 
     fn url(&self, path: &str) -> String {

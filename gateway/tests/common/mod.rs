@@ -198,10 +198,13 @@ impl Sse {
             (Some(resp.bytes_stream().boxed()), Value::Null)
         } else {
             let raw = timeout(WAIT, resp.bytes()).await.unwrap().unwrap();
-            (
-                None,
-                serde_json::from_slice(&raw).expect("error bodies are JSON"),
-            )
+            let error = serde_json::from_slice(&raw).unwrap_or_else(|e| {
+                panic!(
+                    "{url}: a {status} whose body is not JSON ({e}): {:?}",
+                    String::from_utf8_lossy(&raw)
+                )
+            });
+            (None, error)
         };
         Sse {
             status,
