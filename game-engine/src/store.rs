@@ -382,7 +382,9 @@ impl Store {
             .await
     }
 
-    /// The id of the last event in the room's log, 0 if it has none.
+    /// The last id of the room's last log message, 0 if it has none. (A stale copy of an
+    /// earlier step appended last makes it lower than the log's newest id, never higher: at
+    /// worst a successor publishes and appends its outbox again.)
     pub async fn last_logged_id(&self, code: &RoomCode) -> anyhow::Result<u64> {
         match self
             .log
@@ -398,8 +400,9 @@ impl Store {
         }
     }
 
-    /// Every event the log holds for the room, oldest first, each id once (a step appended
-    /// twice, by a stale owner after its successor, is read once).
+    /// The newest run of consecutive events the log holds for the room, oldest first, each id
+    /// once (a step appended twice, after a lost ack or by a stale owner after its
+    /// successor, is read once).
     pub async fn read_log(&self, code: &RoomCode) -> anyhow::Result<Vec<Logged>> {
         let subject = self.names.room_log(code);
         let last = match self.log.get_last_raw_message_by_subject(&subject).await {
@@ -422,6 +425,13 @@ impl Store {
             let sequence = msg.info().map_err(anyhow::Error::msg)?.stream_sequence;
             let entry: LogEntry = serde_json::from_slice(&msg.payload)?;
             let after = events.last().map_or(0, |e| e.id);
+            let first = entry.events.iter().map(|e| e.id).find(|&id| id > after);
+            if first.is_some_and(|first| after > 0 && first > after + 1) {
+                // A gap: what was read so far is a stale copy of an earlier step (appended
+                // again after newer ones, which the log has since trimmed). Ids are
+                // consecutive, so only the run from here on is whole.
+                events.clear();
+            }
             events.extend(entry.events.into_iter().filter(|e| e.id > after));
             if sequence >= last {
                 break;

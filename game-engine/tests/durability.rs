@@ -177,3 +177,52 @@ async fn an_event_lost_with_the_engines_connection_is_published_again() {
     // Ann is seated once: a second join under her name is refused.
     h.refuses(&code, join, "name_taken").await;
 }
+
+/// Without message ids a step appended twice is stored twice (docs/durability.md, step 6),
+/// and a stale copy can land after newer steps. Once the log has trimmed what came between,
+/// that copy is its oldest message: read as history, it would join the steps after it as if
+/// none had come between. Only the run of consecutive ids after the gap is read.
+#[tokio::test]
+async fn a_stale_copy_at_the_start_of_the_log_is_not_read_as_history() {
+    use game_engine::outgoing::Audience;
+    use game_engine::store::{Logged, Store, StoreLimits};
+    let nats = test_support::NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let limits = StoreLimits {
+        replicas: 1,
+        retention: Duration::from_secs(3600),
+        history: 3,
+        max_bytes: None,
+    };
+    let store = Store::open(client, proto::StoreNames::new("game"), &limits)
+        .await
+        .unwrap();
+    let code = proto::RoomCode::parse("STALE1234567").unwrap();
+    let step = |ids: &[u64]| -> Vec<Logged> {
+        ids.iter()
+            .map(|&id| Logged {
+                id,
+                event: "chat".into(),
+                audience: Audience::Public,
+                data: serde_json::value::to_raw_value(&json!({"text": id})).unwrap(),
+            })
+            .collect()
+    };
+    // Steps 1-2, 3, 4, then a stale copy of 1-2, then 5 and 6: three messages kept.
+    for ids in [&[1, 2][..], &[3], &[4], &[1, 2], &[5], &[6]] {
+        let ack = store.send_append(&code, &step(ids)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), ack)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let read: Vec<u64> = store
+        .read_log(&code)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(read, [5, 6], "not 1, 2, 5, 6: 3 and 4 are gone");
+    assert_eq!(store.last_logged_id(&code).await.unwrap(), 6);
+}

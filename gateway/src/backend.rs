@@ -96,14 +96,20 @@ async fn stored(state: &AppState, code: &RoomCode) -> Stored {
 }
 
 /// Whether opening the rooms bucket failed because there is none: JetStream says the stream
-/// does not exist, or nothing answers its API (NATS without JetStream).
+/// does not exist or JetStream is off (for the account), or nothing answers its API (NATS
+/// without JetStream).
 fn no_store(e: &KeyValueError) -> bool {
     let Some(e) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<GetStreamError>())
     else {
         return false;
     };
     match e.kind() {
-        GetStreamErrorKind::JetStream(e) => e.error_code() == JsErrorCode::STREAM_NOT_FOUND,
+        GetStreamErrorKind::JetStream(e) => [
+            JsErrorCode::STREAM_NOT_FOUND,
+            JsErrorCode::JETSTREAM_NOT_ENABLED,
+            JsErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT,
+        ]
+        .contains(&e.error_code()),
         GetStreamErrorKind::Request => std::error::Error::source(e)
             .and_then(|s| s.downcast_ref::<JsRequestError>())
             .is_some_and(|e| e.kind() == JsRequestErrorKind::NoResponders),

@@ -303,8 +303,8 @@ async fn the_gateway_s_node_dies_mid_night_and_every_stream_goes_on_without_a_ga
     drop(engine);
 }
 
-/// A join through the gateway, once: its status, `Retry-After` and error code.
-async fn join_once(gateway: &TestGateway, code: &str) -> (u16, bool, Value) {
+/// A join through the gateway, once: its status, `Retry-After`, error code and message.
+async fn join_once(gateway: &TestGateway, code: &str) -> (u16, bool, Value, Value) {
     let resp = timeout(
         WAIT,
         reqwest::Client::new()
@@ -322,7 +322,12 @@ async fn join_once(gateway: &TestGateway, code: &str) -> (u16, bool, Value) {
         .await
         .expect("a body in time")
         .unwrap_or(Value::Null);
-    (status, retry_after, body["error"].clone())
+    (
+        status,
+        retry_after,
+        body["error"].clone(),
+        body["message"].clone(),
+    )
 }
 
 /// No engine answers for a stored, open room, and the store cannot be read either: two of
@@ -356,24 +361,38 @@ async fn a_room_whose_store_does_not_answer_is_503_not_404() {
     })
     .await;
 
-    let unavailable = (503, true, json!("unavailable"));
-    assert_eq!(join_once(&gateway, "Moving12").await, unavailable);
-    assert_eq!(
-        join_once(&gateway, "Never123").await,
-        (404, false, json!("no_such_room"))
+    let moving = (
+        503,
+        true,
+        json!("unavailable"),
+        json!("the room is moving to another engine"),
     );
+    let gone = (404, false, json!("no_such_room"), json!("no such room"));
+    assert_eq!(join_once(&gateway, "Moving12").await, moving);
+    assert_eq!(join_once(&gateway, "Never123").await, gone);
 
     cluster.kill(1);
     cluster.kill(2);
+    // Until node 0 sees neither a meta leader nor a leader for the bucket (were it the
+    // bucket's leader, it would answer reads from its copy until it notices the lost quorum).
+    let stream = format!("KV_{bucket}");
     block_in_place(|| {
-        cluster.wait("node 0 to see no JetStream meta leader", || {
+        cluster.wait("node 0 to see no JetStream leader", || {
             let jsz = cluster.monitoring(0, "jsz")?;
-            let leader = jsz["meta_cluster"]["leader"].as_str().unwrap_or_default();
-            leader.is_empty().then_some(())
+            let meta = jsz["meta_cluster"]["leader"].as_str().unwrap_or_default();
+            let detail = cluster.stream_detail(0, &stream)?;
+            let leader = detail["cluster"]["leader"].as_str().unwrap_or_default();
+            (meta.is_empty() && leader.is_empty()).then_some(())
         })
     });
-    assert_eq!(join_once(&gateway, "Moving12").await, unavailable);
-    assert_eq!(join_once(&gateway, "Never123").await, unavailable);
+    let unknown = (
+        503,
+        true,
+        json!("unavailable"),
+        json!("the room store did not answer"),
+    );
+    assert_eq!(join_once(&gateway, "Moving12").await, unknown);
+    assert_eq!(join_once(&gateway, "Never123").await, unknown);
 
     cluster.restart(1);
     block_in_place(|| cluster.wait_stream_leader(&format!("KV_{bucket}")));
@@ -383,10 +402,10 @@ async fn a_room_whose_store_does_not_answer_is_503_not_404() {
     let mut tries = tokio::time::interval(Duration::from_millis(100));
     loop {
         tries.tick().await;
-        if join_once(&gateway, "Never123").await == (404, false, json!("no_such_room")) {
+        if join_once(&gateway, "Never123").await == gone {
             break;
         }
         assert!(Instant::now() < deadline, "Never123 never 404 again");
     }
-    assert_eq!(join_once(&gateway, "Moving12").await, unavailable);
+    assert_eq!(join_once(&gateway, "Moving12").await, moving);
 }

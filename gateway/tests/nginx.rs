@@ -14,13 +14,6 @@ use futures::StreamExt;
 use proto::{PlayerId, RoomCode};
 use tokio::time::timeout;
 
-/// Whether `url` answers 200 from nginx itself (its `Server` header).
-async fn served_by_nginx(url: &str) -> bool {
-    let asked = timeout(WAIT, reqwest::get(url)).await;
-    matches!(asked, Ok(Ok(r)) if r.status() == 200
-        && r.headers().get("server").is_some_and(|v| v.as_bytes().starts_with(b"nginx")))
-}
-
 struct Nginx {
     child: Child,
     port: u16,
@@ -36,8 +29,8 @@ impl Nginx {
 
     /// The same for upstream addresses (live or not), with render's environment (`env`).
     /// The port is picked free, then nginx binds it: another process may take it in between,
-    /// and then nginx exits at once; it is started again on another port. (Readiness is an
-    /// answer that says `Server: nginx`, so that a stranger on the port is never taken for it.)
+    /// and then nginx exits at once; it is started again on another port. (Ready: its pid
+    /// file names it, which nginx writes once it has bound its port, and `/healthz` answers.)
     async fn start_with(upstreams: &[String], read_timeout: &str, env: &[(&str, &str)]) -> Nginx {
         for _ in 0..5 {
             let mut nginx = Self::spawn(upstreams, read_timeout, env);
@@ -49,7 +42,7 @@ impl Nginx {
                     if nginx.child.try_wait().unwrap().is_some() {
                         return false;
                     }
-                    if served_by_nginx(&healthz).await {
+                    if nginx.bound() && common::ready(&healthz).await {
                         return true;
                     }
                 }
@@ -104,6 +97,12 @@ impl Nginx {
         }
     }
 
+    /// Whether this nginx has bound its port: its pid file (deploy/nginx's `pid`) names it.
+    fn bound(&self) -> bool {
+        let pid = std::fs::read_to_string(self._prefix.path().join("nginx.pid"));
+        pid.is_ok_and(|pid| pid.trim() == self.child.id().to_string())
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -117,6 +116,10 @@ impl Nginx {
 impl Drop for Nginx {
     /// SIGTERM, not SIGKILL: a killed master leaves its workers running on the port.
     fn drop(&mut self) {
+        // One that exited (its port taken) and was reaped: its pid may be another's now.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         let pid = self.child.id();
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
