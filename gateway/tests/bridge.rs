@@ -567,3 +567,23 @@ async fn a_room_between_engines_is_503_and_a_gone_one_404() {
     .unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// A backend that keeps no store may run on a NATS without JetStream at all: a room nobody
+/// answers for is then 404, as on a NATS whose JetStream has no rooms bucket (above), not a
+/// 503 to be retried for ever.
+#[tokio::test]
+async fn without_jetstream_a_room_nobody_answers_for_is_404() {
+    let nats = test_support::NatsServer::start_without_jetstream();
+    let keys = common::Keys::new();
+    let gateway = common::TestGateway::start(&nats.url(), &keys, |c| {
+        c.gateway.request_timeout = std::time::Duration::from_secs(2);
+    })
+    .await;
+    let url = gateway.url("/v1/rooms/Never123/join");
+    let (status, _, body) = post(&url, r#"{"name":"Ann"}"#, &[]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_such_room")),
+        "{body}"
+    );
+}

@@ -74,6 +74,18 @@ impl NatsServer {
         server
     }
 
+    /// A `nats-server` without JetStream: what a backend that keeps no store may run on.
+    pub fn start_without_jetstream() -> Self {
+        let mut server = NatsServer {
+            child: None,
+            port: 0,
+            args: ["-a", "127.0.0.1", "-p", "-1"].map(String::from).to_vec(),
+            store: tempfile::tempdir().expect("temp dir for nats-server"),
+        };
+        server.spawn();
+        server
+    }
+
     /// Where the server keeps its JetStream data (to measure what it takes on disk).
     pub fn store_dir(&self) -> std::path::PathBuf {
         self.store.path().join("js")
