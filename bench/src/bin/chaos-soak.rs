@@ -20,12 +20,13 @@
 //! games still in play then finish, with the faults stopped.
 //!
 //! Faults: every `--fault-every` seconds the driver picks one of the eight processes (3
-//! engines, 3 NATS nodes, 2 gateways; `--targets` narrows them) and one fault: `kill -9` then a restart, SIGSTOP then
-//! SIGCONT, or SIGTERM (graceful) then a restart, holding it down or paused for a random
-//! `--hold-min-ms`..`--hold-max-ms`. It brings the process back and waits until it serves
-//! (an engine's `/healthz`, a gateway's `/readyz`, a node routed to the others and healthy
-//! with JetStream current) before the next fault, so at most one process is ever down: never
-//! two NATS nodes (quorum), always an engine and a gateway. Each fault is logged with its time.
+//! engines, 3 NATS nodes, 2 gateways; `--targets` narrows them) and one fault: `kill -9`
+//! then a restart, SIGSTOP then SIGCONT, or SIGTERM (graceful) then a restart, holding it
+//! down or paused for a random `--hold-min-ms`..`--hold-max-ms`. It brings the process back
+//! and waits until it serves (an engine's `/healthz`, a gateway's `/readyz`, a node routed to
+//! the others and healthy with JetStream current) before the next fault, so at most one
+//! process is ever down: never two NATS nodes (quorum), always an engine and a gateway. Each
+//! fault is logged with its time.
 //!
 //! Checks:
 //! - a tap (a plain NATS client subscribed to every room's and the lobby's events, on node
