@@ -7,6 +7,11 @@ use std::time::Duration;
 use proto::config::{LogConfig, NatsConfig};
 use serde::{Deserialize, Serialize};
 
+/// The most `engine.commit_ahead` may be: what an engine that takes a room over waits at
+/// most for a step committed ahead of its deadline, whatever the engine that committed it
+/// was configured with.
+pub const MAX_COMMIT_AHEAD: Duration = Duration::from_secs(5);
+
 /// Unknown top-level keys are ignored (the environment may carry the gateway's `PHASECAST_*`
 /// variables too); unknown keys inside a section are errors, to catch typos.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -38,6 +43,11 @@ pub struct EngineConfig {
     /// How long an engine may miss its heartbeat before the others take its rooms over.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+    /// How long before a deadline its step is computed and committed, so that at the
+    /// deadline only its events are left to publish (`docs/durability.md`, *A deadline's
+    /// step, committed ahead*); `0s` commits it at the deadline.
+    #[serde(with = "humantime_serde")]
+    pub commit_ahead: Duration,
 }
 
 /// How JetStream keeps rooms (`docs/durability.md`).
@@ -75,9 +85,10 @@ impl Default for Config {
                 admin_listen: "127.0.0.1:9091".parse().expect("valid address"),
                 history: 1000,
                 shutdown_grace: Duration::from_secs(10),
-                min_phase: Duration::from_millis(250),
+                min_phase: Duration::ZERO,
                 id: String::new(),
                 lease: Duration::from_secs(3),
+                commit_ahead: Duration::from_millis(25),
             },
             auth: AuthConfig {
                 signing_key_file: None,
@@ -104,6 +115,10 @@ impl Config {
             self.engine.lease >= Duration::from_millis(200)
                 && self.engine.lease <= Duration::from_secs(5),
             "engine.lease: between 200ms and 5s"
+        );
+        anyhow::ensure!(
+            self.engine.commit_ahead <= MAX_COMMIT_AHEAD,
+            "engine.commit_ahead: at most 5s"
         );
         if let Some(replicas) = self.store.replicas {
             anyhow::ensure!(

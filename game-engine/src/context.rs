@@ -28,6 +28,8 @@ pub struct Context {
     pub lease: Duration,
     pub history: usize,
     pub min_phase: Duration,
+    /// How long before a deadline a room commits its step (`engine.commit_ahead`).
+    pub commit_ahead: Duration,
     pub scheduler: Scheduler,
     /// Cancelled when the engine stops: rooms stop serving and are handed over.
     pub shutdown: CancellationToken,

@@ -42,7 +42,7 @@ fn describe() {
     describe_histogram!(
         SCHEDULER_LATENESS,
         Unit::Seconds,
-        "How long after its deadline a phase change fired"
+        "How long after its deadline a phase change's events went out (its commit included, unless committed ahead: engine.commit_ahead)"
     );
     describe_histogram!(
         COMMIT_SECONDS,

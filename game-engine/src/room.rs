@@ -9,7 +9,9 @@
 //! engine: compute with the rules, commit the record to JetStream (the fence: a stale owner
 //! fails here and stops), publish the events, send them to the room's log, reply, and wait
 //! for the log's ack before the next step. Nothing is published before it is committed, so
-//! an id never carries two payloads.
+//! an id never carries two payloads. A deadline's step is committed a little ahead of the
+//! deadline (`engine.commit_ahead`) and held until it, so that players get the phase change
+//! at the deadline rather than a commit's round trip after it.
 
 use std::sync::Arc;
 
@@ -28,11 +30,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
+use crate::config::MAX_COMMIT_AHEAD;
 use crate::context::Context;
 use crate::history::History;
 use crate::lobby::Listing;
 use crate::metrics as m;
-use crate::outgoing::{unix_ms, Ack, Effects, Now};
+use crate::outgoing::{unix_ms_now, Ack, Effects, Now};
 use crate::publish;
 use crate::rules::Game;
 use crate::scheduler::Alarm;
@@ -79,8 +82,12 @@ struct Outcome {
     reply: Option<(Subject, Vec<u8>)>,
     /// For a command: when it arrived and its type, for the latency histogram.
     command: Option<(Instant, &'static str)>,
+    /// For a deadline's step: the deadline (unix ms), for the lateness histogram.
+    deadline: Option<u64>,
     /// The record before the step, to return to if the step cannot be committed.
     undo: Option<Box<RoomRecord>>,
+    /// Committed already: a deadline's step committed ahead, now due ([`Room::prepared`]).
+    committed: bool,
 }
 
 impl Outcome {
@@ -90,7 +97,9 @@ impl Outcome {
             events: Vec::new(),
             reply: None,
             command: None,
+            deadline: None,
             undo: None,
+            committed: false,
         }
     }
 }
@@ -114,6 +123,14 @@ pub struct Room {
     /// on the first request that needs it: [`Room::read_log_if_due`]).
     log_due: Option<Instant>,
     listing: Listing,
+    /// A deadline's step committed ahead of the deadline: the record committed, whose outbox
+    /// goes out at its `outbox_at`. Until then the room is `record`, the state before the
+    /// step, which answers snapshots, and which a command that comes first changes (its
+    /// commit replaces this one, whose events then never go out).
+    prepared: Option<Box<RoomRecord>>,
+    /// A deadline not to be committed ahead (its step ends the room): its alarm goes off at
+    /// the deadline itself.
+    on_time: Option<u64>,
     /// The phase and player count last reported to the gauges.
     phase: Phase,
     players: usize,
@@ -159,13 +176,15 @@ impl Room {
         }
         let phase = record.game.phase();
         gauge!(m::ROOMS, "phase" => phase.as_str()).increment(1.0);
-        let room = Room {
+        let mut room = Room {
             ctx: ctx.clone(),
             code,
             revision,
             history,
             log_due: resumed.then(Instant::now),
             listing: Listing::default(),
+            prepared: None,
+            on_time: None,
             phase,
             players: 0,
             pause: None,
@@ -173,32 +192,40 @@ impl Room {
             checked_at: Instant::now(),
             record,
         };
-        ctx.tasks.spawn(room.run(commands, snaps));
+        if !resumed {
+            // Listed before the create is answered, so that its creator finds it in the next
+            // lobby snapshot. (A resumed room reads its listing first, in its own task, so
+            // that a takeover of many rooms does not wait for each.)
+            room.sync_lobby().await;
+        }
+        ctx.tasks.spawn(room.run(commands, snaps, resumed));
         Ok(())
     }
 
     /// Serves the room until it closes, another engine takes it, or this engine stops.
-    async fn run(mut self, mut commands: Subscriber, mut snaps: Subscriber) {
+    async fn run(mut self, mut commands: Subscriber, mut snaps: Subscriber, resumed: bool) {
         self.resume().await;
         self.count_players();
-        self.listing = Listing::read(&self.ctx, &self.code).await;
-        self.sync_lobby().await;
+        if resumed {
+            self.listing = Listing::read(&self.ctx, &self.code).await;
+            self.sync_lobby().await;
+        }
         let shutdown = self.ctx.shutdown.clone();
         let mut recheck = self.ctx.recheck.subscribe();
-        let mut alarm: Option<(u64, Alarm)> = None;
+        let mut alarm: Option<(AlarmFor, Alarm)> = None;
         let flow = loop {
-            let deadline = self.record.game.deadline_ms();
+            let (due, at) = self.next_alarm();
             let alarm = match &mut alarm {
-                Some((at, set)) => {
-                    if *at != deadline || !set.is_pending() {
-                        set.reset(instant_of(deadline));
-                        *at = deadline;
+                Some((set_for, set)) => {
+                    if *set_for != due || !set.is_pending() {
+                        set.reset(at);
+                        *set_for = due;
                     }
                     set
                 }
                 None => {
-                    let set = self.ctx.scheduler.alarm(instant_of(deadline));
-                    &mut alarm.insert((deadline, set)).1
+                    let set = self.ctx.scheduler.alarm(at);
+                    &mut alarm.insert((due, set)).1
                 }
             };
             let outcome = tokio::select! {
@@ -213,14 +240,28 @@ impl Room {
                     }
                     flow => self.turned_away(msg, flow),
                 },
-                () = alarm.fired() => self.on_deadline(),
+                () = alarm.fired() => match self.prepared.take() {
+                    // Checked as a request is: an engine that wakes from a pause past the
+                    // lease may find that a successor has published this step and others
+                    // after it, and would send their ids back.
+                    Some(committed) => match self.still_ours().await {
+                        Flow::Continue => self.release(*committed),
+                        flow => Outcome::nothing(flow),
+                    },
+                    None => self.on_deadline(),
+                },
                 Ok(()) = recheck.changed() => Outcome::nothing(self.still_ours().await),
                 // The engine is stopping: the room stays in JetStream for another engine.
                 () = shutdown.cancelled() => Outcome::nothing(Flow::Gone),
                 else => Outcome::nothing(Flow::Gone),
             };
             let outcome = self.commit(outcome).await;
+            let outcome = self.hold_if_early(outcome);
             let stepped = !outcome.events.is_empty();
+            if let (Some(deadline), true) = (outcome.deadline, stepped) {
+                let late = wall_clock_past(deadline, SystemTime::now()).unwrap_or_default();
+                histogram!(m::SCHEDULER_LATENESS).record(late.as_secs_f64());
+            }
             if outcome.flow != Flow::Continue {
                 // Stop listening before `room_closed` goes out, so that no request reaches
                 // a room that no longer answers (those already received are answered below).
@@ -330,6 +371,16 @@ impl Room {
         };
         if logged >= last.id {
             return;
+        }
+        // A deadline's step committed ahead by an engine that stopped before the deadline.
+        if let Some(at) = self.record.outbox_at {
+            let early = wall_clock_past(at, SystemTime::now()).err();
+            let wait = early.unwrap_or_default().min(MAX_COMMIT_AHEAD);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                // The room stops: its next owner publishes the step.
+                () = self.ctx.shutdown.cancelled() => return,
+            }
         }
         let outbox = self.record.outbox.clone();
         let sent = self.send(&outbox).await;
@@ -486,19 +537,77 @@ impl Room {
     /// The deadline passed: move the game on. The next phase is timed from the deadline
     /// itself, so lateness never accumulates, unless the deadline is long past
     /// ([`LATE_LIMIT_MS`]).
+    /// Before the deadline (the alarm goes off `engine.commit_ahead` early), the step is
+    /// computed as if at the deadline, and its commit carries the deadline as its outbox's
+    /// time ([`Room::hold_if_early`]), except a step that ends the room: an engine that takes
+    /// a closed room over does not run it, so nobody would publish that step if this engine
+    /// died before the deadline. (Early with `commit_ahead` zero means the wall clock was
+    /// stepped back since the alarm was set: that counts as on time.)
     fn on_deadline(&mut self) -> Outcome {
         let deadline = self.record.game.deadline_ms();
-        let wall = SystemTime::now();
-        // Early (the wall clock was stepped back since the alarm was set) counts as on time.
-        let late = wall_clock_past(deadline, wall).unwrap_or_default();
-        histogram!(m::SCHEDULER_LATENESS).record(late.as_secs_f64());
-        let now = unix_ms(wall);
+        let now = unix_ms_now();
+        let ahead = !self.ctx.commit_ahead.is_zero() && now < deadline;
         let undo = Box::new(self.record.clone());
         let mut fx = Effects::default();
         (self.record.game).on_deadline(next_phase_from(deadline, now), &mut fx);
+        if ahead && fx.closed {
+            self.record = *undo;
+            self.on_time = Some(deadline);
+            return Outcome::nothing(Flow::Continue);
+        }
+        let step = self.events_of(fx);
+        if ahead {
+            self.record.outbox_at = Some(deadline);
+        }
         Outcome {
             undo: Some(undo),
-            ..self.events_of(fx)
+            deadline: Some(deadline),
+            ..step
+        }
+    }
+
+    /// When the room's alarm is to go off next, and what for: at the deadline of a step
+    /// committed ahead (or of one not to be), else `engine.commit_ahead` before the next
+    /// deadline.
+    fn next_alarm(&self) -> (AlarmFor, std::time::Instant) {
+        if let Some(committed) = &self.prepared {
+            let at = committed.outbox_at.unwrap_or_default();
+            return (AlarmFor::Publish(at), instant_of(at));
+        }
+        let deadline = self.record.game.deadline_ms();
+        let at = instant_of(deadline);
+        if self.on_time == Some(deadline) {
+            return (AlarmFor::Publish(deadline), at);
+        }
+        let early = at.checked_sub(self.ctx.commit_ahead).unwrap_or(at);
+        (AlarmFor::Commit(deadline), early)
+    }
+
+    /// A deadline's step just committed ahead of its deadline waits for it in
+    /// [`Room::prepared`], the room going back to the state before it meanwhile; one whose
+    /// commit took until the deadline or past it goes out now.
+    fn hold_if_early(&mut self, mut step: Outcome) -> Outcome {
+        let early = self.record.outbox_at.is_some_and(|at| unix_ms_now() < at);
+        if step.events.is_empty() || step.committed || !early {
+            return step;
+        }
+        let Some(before) = step.undo.take() else {
+            return step;
+        };
+        let committed = std::mem::replace(&mut self.record, *before);
+        self.prepared = Some(Box::new(committed));
+        Outcome::nothing(Flow::Continue)
+    }
+
+    /// The deadline of a step committed ahead has come: it is the room now, and its events
+    /// go out.
+    fn release(&mut self, committed: RoomRecord) -> Outcome {
+        self.record = committed;
+        Outcome {
+            events: self.record.outbox.clone(),
+            deadline: self.record.outbox_at,
+            committed: true,
+            ..Outcome::nothing(Flow::Continue)
         }
     }
 
@@ -508,9 +617,7 @@ impl Room {
         Outcome {
             flow: if closed { Flow::Closed } else { Flow::Continue },
             events: self.record.step(fx),
-            reply: None,
-            command: None,
-            undo: None,
+            ..Outcome::nothing(Flow::Continue)
         }
     }
 
@@ -519,9 +626,14 @@ impl Room {
     /// pauses (the step is computed again later: a deadline then times its phase from then).
     /// Either way a requester is told to try again.
     async fn commit(&mut self, step: Outcome) -> Outcome {
-        if step.events.is_empty() {
+        if step.events.is_empty() || step.committed {
             return step;
         }
+        // A step committed ahead of its deadline is replaced by this commit (computed from
+        // the state before it: a command that came before the deadline counts before it),
+        // and its events never go out; the deadline's step is computed again after. If this
+        // commit fails it may have landed all the same, so the held step is dropped either way.
+        self.prepared = None;
         let store = &self.ctx.store;
         // Not even tried while NATS is down: the client would hold the write and send it on
         // reconnecting, committing a step timed for a moment long gone.
@@ -561,7 +673,12 @@ impl Room {
                 self.pause = Some(wait);
                 Flow::Continue
             }
-            CommitError::Landed(stored, revision) => self.take_landed(*stored, revision).await,
+            CommitError::Landed(stored, revision) => {
+                if let Some(undo) = step.undo {
+                    self.record = *undo;
+                }
+                self.take_landed(*stored, revision).await
+            }
         };
         let retry = Reply::<()>::Err(changing_hands()).to_bytes();
         Outcome {
@@ -692,9 +809,16 @@ impl Room {
 
     /// A record of this room's own tenure newer than the room's (a commit whose ack was
     /// lost): it is the room now, its last step published like a takeover's.
+    /// If it is a deadline's step committed ahead and not yet due, it is held like one whose
+    /// ack came ([`Room::prepared`]): it was computed from the record the room has (every
+    /// commit of the room's since then failed over it).
     async fn take_landed(&mut self, stored: RoomRecord, revision: u64) -> Flow {
-        self.record = stored;
         self.revision = revision;
+        if stored.outbox_at.is_some_and(|at| unix_ms_now() < at) {
+            self.prepared = Some(Box::new(stored));
+            return Flow::Continue;
+        }
+        self.record = stored;
         self.resume().await;
         let last = self.history.last_id();
         for event in self.record.outbox.iter().filter(|e| e.id > last) {
@@ -743,6 +867,14 @@ fn actor(cmd: &Command) -> String {
         | Command::Skill { player, .. }
         | Command::Chat { player, .. } => player.to_string(),
     }
+}
+
+/// What a room's alarm is set for: to commit the step of the deadline (unix ms) ahead of it,
+/// or to publish it at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AlarmFor {
+    Commit(u64),
+    Publish(u64),
 }
 
 /// When the phase after `deadline` starts if it fires at `now`: at the deadline itself, so

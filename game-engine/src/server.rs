@@ -111,6 +111,7 @@ impl Engine {
             lease: config.engine.lease,
             history: config.engine.history,
             min_phase: config.engine.min_phase,
+            commit_ahead: config.engine.commit_ahead,
             scheduler,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),

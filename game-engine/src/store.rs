@@ -108,6 +108,10 @@ pub struct RoomRecord {
     /// since the owner may have died before it published them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<Logged>,
+    /// Set when the outbox is a deadline's step committed ahead of it: that deadline (unix
+    /// ms), before which nobody publishes the outbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_at: Option<u64>,
     /// The latest answers to commands that carried a `request_id`, oldest first. (Older
     /// records kept whole replies under `replies`, no longer read: a command retried across
     /// that upgrade is applied afresh.)
@@ -135,6 +139,7 @@ impl RoomRecord {
             closed: false,
             last_id: 0,
             outbox: Vec::new(),
+            outbox_at: None,
             answered: VecDeque::new(),
             game,
         }
@@ -163,6 +168,7 @@ impl RoomRecord {
         self.closed |= fx.closed;
         if !events.is_empty() {
             self.outbox = events.clone();
+            self.outbox_at = None;
         }
         events
     }

@@ -246,14 +246,35 @@ async fn seated_game(w: &World, tap_night_ms: u64) -> (RoomCode, Tap, Vec<String
     (code, tap, ids, mafia)
 }
 
-/// Everyone abstains in the day, so the game reaches its first night.
-async fn to_night(w: &World, code: &RoomCode, tap: &mut Tap, ids: &[String]) {
+/// Everyone abstains in the day, so the game reaches its first night; its `phase` event.
+async fn to_night(w: &World, code: &RoomCode, tap: &mut Tap, ids: &[String]) -> Value {
     tap.until("phase", |d| d["phase"] == "day").await;
     for id in ids {
         w.ok(code, json!({"type": "vote", "player": id, "target": null}))
             .await;
     }
-    tap.until("phase", |d| d["phase"] == "night").await;
+    tap.until("phase", |d| d["phase"] == "night").await
+}
+
+fn unix_ms_now() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.unwrap().as_millis() as u64
+}
+
+/// Waits until the room's record holds the step of the deadline `ends_at` committed ahead of
+/// it (`engine.commit_ahead`), which must be before the deadline; the record.
+async fn committed_ahead(w: &World, code: &RoomCode, ends_at: u64) -> Value {
+    let record = w
+        .until("the deadline's step committed ahead", || async {
+            let record = w.record(code).await;
+            (record["outbox_at"].as_u64() == Some(ends_at)).then_some(record)
+        })
+        .await;
+    assert!(
+        unix_ms_now() < ends_at,
+        "the test was too slow: the deadline passed before it saw the step committed ahead"
+    );
+    record
 }
 
 #[tokio::test]
@@ -335,6 +356,100 @@ async fn a_killed_owner_s_game_goes_on_elsewhere_with_its_deadline_fired_once() 
         tap.count("phase", |d| d["phase"] == "day_intro" && d["round"] == 1),
         1,
         "the night's deadline fired exactly once"
+    );
+}
+
+/// A deadline's step committed ahead (`engine.commit_ahead`, long here) by an engine killed
+/// before the deadline: the engine that takes the room over, before the deadline, publishes
+/// the step at the deadline, not when it takes over, and once.
+#[tokio::test]
+async fn a_step_committed_ahead_by_an_engine_that_died_goes_out_at_its_deadline() {
+    let w = World::start().await;
+    let ahead = [("PHASECAST_ENGINE__COMMIT_AHEAD", "4s")];
+    let mut engines = [
+        w.engine_with("e1", &ahead).await,
+        w.engine_with("e2", &ahead).await,
+    ];
+    let (code, mut tap, ids, mafia) = seated_game(&w, 7000).await;
+    let night = to_night(&w, &code, &mut tap, &ids).await;
+    let ends_at = night["ends_at"].as_u64().unwrap();
+    let victim = ids.iter().find(|id| **id != mafia).unwrap().clone();
+    w.ok(
+        &code,
+        json!({"type": "skill", "player": mafia, "target": victim}),
+    )
+    .await;
+    committed_ahead(&w, &code, ends_at).await;
+    let owner = w.owner(&code).await;
+    let at = engines.iter().position(|e| e.id == owner).unwrap();
+    engines[at].signal("KILL");
+    engines[at].exited().await;
+
+    let death = tap.until("death", |_| true).await;
+    let arrived = unix_ms_now();
+    assert_eq!(death["player_id"], json!(victim));
+    assert!(
+        arrived >= ends_at,
+        "the step went out {} ms before its deadline",
+        ends_at - arrived
+    );
+    tap.until("phase", |d| d["phase"] == "day_intro").await;
+    assert_ne!(w.owner(&code).await, owner, "another engine owns the room");
+    let over = tap.until("game_over", |_| true).await;
+    assert_eq!(over["winner"], "mafia");
+    assert_eq!(
+        tap.count("phase", |d| d["phase"] == "day_intro" && d["round"] == 1),
+        1,
+        "the night's deadline fired exactly once"
+    );
+}
+
+/// A command that comes after the deadline's step was committed ahead, but before the
+/// deadline, counts before the deadline: the mafia's pick made then kills at dawn, and until
+/// the deadline a snapshot shows the night.
+#[tokio::test]
+async fn a_command_before_the_deadline_counts_though_its_step_was_committed_ahead() {
+    let w = World::start().await;
+    let _engine = w
+        .engine_with("e1", &[("PHASECAST_ENGINE__COMMIT_AHEAD", "4s")])
+        .await;
+    let (code, mut tap, ids, mafia) = seated_game(&w, 6000).await;
+    let night = to_night(&w, &code, &mut tap, &ids).await;
+    let ends_at = night["ends_at"].as_u64().unwrap();
+    let record = committed_ahead(&w, &code, ends_at).await;
+    let names: Vec<&str> = (record["outbox"].as_array().unwrap().iter())
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"phase") && !names.contains(&"death"),
+        "the step committed ahead is a dawn with no pick: {names:?}"
+    );
+    let body = json!({"viewer": mafia, "since": null});
+    let snapshot = w.ask(w.subjects.room_snap(&code), body).await;
+    assert_eq!(
+        snapshot["events"][0]["data"]["phase"], "night",
+        "{snapshot}"
+    );
+
+    let victim = ids.iter().find(|id| **id != mafia).unwrap().clone();
+    w.ok(
+        &code,
+        json!({"type": "skill", "player": mafia, "target": victim}),
+    )
+    .await;
+    let death = tap.until("death", |_| true).await;
+    let arrived = unix_ms_now();
+    assert_eq!(death["player_id"], json!(victim), "the pick counted");
+    assert!(
+        arrived >= ends_at,
+        "the dawn came {} ms early",
+        ends_at - arrived
+    );
+    tap.until("phase", |d| d["phase"] == "day_intro").await;
+    assert_eq!(
+        tap.count("phase", |d| d["phase"] == "day_intro" && d["round"] == 1),
+        1,
+        "one dawn"
     );
 }
 
