@@ -28,7 +28,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    from_this_site(&state, &headers)?;
+    from_this_site(&state, &headers, false)?;
     let body = json_object(body)?;
     let subject = state.subjects.lobby_create();
     let reply = ask(&state, subject, body, None).await?;
@@ -51,7 +51,7 @@ pub async fn join(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    from_this_site(&state, &headers)?;
+    from_this_site(&state, &headers, false)?;
     let mut code = room_code(&code)?;
     let mut body = json_object(body)?;
     body.insert("type".into(), "join".into());
@@ -96,7 +96,7 @@ pub async fn command(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    from_this_site(&state, &headers)?;
+    from_this_site(&state, &headers, true)?;
     let code = room_code(&code)?;
     let claims = state
         .verifier
@@ -115,14 +115,15 @@ pub async fn command(
     relay(&state, reply)
 }
 
-/// Refuses (403) a request another site's page could have made with the player's cookie. A
-/// request that comes with a cookie, an `Origin` or `Sec-Fetch-*` headers (as a browser's do)
-/// must declare its body `application/json` (an HTML form cannot declare it, and a script on
-/// another site cannot without a CORS preflight this gateway refuses); its `Origin`, if any,
-/// must be this host or one of `gateway.cors_origins`. Other clients (tools and backends,
-/// which name their own token) may declare what they like (`curl -d` says form): the body
-/// is read as JSON anyway.
-fn from_this_site(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Refuses (403) a request another site's page could have made. Its `Origin`, if any, must
+/// be this host or one of `gateway.cors_origins`. A command (`command`: it acts as a player)
+/// that comes with a cookie, an `Origin` or `Sec-Fetch-*` headers (as a browser's do) must
+/// also declare its body `application/json`: an HTML form cannot, a script on another site
+/// cannot without a CORS preflight this gateway refuses, and older browsers send a form
+/// without `Origin`. Other clients (tools and backends, which name their own token) may
+/// declare what they like (`curl -d` says form), and so may a create or a join, which act as
+/// nobody (a script's `fetch` of a string says text): the body is read as JSON anyway.
+fn from_this_site(state: &AppState, headers: &HeaderMap, command: bool) -> Result<(), ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -134,7 +135,7 @@ fn from_this_site(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError>
         || headers
             .keys()
             .any(|name| name.as_str().starts_with("sec-fetch-"));
-    if from_a_browser && !json {
+    if command && from_a_browser && !json {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "commands are JSON: send Content-Type: application/json",

@@ -73,8 +73,15 @@ impl ApiError {
     }
 
     pub fn status(&self) -> StatusCode {
-        if self.foreign.is_some() {
-            return StatusCode::BAD_REQUEST;
+        if let Some(code) = &self.foreign {
+            // A backend's own word for something that is not there is still a 404, as
+            // PROTOCOL.md answers a room that is not there.
+            let absent = code.starts_with("no_such") || code.ends_with("not_found");
+            return if absent {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::BAD_REQUEST
+            };
         }
         StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }

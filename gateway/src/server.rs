@@ -78,9 +78,10 @@ pub fn app(state: AppState) -> Router {
 
 async fn lobby_events(
     State(state): State<AppState>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let opened = stream::open_request(state, Route::Lobby, None, &headers).await?;
+    let opened = stream::open_request(state, Route::Lobby, query.as_deref(), &headers).await?;
     Ok(opened.into_response())
 }
 

@@ -31,12 +31,18 @@ use crate::state::AppState;
 
 const HEARTBEAT: &[u8] = b": ping\n\n";
 
-/// The id to resume after, from `Last-Event-ID`; a malformed value means "no resume".
-pub fn last_event_id(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
+/// The id to resume after: the `Last-Event-ID` header, else the `last_event_id` query
+/// parameter (a page whose `EventSource` gave up, say on a 502 while every gateway
+/// restarted, must open a new one, and cannot set its headers); a malformed value means "no
+/// resume".
+pub fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Option<u64> {
+    let parse = |v: &str| v.trim().parse().ok();
+    match headers.get("last-event-id") {
+        Some(header) => header.to_str().ok().and_then(parse),
+        None => form_urlencoded::parse(query?.as_bytes())
+            .find(|(k, _)| k == "last_event_id")
+            .and_then(|(_, v)| parse(&v)),
+    }
 }
 
 /// A stream route, as its path names it.
@@ -77,7 +83,7 @@ pub async fn open_request(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Opened, ApiError> {
-    let since = last_event_id(headers);
+    let since = last_event_id(headers, query);
     match route {
         Route::Lobby => open(state, StreamKey::Lobby, None, since).await,
         Route::Room(code) => {

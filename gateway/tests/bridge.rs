@@ -2,8 +2,9 @@
 
 mod common;
 
-use common::{EngineProcess, Setup, Sse, WAIT};
+use common::{EngineProcess, FakeStream, Setup, Sse, WAIT};
 use futures::StreamExt;
+use proto::{PlayerId, RoomCode};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::time::timeout;
@@ -410,6 +411,21 @@ async fn another_site_s_page_cannot_command_with_the_player_s_cookie() {
     )
     .await;
     assert_eq!(status, 200, "a tool creating a room: {reply}");
+    // A script's `fetch` of a string (Node's, or a page's of this site) says text/plain and
+    // `Sec-Fetch-Mode`: a create or join acts as nobody, so it is no forgery.
+    let script = [
+        ("Content-Type", "text/plain;charset=UTF-8"),
+        ("Sec-Fetch-Mode", "cors"),
+    ];
+    let (status, _, reply) = post_raw(
+        &gw.url("/v1/rooms"),
+        r#"{"title":"t","total":3,"mafia":1}"#,
+        &script,
+    )
+    .await;
+    assert_eq!(status, 200, "a script creating a room: {reply}");
+    let (status, _, reply) = post_raw(&join, r#"{"name":"Sam"}"#, &script).await;
+    assert_eq!(status, 200, "a script joining: {reply}");
     drop(engine);
 }
 
@@ -451,6 +467,7 @@ async fn a_backend_s_refusals_are_relayed_whatever_their_code() {
     let answers = [
         r#"{"ok":false,"error":"unavailable","message":"busy"}"#,
         r#"{"ok":false,"error":"brand_new_code","message":"m2"}"#,
+        r#"{"ok":false,"error":"lobby_not_found","message":"m3"}"#,
     ];
     let client = s.client.clone();
     let backend = tokio::spawn(async move {
@@ -476,6 +493,61 @@ async fn a_backend_s_refusals_are_relayed_whatever_their_code() {
         (status.as_u16(), &body),
         (400, &json!({"error": "brand_new_code", "message": "m2"})),
         "relayed as the backend said it"
+    );
+    let (status, _, body) = create().await;
+    assert_eq!(
+        (status.as_u16(), &body),
+        (404, &json!({"error": "lobby_not_found", "message": "m3"})),
+        "a code of its own for something not there"
+    );
+    timeout(WAIT, backend).await.unwrap().unwrap();
+}
+
+/// PROTOCOL.md sets no length for room codes and player ids: a backend whose are short
+/// (`r1`, `p1`) works through the gateway as ours does.
+#[tokio::test]
+async fn a_backend_with_short_codes_and_ids_works_through_the_gateway() {
+    let s = Setup::new(|_| {}).await;
+    let code = RoomCode::parse("r1").unwrap();
+    let player = PlayerId::parse("p1").unwrap();
+    let token = common::token(&code, &player, 600);
+    let mut commands = s
+        .client
+        .subscribe(s.subjects.room_cmd(&code))
+        .await
+        .unwrap();
+    let _snapshots = FakeStream::start(&s, Some(code.clone()), false).await;
+    let (client, answer_token) = (s.client.clone(), token.clone());
+    let backend = tokio::spawn(async move {
+        for _ in 0..2 {
+            let request = commands.next().await.unwrap();
+            let command: Value = serde_json::from_slice(&request.payload).unwrap();
+            let answer = match command["type"].as_str() {
+                Some("join") => json!({"ok": true, "player_id": "p1", "token": answer_token}),
+                _ => json!({"ok": true, "player": command["player"]}),
+            };
+            let to = request.reply.unwrap();
+            client.publish(to, answer.to_string().into()).await.unwrap();
+        }
+    });
+    let gw = &s.gateway;
+    let (status, _, joined) = post(&gw.url("/v1/rooms/r1/join"), r#"{"name":"Ann"}"#, &[]).await;
+    assert_eq!(status, 200, "{joined}");
+    assert_eq!(joined["player_id"], "p1");
+    let mut stream =
+        Sse::connect(&gw.url(&format!("/v1/rooms/r1/events?token={token}")), &[]).await;
+    stream.until("snapshot").await;
+    let bearer = format!("Bearer {token}");
+    let (status, _, reply) = post(
+        &gw.url("/v1/rooms/r1/commands"),
+        r#"{"type":"vote","target":null}"#,
+        &[("Authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), &reply["player"]),
+        (200, &json!("p1")),
+        "{reply}"
     );
     timeout(WAIT, backend).await.unwrap().unwrap();
 }

@@ -321,3 +321,40 @@ async fn open_streams_are_limited_per_client_address() {
     })
     .await;
 }
+
+/// Creates and joins beyond CREATE_RATE / CREATE_BURST from one address are refused with 429,
+/// a JSON body and `Retry-After` (whatever the gateway behind would have answered: here, with
+/// no engine, 503).
+#[tokio::test]
+async fn creates_and_joins_are_rate_limited_per_client_address() {
+    let s = Setup::new(|_| {}).await;
+    let gateway = GatewayProcess::start(&s.nats.url(), &s.keys, &[]).await;
+    let limits = [("CREATE_RATE", "1r/m"), ("CREATE_BURST", "1")];
+    let nginx = Nginx::start_with(&[gateway.addr.to_string()], "10s", &limits).await;
+    let client = reqwest::Client::new();
+    let create = || async {
+        let request = client
+            .post(nginx.url("/v1/rooms"))
+            .header("Content-Type", "application/json")
+            .body(r#"{"title":"t","total":3,"mafia":1}"#);
+        timeout(WAIT, request.send())
+            .await
+            .expect("answer in time")
+            .unwrap()
+    };
+    // The rate's one and the burst's one go through to the gateway.
+    for _ in 0..2 {
+        assert_eq!(create().await.status(), 503, "no engine behind the gateway");
+    }
+    let refused = create().await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().get("retry-after").is_some());
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    let join = client
+        .post(nginx.url("/v1/rooms/7QK3M9XRT2VA/join"))
+        .header("Content-Type", "application/json")
+        .body(r#"{"name":"Ann"}"#);
+    let join = timeout(WAIT, join.send()).await.unwrap().unwrap();
+    assert_eq!(join.status(), 429, "joins share the limit");
+}

@@ -104,6 +104,15 @@ async fn last_event_id_resumes_from_history_or_with_a_snapshot() {
         // A malformed Last-Event-ID is no resume at all: a fresh snapshot.
         let mut fresh = Sse::connect(&url, &[("Last-Event-ID", "banana")]).await;
         assert_eq!(fresh.next().await.unwrap().event, "snapshot");
+        if history {
+            // A page whose EventSource gave up resumes with the query parameter; the header
+            // wins over it.
+            let by_query = format!("{url}?last_event_id=8");
+            let mut resumed = Sse::connect(&by_query, &[]).await;
+            assert_eq!(resumed.next().await.unwrap().id, Some(9));
+            let mut header_wins = Sse::connect(&by_query, &[("Last-Event-ID", "9")]).await;
+            assert_eq!(header_wins.next().await.unwrap().id, Some(10));
+        }
     }
 }
 
