@@ -74,6 +74,8 @@ function codeForStatus(status) {
   if (status === 401) return 'unauthorized';
   if (status === 403) return 'forbidden';
   if (status === 404) return 'not_found';
+  // Gone: a room that has closed (a proxy or another backend may say so with 410).
+  if (status === 410) return 'no_such_room';
   if (status === 502 || status === 503) return 'bad_gateway';
   if (status === 504) return 'timeout';
   return 'internal';
@@ -105,8 +107,24 @@ function clearError() {
 
 // ───────────────────────────── HTTP ─────────────────────────────
 
-// Waits before each retry of a request that did not get through (about 4 s in all).
+// Waits before each retry of a request that did not get through (about 4 s in all); the last
+// one repeats while an `unavailable` is still retried (below).
 const RETRY_DELAYS = [250, 500, 1000, 2000];
+// How long the gateway's `unavailable` is retried in all. A room changing engines answers so
+// for up to about 5 s (an engine's lease, then the takeover), and a command must outlast
+// that rather than show an error; retrying is safe, as every request carries its request id.
+const UNAVAILABLE_RETRY_MS = 12000;
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// What a response's `Retry-After` asks for, in ms (0 when it says nothing usable). Seconds or
+// an HTTP date; capped, so that a wrong header cannot park the page for ever.
+function retryAfterMs(res) {
+  const v = res?.headers?.get('Retry-After')?.trim();
+  if (!v) return 0;
+  const ms = /^\d+$/.test(v) ? Number(v) * 1000 : Date.parse(v) - Date.now();
+  return Number.isFinite(ms) ? Math.min(Math.max(ms, 0), 30000) : 0;
+}
 
 // A `request_id` (docs/protocol.md, "Retrying safely"): random, so that nobody else can
 // claim a join's or a create's reply with it; the same on every retry of one request, so
@@ -120,12 +138,14 @@ function newRequestId() {
 // POSTs `body` (a create, a join or a room command) with a request id, so that it can be
 // retried whatever became of an attempt: no answer at all (the connection broke, perhaps
 // after the gateway had sent it on), nginx's own 502/503 (no gateway took it), the gateway's
-// `unavailable`, or once the gateway's 504 (the engine did not answer in time: it may have
-// applied it).
+// `unavailable` (for about 12 s: a room moving to another engine), or once the gateway's 504
+// (the engine did not answer in time: it may have applied it). Each wait is at least what
+// the answer's `Retry-After` asks for.
 async function post(path, body, token) {
   const headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
   if (token) headers.Authorization = `Bearer ${token}`;
   const payload = JSON.stringify({ ...body, request_id: newRequestId() });
+  const started = Date.now();
   for (let attempt = 0; ; attempt++) {
     let res = null;
     try {
@@ -133,12 +153,16 @@ async function post(path, body, token) {
     } catch { /* no answer at all */ }
     let json = null;
     if (res) { try { json = await res.json(); } catch { /* not JSON: an error page from the proxy */ } }
+    const unavailable = !!res && (res.status === 502 || res.status === 503) && json?.error === 'unavailable';
     const transient = !res
       || ((res.status === 502 || res.status === 503) && (!json || json.error === 'unavailable'))
       || (res.status === 504 && json?.error === 'timeout' && attempt === 0);
-    if (transient && attempt < RETRY_DELAYS.length) {
-      await new Promise((r) => setTimeout(r, RETRY_DELAYS[attempt]));
-      continue;
+    if (transient) {
+      const wait = Math.max(RETRY_DELAYS[Math.min(attempt, RETRY_DELAYS.length - 1)], retryAfterMs(res));
+      if (attempt < RETRY_DELAYS.length || (unavailable && Date.now() - started + wait <= UNAVAILABLE_RETRY_MS)) {
+        await sleep(wait);
+        continue;
+      }
     }
     if (!res) throw new ApiError('network');
     if (!res.ok || !json || json.ok === false) {
@@ -166,6 +190,8 @@ function formatCode(code) { return code.match(/.{1,4}/g)?.join('-') ?? code; }
 // A seat ({player_id, token, name}) belongs to a tab: two tabs of one browser may be two
 // players of one room. The tab's own seat is in sessionStorage (it survives a reload); the
 // last seat taken in this browser is also in localStorage, for a new tab or a reopened link.
+// A new tab takes that one only if no open tab of this browser holds it: otherwise a friend
+// opening the invite link in a second tab would silently become the first tab's player.
 // The page always names its own token (the stream's ?token=, the commands' Authorization),
 // never relying on the cookie, which the browser shares between tabs.
 const seatKey = (code) => `phasecast:seat:${code}`;
@@ -175,12 +201,31 @@ function readSeat(store, code) {
     return s && typeof s.token === 'string' && typeof s.player_id === 'string' ? s : null;
   } catch { return null; }
 }
-function loadSeat(code) {
+// The rooms where this tab has a seat of its own (read once per lobby render, not per room).
+function tabSeatCodes() {
+  const codes = new Set();
+  try {
+    for (let i = 0; i < sessionStorage.length; i++) {
+      const key = sessionStorage.key(i);
+      const code = key?.startsWith(seatKey('')) ? key.slice(seatKey('').length) : null;
+      if (code && readSeat(sessionStorage, code)) codes.add(code);
+    }
+  } catch { /* storage unavailable: no seats */ }
+  return codes;
+}
+// This tab's seat in room `code`: `{seat}` its own, or the browser's last one there, which
+// it then adopts; `{held}` that last one when another open tab of this browser holds it;
+// `{}` none.
+async function findSeat(code) {
   const own = readSeat(sessionStorage, code);
-  if (own) return own;
+  if (own) return { seat: own };
   const last = readSeat(localStorage, code);
-  if (last) saveSeat(code, last, { shared: false });
-  return last;
+  if (!last) return {};
+  if (await seatHeldElsewhere(code, last)) return { held: last };
+  // Adopted at once (no await between the answer and this), so that from now on this tab
+  // answers for the seat itself.
+  saveSeat(code, last, { shared: false });
+  return { seat: last };
 }
 function saveSeat(code, seat, { shared = true } = {}) {
   try { sessionStorage.setItem(seatKey(code), JSON.stringify(seat)); } catch { /* private mode */ }
@@ -193,6 +238,40 @@ function dropSeat(code, playerId) {
   if (last && (!playerId || last.player_id === playerId)) {
     try { localStorage.removeItem(seatKey(code)); } catch { /* ignore */ }
   }
+}
+// Which tab holds a seat, asked over a BroadcastChannel of this browser's tabs (same
+// origin): "who holds player P of room X?"; a tab whose own seat (sessionStorage) it is
+// answers. No answer within SEAT_ASK_MS: nobody does. Two tabs asking for one seat at the
+// same moment each hear the other's question; the one with the smaller nonce takes the seat
+// and tells the other it is held, so that not both take it.
+const SEAT_ASK_MS = 200;
+const seatChannel = typeof BroadcastChannel === 'function' ? new BroadcastChannel('phasecast:seats') : null;
+const seatQuestions = new Map(); // nonce → this tab's open question
+seatChannel?.addEventListener('message', ({ data: m }) => {
+  if (!m || typeof m !== 'object' || typeof m.nonce !== 'string') return;
+  if (m.type === 'who-holds') {
+    const mine = readSeat(sessionStorage, m.code);
+    const rival = [...seatQuestions.values()]
+      .some((q) => q.code === m.code && q.playerId === m.player_id && q.nonce < m.nonce);
+    if (mine?.player_id === m.player_id || rival) seatChannel.postMessage({ type: 'held', nonce: m.nonce });
+  } else if (m.type === 'held') {
+    seatQuestions.get(m.nonce)?.answer(true);
+  }
+});
+function seatHeldElsewhere(code, seat) {
+  // A browser without BroadcastChannel cannot ask: it takes the seat, as pages always did.
+  if (!seatChannel) return Promise.resolve(false);
+  const nonce = newRequestId();
+  return new Promise((resolve) => {
+    const answer = (held) => {
+      if (!seatQuestions.delete(nonce)) return;
+      clearTimeout(timer);
+      resolve(held);
+    };
+    const timer = setTimeout(() => answer(false), SEAT_ASK_MS);
+    seatQuestions.set(nonce, { code, playerId: seat.player_id, nonce, answer });
+    seatChannel.postMessage({ type: 'who-holds', code, player_id: seat.player_id, nonce });
+  });
 }
 function rememberName(name) { try { localStorage.setItem('phasecast:name', name); } catch { /* ignore */ } }
 function recallName() { try { return localStorage.getItem('phasecast:name') || ''; } catch { return ''; } }
@@ -213,11 +292,16 @@ const conn = {
 
 // Wraps one EventSource. While the browser can reconnect by itself (the stream ended or the
 // network dropped), it does, with Last-Event-ID. When it gives up (the reconnect got a non-200
-// status, e.g. 502 while every gateway is down, or 401), this class asks the server why with a
-// plain fetch and either reconnects after a backoff or reports a fatal error.
+// status, e.g. 502 while every gateway is down, 503 while a room changes engines, or 401),
+// this class asks the server why with a plain fetch and either opens a new EventSource after
+// a wait or reports a fatal error. A new EventSource sends no Last-Event-ID, so it names the
+// last id this stream saw in its query instead (`last_event_id`), and the gateway replays
+// what happened meanwhile rather than sending a fresh snapshot (docs/protocol.md §12.2).
+const BEHIND_LIMIT = 3; // events in a row with an id below the last one before starting afresh
+
 class Stream {
   constructor({ url, names, onEvent, onAuthFailure, onFatal, label }) {
-    this.url = url; // () => string
+    this.url = url; // () => string: the stream's address without any id
     this.names = names;
     this.onEvent = onEvent;
     this.onAuthFailure = onAuthFailure || (() => false);
@@ -227,23 +311,40 @@ class Stream {
     this.closed = false;
     this.isOpen = false;
     this.lastId = null;
+    this.lastIdFor = null; // the address (room and token) `lastId` was seen on
+    this.opened = null; // the address of the current EventSource, without its id
+    this.behind = 0;
     this.opens = 0;
     this.drops = 0;
     this.ignored = 0;
+    this.restarts = 0;
+    this.resyncs = 0;
+    this.notice = null; // a sentence the banner shows instead of "reconnecting" (e.g. a 429's)
     this.backoff = 1000;
     this.timer = null;
   }
 
+  // Where to (re)connect: with `last_event_id` once this stream has seen an id on this same
+  // address (same room, same token). Never on a first connection, after a switch of token,
+  // or after starting afresh (resync); the gateway prefers a Last-Event-ID header anyway.
+  target() {
+    const base = this.url();
+    if (this.lastId == null || this.lastIdFor !== base) return base;
+    return `${base}${base.includes('?') ? '&' : '?'}last_event_id=${this.lastId}`;
+  }
+
   start() {
     if (this.closed) return;
-    const es = new EventSource(this.url());
+    this.opened = this.url();
+    const es = new EventSource(this.target());
     this.es = es;
-    conn.set(this.opens ? 'reconnecting' : 'connecting', this.opens ? 'Connection lost: reconnecting…' : 'Connecting…');
+    conn.set(this.opens ? 'reconnecting' : 'connecting', this.notice || (this.opens ? 'Connection lost: reconnecting…' : 'Connecting…'));
     es.onopen = () => {
       if (es !== this.es) return;
       this.isOpen = true;
       this.opens += 1;
       this.backoff = 1000;
+      this.notice = null;
       conn.count('opens', this.opens);
       conn.set('open', '');
     };
@@ -254,7 +355,7 @@ class Stream {
         this.drops += 1;
         conn.count('drops', this.drops);
       }
-      conn.set('reconnecting', 'Connection lost: reconnecting…');
+      conn.set('reconnecting', this.notice || 'Connection lost: reconnecting…');
       if (es.readyState === EventSource.CLOSED) this.diagnose();
       // Otherwise (CONNECTING) the browser retries by itself with Last-Event-ID.
     };
@@ -264,28 +365,51 @@ class Stream {
   }
 
   dispatch(name, ev) {
-    const id = ev.lastEventId !== '' && ev.lastEventId != null ? Number(ev.lastEventId) : null;
+    const raw = ev.lastEventId;
+    const id = raw !== '' && raw != null && /^\d+$/.test(raw) ? Number(raw) : null;
     if (name !== 'snapshot' && id != null && this.lastId != null && id <= this.lastId) {
       // Ids only go up; a repeat or a step back is never shown twice. Counted for the tests.
       this.ignored += 1;
       conn.count('ignored', this.ignored);
+      // Ids that went back without the snapshot that should come with that (docs/protocol.md
+      // §12.4) would keep this page silent until they passed the old ones: after a few in a
+      // row, start again without an id, for a fresh snapshot.
+      if (id < this.lastId && ++this.behind >= BEHIND_LIMIT) this.resync();
       return;
     }
-    if (id != null) this.lastId = id;
+    this.behind = 0;
+    if (id != null) {
+      this.lastId = id;
+      this.lastIdFor = this.opened;
+    }
     let data;
     try { data = JSON.parse(ev.data); } catch { console.warn('unparsable event', name, ev.data); return; }
     try { this.onEvent(name, data, id); } catch (e) { console.error('while handling', name, e); }
+  }
+
+  // Starts again from a fresh snapshot: this stream's ids are not to be trusted any more.
+  resync() {
+    this.lastId = null;
+    this.lastIdFor = null;
+    this.behind = 0;
+    this.resyncs += 1;
+    conn.count('resyncs', this.resyncs);
+    this.restart(0);
   }
 
   async diagnose() {
     const es = this.es;
     let status = 0;
     let body = null;
+    let retryAfter = 0;
     const ctl = new AbortController();
     const giveUp = setTimeout(() => ctl.abort(), 8000);
     try {
-      const res = await fetch(this.url(), { headers: { Accept: 'text/event-stream' }, cache: 'no-store', signal: ctl.signal });
+      // The address the next EventSource would open, id and all: a room that closed while the
+      // page was away still answers a catch-up for a while (its end), not a fresh stream.
+      const res = await fetch(this.target(), { headers: { Accept: 'text/event-stream' }, cache: 'no-store', signal: ctl.signal });
       status = res.status;
+      retryAfter = retryAfterMs(res);
       if (!res.ok) { try { body = await res.json(); } catch { /* not JSON */ } }
     } catch { /* network error or our abort */ }
     clearTimeout(giveUp);
@@ -299,8 +423,14 @@ class Stream {
       this.onFatal(new ApiError(body?.error || codeForStatus(status), body?.message, status));
       return;
     }
-    // 0 (no answer), 429, 5xx: the server is away; try again later.
-    const wait = this.backoff;
+    // 0 (no answer), 429, 5xx: the server is away or busy; try again later, when it asks to if
+    // it says (Retry-After: a room changing engines, nginx's limit on streams), else after a
+    // backoff. A 429 (too many streams from this address) is a sentence in the banner: only
+    // the person can close a tab.
+    this.notice = status === 429
+      ? `${new ApiError(body?.error || codeForStatus(status), body?.message, status).sentence} This page keeps trying meanwhile.` : null;
+    if (this.notice) conn.set('reconnecting', this.notice);
+    const wait = retryAfter || this.backoff;
     this.backoff = Math.min(this.backoff * 2, 10000);
     this.restart(wait);
   }
@@ -308,6 +438,9 @@ class Stream {
   restart(wait) {
     if (this.es) this.es.close();
     this.es = null;
+    this.isOpen = false;
+    this.restarts += 1;
+    conn.count('restarts', this.restarts);
     clearTimeout(this.timer);
     this.timer = setTimeout(() => this.start(), wait);
   }
@@ -325,7 +458,8 @@ class Stream {
 const lobby = { stream: null, rooms: new Map(), live: false };
 
 function startLobby() {
-  if (lobby.stream) return;
+  // Already live: render anyway, since this tab's seats (its "Back to your seat") may have changed.
+  if (lobby.stream) { renderLobby(); return; }
   lobby.rooms = new Map();
   lobby.live = false;
   renderLobby();
@@ -369,6 +503,7 @@ function renderLobby() {
   const ul = $('lobby-rooms');
   const focusKey = document.activeElement?.dataset?.focusKey;
   ul.replaceChildren();
+  const seatedIn = tabSeatCodes();
   for (const r of lobby.rooms.values()) {
     const li = document.createElement('li');
     li.setAttribute('data-testid', 'lobby-room');
@@ -381,15 +516,21 @@ function renderLobby() {
     const full = r.players >= r.total;
     info.append(el('span', 'room-meta',
       `${r.players}/${r.total} players · ${LOBBY_PHASE_LABEL[r.phase] || r.phase}${r.phase === 'waiting' && full ? ' · full' : ''}`));
-    const label = r.phase === 'waiting' && !full ? 'Join' : (r.phase === 'waiting' ? 'Full' : 'Closed');
+    // A room where this tab has a seat leads back to it, whatever its state: joining again
+    // would make a second player (or be refused as full, started or name taken).
+    const seated = seatedIn.has(r.code);
+    const joinable = r.phase === 'waiting' && !full;
+    const label = seated ? 'Back to your seat'
+      : joinable ? 'Join' : ({ waiting: 'Full', playing: 'In play', ended: 'Finished' }[r.phase] || 'Closed');
     const btn = el('button', 'join', label);
     btn.type = 'button';
     btn.setAttribute('data-testid', 'lobby-join');
     btn.dataset.focusKey = `join-${r.code}`;
+    if (seated) btn.dataset.seated = 'true';
     // The accessible name starts with the visible text (speech control users say what they see).
     btn.setAttribute('aria-label', `${label}: ${r.title}`);
-    btn.disabled = !(r.phase === 'waiting' && !full);
-    btn.addEventListener('click', () => joinRoom(r.code, btn));
+    btn.disabled = !(seated || joinable);
+    btn.addEventListener('click', () => (seated ? goRoom(r.code) : joinRoom(r.code, btn)));
     li.append(info, btn);
     ul.append(li);
   }
@@ -429,7 +570,7 @@ async function joinRoom(code, button) {
 
 function goRoom(code) {
   const hash = `#/room/${code}`;
-  if (location.hash === hash) route(); else location.hash = hash;
+  if (location.hash === hash) reroute(); else location.hash = hash;
 }
 
 const DURATIONS = ['day_intro', 'notice', 'day_per_player', 'vote', 'vote_result', 'night_intro', 'night', 'ended'];
@@ -678,7 +819,9 @@ function addInvestigation(inv) {
 
 // ───────────────────────────── room commands ─────────────────────────────
 
-async function command(body, button) {
+// Sends a room command as this tab's player. Resolves to the reply, or to null once the
+// error is shown; `refused` (when given) hears that error first.
+async function command(body, button, refused) {
   if (!room) return null;
   const r = room;
   clearError();
@@ -687,6 +830,7 @@ async function command(body, button) {
     countCommand('commandsOk');
     return res;
   } catch (e) {
+    refused?.(e);
     showError(e);
     countCommand('commandsFailed');
     if (e.code === 'unauthorized') dropSeat(r.code, r.seat.player_id);
@@ -700,6 +844,10 @@ async function command(body, button) {
 function countCommand(key) {
   document.body.dataset[key] = String(Number(document.body.dataset[key] || 0) + 1);
 }
+
+// Refusals that mean this tab's seat no longer exists (it expired, its player left, the room
+// closed): a leave that gets one of these has nothing left to leave.
+const SEAT_GONE = ['unauthorized', 'no_such_player', 'no_such_room'];
 
 async function skill(target, button) {
   const role = room.myRole;
@@ -766,15 +914,22 @@ function headline() {
     }
     case 'day_intro': return `Morning comes. ${alive} players are still alive.`;
     case 'notice': {
-      if (r.deathsAtNight == null) return r.round <= 1 ? 'The town wakes up. Somewhere among you is the mafia.' : 'The town gathers.';
-      const killed = r.deaths.slice(r.deathsAtNight).filter((d) => d.cause === 'mafia');
+      if (r.deathsAtNight == null && r.round <= 1) return 'The town wakes up. Somewhere among you is the mafia.';
+      // Seen live: the deaths since nightfall. After a snapshot (no nightfall seen), last
+      // night's from the deaths it lists: a night's kill carries that night's round, the one
+      // before this morning's.
+      const killed = r.deathsAtNight != null
+        ? r.deaths.slice(r.deathsAtNight).filter((d) => d.cause === 'mafia')
+        : r.deaths.filter((d) => d.cause === 'mafia' && d.round === r.round - 1);
       return killed.length ? `Last night, ${killed.map((d) => nameOf(d.player_id)).join(' and ')} was killed.` : 'Nobody died last night.';
     }
     case 'day': return 'Discuss, then vote. The day ends early once everyone alive has voted.';
     case 'vote': return 'Final vote: change or confirm your vote now.';
     case 'vote_result': {
-      if (r.deathsAtVote == null) return 'The votes are counted.';
-      const out = r.deaths.slice(r.deathsAtVote).filter((d) => d.cause === 'vote');
+      // As above: after a snapshot, the vote deaths of this round.
+      const out = r.deathsAtVote != null
+        ? r.deaths.slice(r.deathsAtVote).filter((d) => d.cause === 'vote')
+        : r.deaths.filter((d) => d.cause === 'vote' && d.round === r.round);
       return out.length ? `${out.map((d) => nameOf(d.player_id)).join(' and ')} was voted out.` : 'Nobody was voted out.';
     }
     case 'night_intro': return 'Night falls. Everyone closes their eyes.';
@@ -1111,7 +1266,11 @@ function showView(v) {
   if (v === 'lobby') document.body.dataset.phase = '';
 }
 
-function showLobby(inviteCode) {
+// The seat another tab of this browser holds in the room of the invite shown, if any: what
+// "Continue as <name>" takes, on purpose.
+let invitedSeat = null;
+
+function showLobby(inviteCode, held = null) {
   leaveRoomView();
   showView('lobby');
   document.title = 'Phasecast · Mafia';
@@ -1119,28 +1278,47 @@ function showLobby(inviteCode) {
   invite.hidden = !inviteCode;
   invite.dataset.code = inviteCode || '';
   $('invite-code').textContent = inviteCode ? formatCode(inviteCode) : '';
+  invitedSeat = inviteCode && held ? held : null;
+  const heldName = held?.name || 'another player';
+  $('invite-held').hidden = !invitedSeat;
+  $('invite-held').textContent = invitedSeat
+    ? `Another tab of this browser is playing as ${heldName} in this room. Join with your own name, or continue as ${heldName} here too.`
+    : '';
+  $('invite-continue').hidden = !invitedSeat;
+  $('invite-continue').textContent = invitedSeat ? `Continue as ${heldName}` : '';
   if (inviteCode) {
     $('join-code').value = formatCode(inviteCode);
+    // The name remembered is likely the other tab's player's: a second person needs their own.
+    if (invitedSeat && $('name-input').value.trim() === invitedSeat.name) $('name-input').value = '';
     $('name-input').focus();
   }
   conn.set('idle', '');
   startLobby();
 }
 
-function route() {
+// Routes run one at a time in effect: finding a seat may wait for other tabs' answers, and a
+// later route (the person clicked on meanwhile) wins over an earlier one still waiting.
+let routeGen = 0;
+
+async function route() {
+  const gen = ++routeGen;
   const m = location.hash.match(/^#\/room\/([^/]{1,80})\/?$/);
   if (m) {
     // A link someone typed or pasted may be spaced, dashed or in lower case.
     const code = normalizeCode(decodeURIComponent(m[1]));
     if (!isCode(code)) { showLobby(null); showError(new ApiError('missing_code')); return; }
     if (m[1] !== code) { history.replaceState(null, '', `#/room/${code}`); }
-    const seat = loadSeat(code);
+    const { seat, held } = await findSeat(code);
+    if (gen !== routeGen) return;
     if (seat) { enterRoom(code, seat); return; }
-    showLobby(code);
+    // No seat of this tab's, or the browser's last one is another open tab's player: the
+    // invite, to join as someone else.
+    showLobby(code, held);
     return;
   }
   showLobby(null);
 }
+const reroute = () => { route().catch(showError); };
 
 function init() {
   // `?room=<code>` is accepted as a share link too.
@@ -1156,6 +1334,15 @@ function init() {
     joinRoom($('join-code').value, e.submitter || $('join-form').querySelector('button'));
   });
   $('invite-join').addEventListener('click', (e) => joinRoom($('invite').dataset.code, e.currentTarget));
+  // Taking the seat another tab holds, explicitly: both tabs are then the same player.
+  $('invite-continue').addEventListener('click', () => {
+    const code = $('invite').dataset.code;
+    const seat = invitedSeat;
+    if (!seat || !isCode(code)) return;
+    clearError();
+    saveSeat(code, seat, { shared: false });
+    enterRoom(code, seat);
+  });
   $('start-button').addEventListener('click', (e) => command({ type: 'start' }, e.currentTarget));
   $('abstain-button').addEventListener('click', (e) => command({ type: 'vote', target: null }, e.currentTarget));
   $('chat-form').addEventListener('submit', async (e) => {
@@ -1186,13 +1373,18 @@ function init() {
     }
     const { code } = room;
     const playerId = room.seat.player_id;
-    await command({ type: 'leave' }, e.currentTarget);
+    // The seat is dropped only once it is gone: the leave was taken, or the server says the
+    // seat no longer exists. Any other failure (the server away for longer than the retries,
+    // a refusal) leaves the player seated, with the error shown, free to try again.
+    let gone = false;
+    const left = await command({ type: 'leave' }, e.currentTarget, (err) => { gone = SEAT_GONE.includes(err.code); });
+    if (!left && !gone) return;
     dropSeat(code, playerId);
     location.hash = '#/';
   });
-  window.addEventListener('hashchange', route);
+  window.addEventListener('hashchange', reroute);
   setInterval(() => { if (room) tick(); }, 250);
-  route();
+  reroute();
 }
 
 init();

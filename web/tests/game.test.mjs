@@ -15,7 +15,10 @@
 // and only its own private events; eight tabs of one context hold eight streams over
 // HTTP/2 through nginx (over HTTP/1.1 a browser opens only six connections per origin); and
 // a create, a join and a chat line whose answers are lost after the engine applied them (a
-// broken connection, a 504) are retried by the page with their request ids, and applied once.
+// broken connection, a 504) are retried by the page with their request ids, and applied once;
+// a second tab opening the invite link is offered the join form instead of becoming the
+// first tab's player; and a page whose stream the browser gave up on (every gateway behind
+// nginx down) resumes from its last event id once one is back, showing what happened meanwhile.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -95,6 +98,7 @@ function readRoomPage() {
     conn: {
       state: conn.dataset.state, drops: Number(conn.dataset.drops || 0), opens: Number(conn.dataset.opens || 0),
       ignored: Number(conn.dataset.ignored || 0), banner: conn.hidden ? '' : conn.textContent,
+      restarts: Number(conn.dataset.restarts || 0), resyncs: Number(conn.dataset.resyncs || 0),
     },
     error: err.hidden ? null : { code: err.dataset.code, text: q('[data-testid=error-text]').textContent },
     players: qa('[data-testid=player]').map((li) => ({
@@ -108,6 +112,8 @@ function readRoomPage() {
       phase: li.dataset.phase, round: Number(li.dataset.round), source: li.dataset.source, id: li.dataset.id,
       at: Number(li.dataset.at), endsAt: Number(li.dataset.endsAt || 0) || null,
     })),
+    // "Back in sync with the server.": a snapshot replaced the state after the first one.
+    syncs: qa('[data-testid=log-entry][data-kind=sync]').length,
     deaths: qa('[data-testid=death]').map((li) => ({ id: li.dataset.playerId, cause: li.dataset.cause, round: Number(li.dataset.round) })),
     investigations: qa('[data-testid=investigation]').map((li) => ({ target: li.dataset.target, mafia: li.dataset.mafia === 'true' })),
     pick: q('[data-testid=night-status]')?.dataset.pick || null,
@@ -163,15 +169,29 @@ class Player {
 
   /** Another tab (page) of `context`, on the lobby. */
   static async tab(name, context) {
+    const p = await Player.tabAt(name, context, '/');
+    await p.page.locator('[data-testid=lobby-view]').waitFor({ state: 'visible' });
+    return p;
+  }
+
+  /** Another tab (page) of `context` opened at `url` (an invite link, say): waits for the load only. */
+  static async tabAt(name, context, url) {
     const page = await context.newPage();
     const p = new Player(name, context, page);
     page.on('pageerror', (e) => { p.pageErrors.push(String(e)); });
     page.on('console', (m) => { if (m.type() === 'error') p.consoleErrors.push(m.text()); });
     p.pageErrors = [];
     p.consoleErrors = [];
-    await page.goto('/');
-    await page.locator('[data-testid=lobby-view]').waitFor({ state: 'visible' });
+    await page.goto(url);
     return p;
+  }
+
+  /** From now on, records the address of every room stream request of this page, in order. */
+  recordStreams() {
+    this.streams = [];
+    this.page.on('request', (req) => {
+      if (/\/v1\/rooms\/[^/?]+\/events/.test(req.url())) this.streams.push({ url: req.url(), type: req.resourceType() });
+    });
   }
 
   /** This tab's own seat in room `code`, as the page keeps it (sessionStorage). */
@@ -781,6 +801,222 @@ async function lostAnswers() {
   assert.deepEqual([...host.pageErrors, ...ann.pageErrors], []);
   await host.page.unrouteAll();
   await ann.page.unrouteAll();
+}
+
+// ───────────────────────────── the invite link in a second tab ─────────────────────────────
+
+stackTest('a second tab opening the invite link gets the join form, not the first tab\'s seat', 120000, inviteInSecondTab);
+
+/** Creates a waiting room from `host`'s lobby form; returns its code once the host is seated. */
+async function createFromForm(host, { title, total = 3, mafia = 1, doctor = 0, police = 0, durations = null }) {
+  await host.setName(host.name);
+  await host.t('create-title').fill(title);
+  await host.t('create-total').fill(String(total));
+  await host.t('create-mafia').fill(String(mafia));
+  await host.t('create-doctor').fill(String(doctor));
+  await host.t('create-police').fill(String(police));
+  if (durations) {
+    await host.page.locator('#create-form summary').click();
+    for (const [k, v] of Object.entries(durations)) await host.t(`dur-${k}`).fill(String(v));
+  }
+  await host.t('create-submit').click();
+  await host.t('room-view').waitFor({ state: 'visible' });
+  const code = await host.t('room-code').getAttribute('data-code');
+  host.id = (await host.until((s) => s.you && s.phase === 'waiting', `${host.name} seated in the new room`)).you;
+  return code;
+}
+
+async function inviteInSecondTab() {
+  // Ann creates a room; her seat is her tab's, and the browser's last one (localStorage).
+  const ann = await Player.open('Ann');
+  const code = await createFromForm(ann, { title: `Invite ${Date.now().toString(36)}` });
+  const link = await ann.t('share-link').inputValue();
+  const browserSeat = () => ann.page.evaluate((c) => JSON.parse(localStorage.getItem(`phasecast:seat:${c}`) || 'null'), code);
+  assert.equal((await browserSeat())?.player_id, ann.id, 'the browser\'s last seat is Ann\'s');
+
+  // Bob opens the invite link in a second tab of the same browser. Ann's tab holds that seat,
+  // so Bob's tab does not take it: it offers the join form, and continuing as Ann only on purpose.
+  const bob = await Player.tabAt('Bob', ann.context, link);
+  await bob.t('invite').waitFor({ state: 'visible' });
+  assert.equal(await bob.t('room-view').isVisible(), false, 'the second tab did not enter the room as Ann');
+  assert.equal(await bob.seat(code), null, 'the second tab took no seat');
+  assert.equal(await bob.t('invite-continue').textContent(), 'Continue as Ann');
+  assert.match(await bob.t('invite-held').textContent(), /Another tab of this browser is playing as Ann/);
+  assert.equal(await bob.t('name-input').inputValue(), '', 'Ann\'s remembered name is not offered to the second person');
+  await bob.setName('Bob');
+  await bob.t('invite-join').click();
+  await bob.t('room-view').waitFor({ state: 'visible' });
+  bob.id = (await bob.until((s) => s.you && s.players.length === 2, 'Bob seated beside Ann')).you;
+  assert.notEqual(bob.id, ann.id, 'Bob is a player of his own');
+
+  // Cy opens the link in its `?room=` form, typed in lower case, in a third tab: the
+  // browser's last seat is now Bob's, and Bob's tab holds it.
+  const cy = await Player.tabAt('Cy', ann.context, `/?room=${code.toLowerCase()}`);
+  await cy.t('invite').waitFor({ state: 'visible' });
+  assert.equal(await cy.t('invite-continue').textContent(), 'Continue as Bob');
+  assert.equal(await cy.seat(code), null);
+  await cy.setName('Cy');
+  await cy.t('invite-join').click();
+  await cy.t('room-view').waitFor({ state: 'visible' });
+  cy.id = (await cy.until((s) => s.you && s.players.length === 3, 'Cy seated')).you;
+  assert.equal(new Set([ann.id, bob.id, cy.id]).size, 3, 'three tabs, three players');
+
+  // Ann's tab kept its player all along.
+  const annNow = await ann.until((s) => s.players.length === 3, 'Ann sees three players');
+  assert.equal(annNow.you, ann.id, 'the first tab is still Ann');
+  assert.equal(annNow.error, null);
+  assert.equal((await ann.seat(code))?.player_id, ann.id, 'the first tab\'s seat is still Ann\'s');
+  for (const p of [bob, cy]) assert.equal((await p.seat(code))?.player_id, p.id, `${p.name}'s tab keeps its own seat`);
+
+  // "Continue as Cy", clicked on purpose in a fourth tab, makes it Cy too.
+  const cyAgain = await Player.tabAt('Cy again', ann.context, link);
+  await cyAgain.t('invite').waitFor({ state: 'visible' });
+  assert.equal(await cyAgain.t('invite-continue').textContent(), 'Continue as Cy');
+  await cyAgain.t('invite-continue').click();
+  await cyAgain.t('room-view').waitFor({ state: 'visible' });
+  assert.equal((await cyAgain.until((s) => s.you && s.players.length === 3, 'Cy in the fourth tab')).you, cy.id);
+
+  // With no tab holding Cy's seat any more, the link in a new tab goes straight back to it
+  // (a reopened link, a restarted browser).
+  await cy.page.close();
+  await cyAgain.page.close();
+  const cyBack = await Player.tabAt('Cy, reopened', ann.context, link);
+  const back = await cyBack.until((s) => s.view === 'room' && s.you && s.players.length === 3, 'Cy back through the link');
+  assert.equal(back.you, cy.id, 'the browser\'s last seat is taken when no tab holds it');
+  assert.equal(await cyBack.t('invite').isVisible(), false);
+
+  // The lobby leads Ann back to her seat (the room is full: anyone else sees "Full").
+  await ann.t('home-link').click();
+  const annRow = ann.page.locator(`[data-testid=lobby-room][data-code="${code}"] [data-testid=lobby-join]`);
+  await annRow.waitFor({ state: 'visible' });
+  assert.equal(await annRow.textContent(), 'Back to your seat');
+  assert.equal(await annRow.isEnabled(), true);
+  const stranger = await Player.open('Stranger');
+  const strangerRow = stranger.page.locator(`[data-testid=lobby-room][data-code="${code}"] [data-testid=lobby-join]`);
+  await strangerRow.waitFor({ state: 'visible' });
+  assert.equal(await strangerRow.textContent(), 'Full');
+  assert.equal(await strangerRow.isEnabled(), false);
+  await annRow.click();
+  await ann.t('room-view').waitFor({ state: 'visible' });
+  assert.equal((await ann.until((s) => s.you && s.players.length === 3, 'Ann back in her seat')).you, ann.id);
+
+  for (const p of [ann, bob, cy, cyAgain, cyBack, stranger]) assert.deepEqual(p.pageErrors, [], `${p.name}: no page errors`);
+  await ann.context.close();
+  await stranger.context.close();
+}
+
+// ───────────────────────────── a stream the browser gave up on ─────────────────────────────
+
+stackTest('a page whose stream the browser gave up on resumes from its last event id and shows the gap', 180000, resumeAfterGiveUp);
+
+async function resumeAfterGiveUp() {
+  // A long day and night; the steps between them short, so that they all pass in the outage.
+  const durations = { day_intro: 0.5, notice: 0.5, day_per_player: 20, vote: 1, vote_result: 0.5,
+    night_intro: 0.5, night: 40, ended: 3 };
+  const host = await Player.open('Hal');
+  host.recordStreams();
+  const code = await createFromForm(host, { title: `Gap ${Date.now().toString(36)}`, durations });
+  const players = [host];
+  for (const name of ['Ivy', 'Jo']) {
+    const p = await Player.open(name);
+    p.recordStreams();
+    const join = p.page.locator(`[data-testid=lobby-room][data-code="${code}"] [data-testid=lobby-join]`);
+    await p.setName(name);
+    await join.click();
+    await p.t('room-view').waitFor({ state: 'visible' });
+    players.push(p);
+  }
+  for (const p of players) p.id = (await p.until((s) => s.you && s.players.length === 3, 'three players')).you;
+  await host.click('start', host.t('start-button'));
+  for (const p of players) await p.until((s) => s.phase === 'day' && s.conn.state === 'open', 'day 1');
+  const seats = await all(players, (p) => p.seat(code));
+  const before = await all(players, (p) => p.state());
+
+  // Every gateway behind nginx stops. The streams end, the browser's own reconnect gets
+  // nginx's 502 and gives up (the EventSource closes): from then on the page opens new ones.
+  await stack.stopGateway(0);
+  await stack.stopGateway(1);
+  for (const [i, p] of players.entries()) {
+    await p.until((s) => s.conn.restarts > before[i].conn.restarts && s.conn.state !== 'open', 'the browser to give up its stream');
+  }
+
+  // Meanwhile, through a gateway nginx does not know: everyone chats and abstains, which ends
+  // the day; vote, vote result, nightfall and night follow on the engine's clock.
+  const side = await stack.startSideGateway();
+  const gap = players.map((p) => `While nginx had no gateway, ${p.name} said hi.`);
+  for (const [i] of players.entries()) await sideCommand(side, code, seats[i].token, { type: 'chat', text: gap[i] });
+  for (const [i] of players.entries()) await sideCommand(side, code, seats[i].token, { type: 'vote', target: null });
+  await waitUntil(async () => (await roomSnapshot(side, code, seats[0].token))?.phase === 'night',
+    { timeoutMs: WAIT, what: 'night 1 on the server' });
+  for (const p of players) {
+    const s = await p.state();
+    assert.equal(s.phase, 'day', `${p.name}'s page has seen nothing of it yet`);
+    assert.equal(gap.filter((t) => count(s.chat, t) > 0).length, 0, `${p.name}'s page has none of the lines yet`);
+  }
+
+  // A gateway is back: each page's next stream names its last id, and the gateway replays
+  // the gap (not a fresh snapshot, which would skip the phases in between).
+  await stack.startGateway(0);
+  await stack.startGateway(1);
+  for (const p of players) {
+    await p.until((s) => s.conn.state === 'open' && s.phases.some((x) => x.phase === 'night' && x.round === 1)
+      && gap.every((t) => count(s.chat, t) === 1), 'night 1 and the lines said in the gap', 45000);
+  }
+  await side.proc.stop();
+  for (const p of players) {
+    const s = await p.state();
+    assert.deepEqual(s.phases.filter((x) => x.round <= 1).map((x) => `${x.phase}:${x.source}`),
+      ['waiting:snapshot', 'day_intro:event', 'notice:event', 'day:event', 'vote:event', 'vote_result:event',
+        'night_intro:event', 'night:event'], `${p.name} was shown every phase change of the gap, as events`);
+    assert.equal(s.syncs, 0, `${p.name}'s page resumed rather than starting again from a snapshot`);
+    assert.equal(s.conn.ignored, 0, `${p.name} received no repeated event`);
+    assert.equal(s.conn.resyncs, 0);
+    for (const t of gap) assert.equal(count(s.chat, t), 1, `${p.name} shows "${t}" once`);
+    const urls = p.streams.map((x) => x.url);
+    assert.doesNotMatch(urls[0], /last_event_id=/, `${p.name}'s first stream asks for no id`);
+    assert.ok(p.streams.some((x) => x.type === 'eventsource' && /[?&]last_event_id=\d+(&|$)/.test(x.url)),
+      `${p.name}'s page opened a stream with its last id: ${urls.join(' ')}`);
+    assert.deepEqual(p.pageErrors, [], `${p.name}: no page errors`);
+  }
+  for (const p of players) await p.context.close();
+}
+
+/** A room command straight to `gateway` (not through nginx) as the holder of `token`. */
+async function sideCommand(gateway, code, token, body) {
+  const res = await fetch(`http://${gateway.addr}/v1/rooms/${code}/commands`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
+    body: JSON.stringify(body), signal: AbortSignal.timeout(10000),
+  });
+  const json = await res.json();
+  assert.equal(res.status, 200, `${body.type} through ${gateway.addr}: ${JSON.stringify(json)}`);
+  return json;
+}
+
+/** The room as `token`'s player sees it now: the snapshot that opens a fresh stream on `gateway`. */
+async function roomSnapshot(gateway, code, token) {
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), 5000);
+  try {
+    const res = await fetch(`http://${gateway.addr}/v1/rooms/${code}/events?token=${encodeURIComponent(token)}`,
+      { headers: { Accept: 'text/event-stream' }, signal: ctl.signal });
+    if (res.status !== 200) return null;
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let text = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return null;
+      text += decoder.decode(value, { stream: true });
+      // Whole frames only: the last piece may still be arriving.
+      const snap = text.split('\n\n').slice(0, -1).find((f) => /^event: snapshot$/m.test(f));
+      if (snap) {
+        return JSON.parse(snap.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).replace(/^ /, '')).join('\n'));
+      }
+    }
+  } finally {
+    clearTimeout(timer);
+    ctl.abort();
+  }
 }
 
 async function createByApi(body) {

@@ -5,7 +5,9 @@
 //
 // Every process is configured by environment variables only, logs to a file in a temporary
 // folder, and is waited for by polling its health endpoint under a deadline (never a fixed
-// sleep). `stopGateway(i)` / `startGateway(i)` make an outage of one gateway on its own port.
+// sleep). `stopGateway(i)` / `startGateway(i)` make an outage of one gateway on its own port;
+// `startSideGateway()` starts one more that nginx does not know, a way in for the tests while
+// nginx's gateways are all down.
 //
 // PHASECAST_BIN_DIR holds `game-engine` and `gateway` (relative to web/); by default the debug
 // build in $CARGO_TARGET_DIR when that is set (a relative one from the repository root), else
@@ -170,6 +172,7 @@ export class Stack {
     fs.chmodSync(this.dir, 0o755);
     this.procs = [];
     this.gateways = [];
+    this.sideGateways = [];
   }
 
   log(name) { return path.join(this.dir, `${name}.log`); }
@@ -206,15 +209,16 @@ export class Stack {
     this.engine.start();
     await waitUntil(() => httpOk(`http://${this.engineAdmin}/healthz`), { timeoutMs: startTimeoutMs, what: 'game-engine /healthz', proc: this.engine });
 
+    this.gatewayEnv = (port, admin) => ({
+      ...rustLog,
+      PHASECAST_NATS__URL: this.natsUrl,
+      PHASECAST_AUTH__VERIFY_KEY_FILE: verify,
+      PHASECAST_GATEWAY__LISTEN: `127.0.0.1:${port}`,
+      PHASECAST_GATEWAY__ADMIN_LISTEN: `127.0.0.1:${admin}`,
+      PHASECAST_GATEWAY__HEARTBEAT: heartbeat,
+    });
     for (const [i, [port, admin]] of [[gw1, gw1Admin], [gw2, gw2Admin]].entries()) {
-      const proc = this.#proc(`gateway${i + 1}`, path.join(BIN_DIR, 'gateway'), [], {
-        ...rustLog,
-        PHASECAST_NATS__URL: this.natsUrl,
-        PHASECAST_AUTH__VERIFY_KEY_FILE: verify,
-        PHASECAST_GATEWAY__LISTEN: `127.0.0.1:${port}`,
-        PHASECAST_GATEWAY__ADMIN_LISTEN: `127.0.0.1:${admin}`,
-        PHASECAST_GATEWAY__HEARTBEAT: heartbeat,
-      });
+      const proc = this.#proc(`gateway${i + 1}`, path.join(BIN_DIR, 'gateway'), [], this.gatewayEnv(port, admin));
       this.gateways.push({ proc, port, admin, addr: `127.0.0.1:${port}` });
     }
     await Promise.all(this.gateways.map((_, i) => this.startGateway(i, startTimeoutMs)));
@@ -251,9 +255,29 @@ export class Stack {
     const g = this.gateways[i];
     if (g.proc.running) return;
     g.proc.start();
+    await Stack.#ready(g, timeoutMs);
+  }
+
+  static async #ready(g, timeoutMs) {
     await waitUntil(() => httpOk(`http://${g.addr}/healthz`), { timeoutMs, what: `${g.proc.name} /healthz`, proc: g.proc });
     // Ready means connected to NATS (PROTOCOL.md: GET /readyz).
     await waitUntil(() => httpOk(`http://${g.addr}/readyz`), { timeoutMs, what: `${g.proc.name} /readyz`, proc: g.proc });
+  }
+
+  /**
+   * Starts one more gateway, on free ports, that nginx does not route to: the tests reach
+   * the room through it (`g.addr`) while every gateway behind nginx is down. Stopped with
+   * `g.proc.stop()`, or with the stack.
+   */
+  async startSideGateway(timeoutMs = 20000) {
+    const [port, admin] = await freePorts(2);
+    const proc = this.#proc(`side-gateway${this.sideGateways.length + 1}`, path.join(BIN_DIR, 'gateway'), [],
+      this.gatewayEnv(port, admin));
+    const g = { proc, port, admin, addr: `127.0.0.1:${port}` };
+    this.sideGateways.push(g);
+    proc.start();
+    await Stack.#ready(g, timeoutMs);
+    return g;
   }
 
   /**
@@ -292,7 +316,8 @@ export class Stack {
 
   /** Stops everything, newest first. Keeps the logs when `keep` (or PHASECAST_KEEP_LOGS=1). */
   async stop({ keep = false } = {}) {
-    const order = [this.nginx, ...this.gateways.map((g) => g.proc), this.engine, this.nats].filter(Boolean);
+    const order = [this.nginx, ...this.gateways.map((g) => g.proc), ...this.sideGateways.map((g) => g.proc),
+      this.engine, this.nats].filter(Boolean);
     for (const p of order) {
       try { await p.stop(5000); } catch { /* keep going */ }
     }
