@@ -204,7 +204,12 @@ impl Room {
 
     /// Serves the room until it closes, another engine takes it, or this engine stops.
     async fn run(mut self, mut commands: Subscriber, mut snaps: Subscriber, resumed: bool) {
-        self.resume().await;
+        if !self.resume().await {
+            // The engine is stopping before a step committed ahead could go out: the room's
+            // next owner publishes it. Taking another step here would bury it.
+            self.stop(commands, &Flow::Gone).await;
+            return;
+        }
         self.count_players();
         if resumed {
             self.listing = Listing::read(&self.ctx, &self.code).await;
@@ -241,12 +246,10 @@ impl Room {
                     flow => self.turned_away(msg, flow),
                 },
                 () = alarm.fired() => match self.prepared.take() {
-                    // Checked as a request is: an engine that wakes from a pause past the
-                    // lease may find that a successor has published this step and others
-                    // after it, and would send their ids back.
-                    Some(committed) => match self.still_ours().await {
-                        Flow::Continue => self.release(*committed),
-                        flow => Outcome::nothing(flow),
+                    Some(committed) => if self.may_release().await {
+                        self.release(*committed)
+                    } else {
+                        self.on_deadline()
                     },
                     None => self.on_deadline(),
                 },
@@ -302,9 +305,7 @@ impl Room {
                 }
             }
         };
-        self.turn_away(commands, &flow).await;
-        gauge!(m::ROOMS, "phase" => self.phase.as_str()).decrement(1.0);
-        gauge!(m::PLAYERS).decrement(self.players as f64);
+        self.stop(commands, &flow).await;
         if flow == Flow::Closed {
             let index = format!("{}.{}", self.ctx.engine_id, self.code);
             if let Err(e) = self.ctx.store.owners.delete(&index).await {
@@ -312,6 +313,14 @@ impl Room {
             }
             self.linger(snaps).await;
         }
+    }
+
+    /// The room's tenure here ends: the requests it holds are answered, and it leaves the
+    /// gauges.
+    async fn stop(&self, commands: Subscriber, flow: &Flow) {
+        self.turn_away(commands, flow).await;
+        gauge!(m::ROOMS, "phase" => self.phase.as_str()).decrement(1.0);
+        gauge!(m::PLAYERS).decrement(self.players as f64);
     }
 
     /// Stops listening (again: a room that stops between steps has not yet) and answers the
@@ -357,10 +366,11 @@ impl Room {
     /// died before publishing it, so it is published (again: gateways deliver an id once)
     /// and logged. If the log has it, NATS had its events before the log did (one
     /// connection, in order). A room created with its creator seated starts this way too:
-    /// its first step is committed with the room, and goes out here.
-    async fn resume(&mut self) {
+    /// its first step is committed with the room, and goes out here. False if the engine
+    /// stopped first, while a step committed ahead waited for its deadline: it is not out.
+    async fn resume(&mut self) -> bool {
         let Some(last) = self.record.outbox.last() else {
-            return;
+            return true;
         };
         let logged = match self.ctx.store.last_logged_id(&self.code).await {
             Ok(id) => id,
@@ -370,7 +380,7 @@ impl Room {
             }
         };
         if logged >= last.id {
-            return;
+            return true;
         }
         // A deadline's step committed ahead by an engine that stopped before the deadline.
         if let Some(at) = self.record.outbox_at {
@@ -378,13 +388,13 @@ impl Room {
             let wait = early.unwrap_or_default().min(MAX_COMMIT_AHEAD);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                // The room stops: its next owner publishes the step.
-                () = self.ctx.shutdown.cancelled() => return,
+                () = self.ctx.shutdown.cancelled() => return false,
             }
         }
         let outbox = self.record.outbox.clone();
         let sent = self.send(&outbox).await;
         self.logged(&outbox, sent).await;
+        true
     }
 
     /// A command: replayed from memory if its `request_id` was seen, else applied; its
@@ -597,6 +607,29 @@ impl Room {
         let committed = std::mem::replace(&mut self.record, *before);
         self.prepared = Some(Box::new(committed));
         Outcome::nothing(Flow::Continue)
+    }
+
+    /// Whether a step committed ahead may go out at its deadline as it is, without another
+    /// commit: only while NATS is connected (events written to a broken connection would go
+    /// out whenever it comes back, perhaps after a successor's later ones) and the room is
+    /// surely still this engine's: its lease holds, or, if it lapsed (a pause past the lease),
+    /// a read of the record finds the revision committed. Otherwise the deadline's step is
+    /// computed again and committed like any other, and that commit is the fence: a successor
+    /// may have published this step and others after it, which would go out again with ids
+    /// going back.
+    async fn may_release(&mut self) -> bool {
+        let connected =
+            self.ctx.client.connection_state() == async_nats::connection::State::Connected;
+        if !connected {
+            return false;
+        }
+        let lapsed = *self.ctx.recheck.borrow() != self.checked || self.ctx.lease_lapsed();
+        if !lapsed {
+            return true;
+        }
+        let read = self.ctx.store.load(&self.code);
+        let read = tokio::time::timeout(self.ctx.lease / 4, read).await;
+        matches!(read, Ok(Ok(Some((_, revision)))) if revision == self.revision)
     }
 
     /// The deadline of a step committed ahead has come: it is the room now, and its events
@@ -814,12 +847,16 @@ impl Room {
     /// commit of the room's since then failed over it).
     async fn take_landed(&mut self, stored: RoomRecord, revision: u64) -> Flow {
         self.revision = revision;
+        // The store answers: no reason left to wait before the next step.
+        self.pause = None;
         if stored.outbox_at.is_some_and(|at| unix_ms_now() < at) {
             self.prepared = Some(Box::new(stored));
             return Flow::Continue;
         }
         self.record = stored;
-        self.resume().await;
+        if !self.resume().await {
+            return Flow::Gone;
+        }
         let last = self.history.last_id();
         for event in self.record.outbox.iter().filter(|e| e.id > last) {
             self.history.record(event.clone());
