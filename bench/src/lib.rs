@@ -41,7 +41,9 @@ impl Stack {
         let nats = Servers::start(topology, servers::FILE_BUDGET).await?;
         let keys = tempfile::tempdir()?;
         let (signing, _) = test_support::write_test_keys(keys.path());
-        let mut config = Config::default();
+        // Defaults and the `PHASECAST_*` environment, as the binary reads them (say
+        // `PHASECAST_ENGINE__COMMIT_AHEAD=0s` to compare a setting), then this stack's own.
+        let mut config = Config::load(None)?;
         config.nats.url = nats.url(0);
         config.engine.admin_listen = "127.0.0.1:0".parse()?;
         config.auth.signing_key_file = Some(signing);

@@ -672,6 +672,8 @@ impl Room {
         // reconnecting, committing a step timed for a moment long gone.
         let connected =
             self.ctx.client.connection_state() == async_nats::connection::State::Connected;
+        // Read before the write: a commit that lands proves the room was ours after it.
+        let lapses = *self.ctx.recheck.borrow();
         let committed = if connected {
             let started = Instant::now();
             let committed = store.commit(&self.code, &self.record, self.revision).await;
@@ -684,6 +686,7 @@ impl Room {
             Ok(revision) => {
                 self.revision = revision;
                 self.pause = None;
+                self.checked = lapses;
                 self.checked_at = Instant::now();
                 return step;
             }
