@@ -116,13 +116,14 @@ pub async fn command(
 }
 
 /// Refuses (403) a request another site's page could have made. Its `Origin`, if any, must
-/// be this host or one of `gateway.cors_origins`. A command (`command`: it acts as a player)
-/// that comes with a cookie, an `Origin` or `Sec-Fetch-*` headers (as a browser's do) must
-/// also declare its body `application/json`: an HTML form cannot, a script on another site
-/// cannot without a CORS preflight this gateway refuses, and older browsers send a form
-/// without `Origin`. Other clients (tools and backends, which name their own token) may
-/// declare what they like (`curl -d` says form), and so may a create or a join, which act as
-/// nobody (a script's `fetch` of a string says text): the body is read as JSON anyway.
+/// be this host or one of `gateway.cors_origins`. A request that comes with a cookie, an
+/// `Origin` or `Sec-Fetch-*` headers (as a browser's do) must also declare its body
+/// `application/json`: an HTML form cannot, a script on another site cannot without a CORS
+/// preflight this gateway refuses, and older browsers send a form without `Origin`. Except a
+/// create or a join (not a `command`: they act as nobody) from a script (`Sec-Fetch-Mode`
+/// `cors` or `same-origin`, which a form never says), whose `fetch` of a string says text.
+/// Other clients (tools and backends, which name their own token) may declare what they
+/// like (`curl -d` says form): the body is read as JSON anyway.
 fn from_this_site(state: &AppState, headers: &HeaderMap, command: bool) -> Result<(), ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
@@ -135,7 +136,11 @@ fn from_this_site(state: &AppState, headers: &HeaderMap, command: bool) -> Resul
         || headers
             .keys()
             .any(|name| name.as_str().starts_with("sec-fetch-"));
-    if command && from_a_browser && !json {
+    let from_a_script = headers
+        .get("sec-fetch-mode")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|mode| mode == "cors" || mode == "same-origin");
+    if from_a_browser && !json && (command || !from_a_script) {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "commands are JSON: send Content-Type: application/json",

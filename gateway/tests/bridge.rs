@@ -426,6 +426,13 @@ async fn another_site_s_page_cannot_command_with_the_player_s_cookie() {
     assert_eq!(status, 200, "a script creating a room: {reply}");
     let (status, _, reply) = post_raw(&join, r#"{"name":"Sam"}"#, &script).await;
     assert_eq!(status, 200, "a script joining: {reply}");
+    // A form (another site's, or any) navigates: refused, as a form command is.
+    let form = [
+        ("Content-Type", "text/plain"),
+        ("Sec-Fetch-Mode", "navigate"),
+    ];
+    let (status, _, reply) = post_raw(&join, r#"{"name":"Tom"}"#, &form).await;
+    assert_eq!(status, 403, "a form joining: {reply}");
     drop(engine);
 }
 

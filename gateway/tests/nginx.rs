@@ -357,4 +357,11 @@ async fn creates_and_joins_are_rate_limited_per_client_address() {
         .body(r#"{"name":"Ann"}"#);
     let join = timeout(WAIT, join.send()).await.unwrap().unwrap();
     assert_eq!(join.status(), 429, "joins share the limit");
+    // A code as a person types it, which the gateway accepts, is no way around the limit.
+    let typed = client
+        .post(nginx.url("/v1/rooms/7QK3-M9XR-T2VA/join"))
+        .header("Content-Type", "application/json")
+        .body(r#"{"name":"Ann"}"#);
+    let typed = timeout(WAIT, typed.send()).await.unwrap().unwrap();
+    assert_eq!(typed.status(), 429, "a dashed code shares the limit");
 }

@@ -174,15 +174,19 @@ async function post(path, body, token) {
 
 // ───────────────────────────── room codes ─────────────────────────────
 
-// Codes are 12 characters of Crockford's base32 (digits and upper-case letters without I, L,
-// O, U), shown in groups of four to be read aloud: 7QK3-M9XR-T2VA. What a person types is
-// made canonical before use: spaces and dashes dropped, upper case, and the look-alikes O → 0,
-// I and L → 1, so the page always sends the canonical form.
+// Our engine's codes are 12 characters of Crockford's base32 (digits and upper-case letters
+// without I, L, O, U), shown in groups of four to be read aloud: 7QK3-M9XR-T2VA. What a
+// person types is made canonical before use when it is such a code: spaces and dashes
+// dropped, upper case, and the look-alikes O → 0, I and L → 1. Any other code (another
+// backend's: PROTOCOL.md allows any [A-Za-z0-9]{1,64}, case-sensitive) is kept as typed,
+// without its spaces and dashes.
+const DRAWN_CODE = /^[0-9A-HJKMNP-TV-Z]{12}$/;
 function normalizeCode(text) {
-  return String(text || '').replace(/[\s\-_.]+/g, '').toUpperCase()
-    .replace(/O/g, '0').replace(/[IL]/g, '1');
+  const typed = String(text || '').replace(/[\s\-_.]+/g, '');
+  const drawn = typed.toUpperCase().replace(/O/g, '0').replace(/[IL]/g, '1');
+  return DRAWN_CODE.test(drawn) ? drawn : typed;
 }
-const isCode = (code) => /^[0-9A-Z]{8,32}$/.test(code);
+const isCode = (code) => /^[A-Za-z0-9]{1,64}$/.test(code);
 function formatCode(code) { return code.match(/.{1,4}/g)?.join('-') ?? code; }
 
 // ───────────────────────────── seats ─────────────────────────────
@@ -241,18 +245,20 @@ function dropSeat(code, playerId) {
 }
 // Which tab holds a seat, asked over a BroadcastChannel of this browser's tabs (same
 // origin): "who holds player P of room X?"; a tab whose own seat (sessionStorage) it is
-// answers. No answer within SEAT_ASK_MS: nobody does. Two tabs asking for one seat at the
-// same moment each hear the other's question; the one with the smaller nonce takes the seat
-// and tells the other it is held, so that not both take it.
+// answers. No answer within SEAT_ASK_MS: nobody does. Two tabs asking for one seat while
+// both wait: the one that asked first (by the clock the tabs share, then the nonce) takes
+// it and tells the other it is held, so that not both take it; the later one's question may
+// reach the earlier only, so the earlier one decides.
 const SEAT_ASK_MS = 200;
 const seatChannel = typeof BroadcastChannel === 'function' ? new BroadcastChannel('phasecast:seats') : null;
 const seatQuestions = new Map(); // nonce → this tab's open question
 seatChannel?.addEventListener('message', ({ data: m }) => {
   if (!m || typeof m !== 'object' || typeof m.nonce !== 'string') return;
-  if (m.type === 'who-holds') {
+  if (m.type === 'who-holds' && typeof m.at === 'number') {
     const mine = readSeat(sessionStorage, m.code);
+    const before = (q) => q.at < m.at || (q.at === m.at && q.nonce < m.nonce);
     const rival = [...seatQuestions.values()]
-      .some((q) => q.code === m.code && q.playerId === m.player_id && q.nonce < m.nonce);
+      .some((q) => q.code === m.code && q.playerId === m.player_id && before(q));
     if (mine?.player_id === m.player_id || rival) seatChannel.postMessage({ type: 'held', nonce: m.nonce });
   } else if (m.type === 'held') {
     seatQuestions.get(m.nonce)?.answer(true);
@@ -269,8 +275,9 @@ function seatHeldElsewhere(code, seat) {
       resolve(held);
     };
     const timer = setTimeout(() => answer(false), SEAT_ASK_MS);
-    seatQuestions.set(nonce, { code, playerId: seat.player_id, nonce, answer });
-    seatChannel.postMessage({ type: 'who-holds', code, player_id: seat.player_id, nonce });
+    const at = Date.now();
+    seatQuestions.set(nonce, { code, playerId: seat.player_id, nonce, at, answer });
+    seatChannel.postMessage({ type: 'who-holds', code, player_id: seat.player_id, nonce, at });
   });
 }
 function rememberName(name) { try { localStorage.setItem('phasecast:name', name); } catch { /* ignore */ } }
@@ -430,7 +437,9 @@ class Stream {
     this.notice = status === 429
       ? `${new ApiError(body?.error || codeForStatus(status), body?.message, status).sentence} This page keeps trying meanwhile.` : null;
     if (this.notice) conn.set('reconnecting', this.notice);
-    const wait = retryAfter || this.backoff;
+    // Never sooner than the backoff, and spread, so that every page of a busy gateway does
+    // not come back in the same second.
+    const wait = Math.max(retryAfter, this.backoff) * (1 + Math.random() / 2);
     this.backoff = Math.min(this.backoff * 2, 10000);
     this.restart(wait);
   }
@@ -1377,7 +1386,7 @@ function init() {
     // seat no longer exists. Any other failure (the server away for longer than the retries,
     // a refusal) leaves the player seated, with the error shown, free to try again.
     let gone = false;
-    const left = await command({ type: 'leave' }, e.currentTarget, (err) => { gone = SEAT_GONE.includes(err.code); });
+    const left = await command({ type: 'leave' }, e.currentTarget, (err) => { gone = SEAT_GONE.includes(err.code) || err.status === 404 || err.status === 410; });
     if (!left && !gone) return;
     dropSeat(code, playerId);
     location.hash = '#/';
