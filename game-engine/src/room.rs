@@ -547,6 +547,7 @@ impl Room {
     /// The deadline passed: move the game on. The next phase is timed from the deadline
     /// itself, so lateness never accumulates, unless the deadline is long past
     /// ([`LATE_LIMIT_MS`]).
+    ///
     /// Before the deadline (the alarm goes off `engine.commit_ahead` early), the step is
     /// computed as if at the deadline, and its commit carries the deadline as its outbox's
     /// time ([`Room::hold_if_early`]), except a step that ends the room: an engine that takes
