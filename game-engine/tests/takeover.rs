@@ -256,6 +256,27 @@ async fn to_night(w: &World, code: &RoomCode, tap: &mut Tap, ids: &[String]) -> 
     tap.until("phase", |d| d["phase"] == "night").await
 }
 
+/// Kills (-9) the engine that owns `code` and waits for it to exit; its id.
+async fn kill_owner(w: &World, engines: &mut [Engine], code: &RoomCode) -> String {
+    let owner = w.owner(code).await;
+    let at = engines.iter().position(|e| e.id == owner).unwrap();
+    engines[at].signal("KILL");
+    engines[at].exited().await;
+    owner
+}
+
+/// Two left after the first night, one of them mafia: the mafia win when `notice` ends, and
+/// the night's deadline fired exactly once, whoever ran it.
+async fn mafia_win_after_one_dawn(tap: &mut Tap) {
+    let over = tap.until("game_over", |_| true).await;
+    assert_eq!(over["winner"], "mafia");
+    assert_eq!(
+        tap.count("phase", |d| d["phase"] == "day_intro" && d["round"] == 1),
+        1,
+        "the night's deadline fired exactly once"
+    );
+}
+
 fn unix_ms_now() -> u64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     now.unwrap().as_millis() as u64
@@ -304,10 +325,7 @@ async fn a_killed_owner_s_game_goes_on_elsewhere_with_its_deadline_fired_once() 
     let joined = w.ok(&code, join_again.clone()).await;
     assert_eq!(joined["player_id"], json!(ids[0]));
 
-    let owner = w.owner(&code).await;
-    let at = engines.iter().position(|e| e.id == owner).unwrap();
-    engines[at].signal("KILL");
-    engines[at].exited().await;
+    let owner = kill_owner(&w, &mut engines, &code).await;
 
     // The survivor fires the night's deadline: the pick dies, one day begins.
     let death = tap.until("death", |_| true).await;
@@ -349,14 +367,7 @@ async fn a_killed_owner_s_game_goes_on_elsewhere_with_its_deadline_fired_once() 
             .collect();
         assert_eq!(chat, lines, "{viewer}'s snapshot");
     }
-    // Two left, one of them mafia: the mafia win when `notice` ends.
-    let over = tap.until("game_over", |_| true).await;
-    assert_eq!(over["winner"], "mafia");
-    assert_eq!(
-        tap.count("phase", |d| d["phase"] == "day_intro" && d["round"] == 1),
-        1,
-        "the night's deadline fired exactly once"
-    );
+    mafia_win_after_one_dawn(&mut tap).await;
 }
 
 /// A deadline's step committed ahead (`engine.commit_ahead`, long here) by an engine killed
@@ -380,10 +391,7 @@ async fn a_step_committed_ahead_by_an_engine_that_died_goes_out_at_its_deadline(
     )
     .await;
     committed_ahead(&w, &code, ends_at).await;
-    let owner = w.owner(&code).await;
-    let at = engines.iter().position(|e| e.id == owner).unwrap();
-    engines[at].signal("KILL");
-    engines[at].exited().await;
+    let owner = kill_owner(&w, &mut engines, &code).await;
 
     let death = tap.until("death", |_| true).await;
     let arrived = unix_ms_now();
@@ -395,13 +403,7 @@ async fn a_step_committed_ahead_by_an_engine_that_died_goes_out_at_its_deadline(
     );
     tap.until("phase", |d| d["phase"] == "day_intro").await;
     assert_ne!(w.owner(&code).await, owner, "another engine owns the room");
-    let over = tap.until("game_over", |_| true).await;
-    assert_eq!(over["winner"], "mafia");
-    assert_eq!(
-        tap.count("phase", |d| d["phase"] == "day_intro" && d["round"] == 1),
-        1,
-        "the night's deadline fired exactly once"
-    );
+    mafia_win_after_one_dawn(&mut tap).await;
 }
 
 /// A command that comes after the deadline's step was committed ahead, but before the
