@@ -455,6 +455,59 @@ async fn a_command_before_the_deadline_counts_though_its_step_was_committed_ahea
     );
 }
 
+/// The engine that took over a room whose dawn was committed ahead waits for the deadline to
+/// publish it; stopped (SIGTERM) while it waits, it hands the room on with the dawn still
+/// unpublished, and the next engine publishes it at the deadline, once.
+#[tokio::test]
+async fn a_successor_stopped_while_it_waits_for_the_deadline_hands_the_step_on() {
+    let w = World::start().await;
+    let ahead = [("PHASECAST_ENGINE__COMMIT_AHEAD", "5s")];
+    let mut engines = [
+        w.engine_with("e1", &ahead).await,
+        w.engine_with("e2", &ahead).await,
+        w.engine_with("e3", &ahead).await,
+    ];
+    let (code, mut tap, ids, mafia) = seated_game(&w, 9000).await;
+    let night = to_night(&w, &code, &mut tap, &ids).await;
+    let ends_at = night["ends_at"].as_u64().unwrap();
+    let victim = ids.iter().find(|id| **id != mafia).unwrap().clone();
+    w.ok(
+        &code,
+        json!({"type": "skill", "player": mafia, "target": victim}),
+    )
+    .await;
+    committed_ahead(&w, &code, ends_at).await;
+    let first = kill_owner(&w, &mut engines, &code).await;
+    let successor = w
+        .until("another engine's claim", || async {
+            let owner = w.owner(&code).await;
+            (owner != first).then_some(owner)
+        })
+        .await;
+    let at = engines.iter().position(|e| e.id == successor).unwrap();
+    engines[at].signal("TERM");
+    assert!(engines[at].exited().await.success(), "a clean exit");
+    assert!(
+        unix_ms_now() < ends_at,
+        "the test was too slow: the deadline passed before the successor stopped"
+    );
+
+    let death = tap.until("death", |_| true).await;
+    let arrived = unix_ms_now();
+    assert_eq!(death["player_id"], json!(victim));
+    assert!(
+        arrived >= ends_at,
+        "the dawn came {} ms early",
+        ends_at - arrived
+    );
+    let last = w.owner(&code).await;
+    assert!(
+        last != first && last != successor,
+        "the third engine runs it"
+    );
+    mafia_win_after_one_dawn(&mut tap).await;
+}
+
 #[tokio::test]
 async fn sigterm_hands_rooms_over_without_closing_them() {
     let w = World::start().await;
