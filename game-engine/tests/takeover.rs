@@ -277,6 +277,34 @@ async fn mafia_win_after_one_dawn(tap: &mut Tap) {
     );
 }
 
+/// A game in its first night (of `night_ms`), in which the mafia has picked: the room, its
+/// tap, the victim, and when the night ends.
+async fn night_with_a_pick(w: &World, night_ms: u64) -> (RoomCode, Tap, String, u64) {
+    let (code, mut tap, ids, mafia) = seated_game(w, night_ms).await;
+    let night = to_night(w, &code, &mut tap, &ids).await;
+    let ends_at = night["ends_at"].as_u64().unwrap();
+    let victim = ids.iter().find(|id| **id != mafia).unwrap().clone();
+    w.ok(
+        &code,
+        json!({"type": "skill", "player": mafia, "target": victim}),
+    )
+    .await;
+    (code, tap, victim, ends_at)
+}
+
+/// The dawn comes: the mafia's pick dies, at the night's deadline `ends_at` or after it,
+/// never before (whoever publishes it).
+async fn dawn_at(tap: &mut Tap, victim: &str, ends_at: u64) {
+    let death = tap.until("death", |_| true).await;
+    let arrived = unix_ms_now();
+    assert_eq!(death["player_id"], json!(victim), "the pick counted");
+    assert!(
+        arrived >= ends_at,
+        "the dawn came {} ms before its deadline",
+        ends_at - arrived
+    );
+}
+
 fn unix_ms_now() -> u64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     now.unwrap().as_millis() as u64
@@ -381,26 +409,11 @@ async fn a_step_committed_ahead_by_an_engine_that_died_goes_out_at_its_deadline(
         w.engine_with("e1", &ahead).await,
         w.engine_with("e2", &ahead).await,
     ];
-    let (code, mut tap, ids, mafia) = seated_game(&w, 7000).await;
-    let night = to_night(&w, &code, &mut tap, &ids).await;
-    let ends_at = night["ends_at"].as_u64().unwrap();
-    let victim = ids.iter().find(|id| **id != mafia).unwrap().clone();
-    w.ok(
-        &code,
-        json!({"type": "skill", "player": mafia, "target": victim}),
-    )
-    .await;
+    let (code, mut tap, victim, ends_at) = night_with_a_pick(&w, 7000).await;
     committed_ahead(&w, &code, ends_at).await;
     let owner = kill_owner(&w, &mut engines, &code).await;
 
-    let death = tap.until("death", |_| true).await;
-    let arrived = unix_ms_now();
-    assert_eq!(death["player_id"], json!(victim));
-    assert!(
-        arrived >= ends_at,
-        "the step went out {} ms before its deadline",
-        ends_at - arrived
-    );
+    dawn_at(&mut tap, &victim, ends_at).await;
     tap.until("phase", |d| d["phase"] == "day_intro").await;
     assert_ne!(w.owner(&code).await, owner, "another engine owns the room");
     mafia_win_after_one_dawn(&mut tap).await;
@@ -439,14 +452,7 @@ async fn a_command_before_the_deadline_counts_though_its_step_was_committed_ahea
         json!({"type": "skill", "player": mafia, "target": victim}),
     )
     .await;
-    let death = tap.until("death", |_| true).await;
-    let arrived = unix_ms_now();
-    assert_eq!(death["player_id"], json!(victim), "the pick counted");
-    assert!(
-        arrived >= ends_at,
-        "the dawn came {} ms early",
-        ends_at - arrived
-    );
+    dawn_at(&mut tap, &victim, ends_at).await;
     tap.until("phase", |d| d["phase"] == "day_intro").await;
     assert_eq!(
         tap.count("phase", |d| d["phase"] == "day_intro" && d["round"] == 1),
@@ -467,15 +473,7 @@ async fn a_successor_stopped_while_it_waits_for_the_deadline_hands_the_step_on()
         w.engine_with("e2", &ahead).await,
         w.engine_with("e3", &ahead).await,
     ];
-    let (code, mut tap, ids, mafia) = seated_game(&w, 9000).await;
-    let night = to_night(&w, &code, &mut tap, &ids).await;
-    let ends_at = night["ends_at"].as_u64().unwrap();
-    let victim = ids.iter().find(|id| **id != mafia).unwrap().clone();
-    w.ok(
-        &code,
-        json!({"type": "skill", "player": mafia, "target": victim}),
-    )
-    .await;
+    let (code, mut tap, victim, ends_at) = night_with_a_pick(&w, 9000).await;
     committed_ahead(&w, &code, ends_at).await;
     let first = kill_owner(&w, &mut engines, &code).await;
     let successor = w
@@ -492,14 +490,7 @@ async fn a_successor_stopped_while_it_waits_for_the_deadline_hands_the_step_on()
         "the test was too slow: the deadline passed before the successor stopped"
     );
 
-    let death = tap.until("death", |_| true).await;
-    let arrived = unix_ms_now();
-    assert_eq!(death["player_id"], json!(victim));
-    assert!(
-        arrived >= ends_at,
-        "the dawn came {} ms early",
-        ends_at - arrived
-    );
+    dawn_at(&mut tap, &victim, ends_at).await;
     let last = w.owner(&code).await;
     assert!(
         last != first && last != successor,
